@@ -1,0 +1,165 @@
+//! Configuration from `SERVER_*` environment variables.
+//!
+//! Every variable read here is listed in `docs/configuration.md`; a test
+//! fails when the two disagree.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::logging::{Format, Level};
+
+/// Every environment variable the server reads, with its default.
+pub const VARIABLES: &[(&str, &str)] = &[
+    ("SERVER_ADDR", "0.0.0.0:8080"),
+    ("SERVER_LOG", "info"),
+    ("SERVER_LOG_FORMAT", "auto"),
+    ("SERVER_SHUTDOWN_TIMEOUT", "10s"),
+    ("SERVER_HEADER_TIMEOUT", "5s"),
+    ("SERVER_BODY_TIMEOUT", "10s"),
+];
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub addr: SocketAddr,
+    pub log_level: Level,
+    pub log_format: Format,
+    pub shutdown_timeout: Duration,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+}
+
+/// A configuration error: one line that names the variable and the fix.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let value = |var: &'static str| -> (String, &'static str) {
+            let default = VARIABLES
+                .iter()
+                .find(|(v, _)| *v == var)
+                .map_or("", |(_, d)| d);
+            let value = lookup(var)
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| default.to_owned());
+            (value, var)
+        };
+        let (log_level, var) = value("SERVER_LOG");
+        let log_level = log_level.parse().map_err(|_| {
+            ConfigError(format!(
+                "invalid {var}={log_level:?}: expected one of off, error, warn, info, debug, trace"
+            ))
+        })?;
+        let (log_format, var) = value("SERVER_LOG_FORMAT");
+        let log_format = log_format.parse().map_err(|_| {
+            ConfigError(format!(
+                "invalid {var}={log_format:?}: expected one of auto, json, text"
+            ))
+        })?;
+        Ok(Config {
+            addr: parse_addr_var(&value("SERVER_ADDR").0)?,
+            log_level,
+            log_format,
+            shutdown_timeout: duration_var(value("SERVER_SHUTDOWN_TIMEOUT"))?,
+            header_timeout: duration_var(value("SERVER_HEADER_TIMEOUT"))?,
+            body_timeout: duration_var(value("SERVER_BODY_TIMEOUT"))?,
+        })
+    }
+}
+
+/// Parses `SERVER_ADDR`. Only IP literals are accepted: the binary runs in an
+/// image without a resolver configuration, so a host name could not work.
+pub fn parse_addr_var(value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse::<SocketAddr>().map_err(|_| {
+        ConfigError(format!(
+            "invalid SERVER_ADDR={value:?}: expected IP:PORT such as 0.0.0.0:8080 or [::]:8080"
+        ))
+    })
+}
+
+fn duration_var((value, var): (String, &'static str)) -> Result<Duration, ConfigError> {
+    parse_duration(&value).ok_or_else(|| {
+        ConfigError(format!(
+            "invalid {var}={value:?}: expected a duration such as 10s, 500ms or 2m"
+        ))
+    })
+}
+
+/// Accepts `500ms`, `10s`, `2m`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let number: f64 = number.parse().ok()?;
+    if !number.is_finite() || number < 0.0 {
+        return None;
+    }
+    let secs = match unit {
+        "ms" => number / 1000.0,
+        "s" => number,
+        "m" => number * 60.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.addr, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.log_level, Level::Info);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(c.header_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn errors_name_the_variable_and_the_fix() {
+        assert_eq!(
+            config(&[("SERVER_ADDR", "localhost:80")]).unwrap_err().0,
+            "invalid SERVER_ADDR=\"localhost:80\": expected IP:PORT such as 0.0.0.0:8080 or [::]:8080"
+        );
+        assert_eq!(
+            config(&[("SERVER_LOG", "loud")]).unwrap_err().0,
+            "invalid SERVER_LOG=\"loud\": expected one of off, error, warn, info, debug, trace"
+        );
+        assert_eq!(
+            config(&[("SERVER_SHUTDOWN_TIMEOUT", "soon")]).unwrap_err().0,
+            "invalid SERVER_SHUTDOWN_TIMEOUT=\"soon\": expected a duration such as 10s, 500ms or 2m"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_duration("1h"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+}

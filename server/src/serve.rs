@@ -1,0 +1,254 @@
+//! The HTTP server: routing, timeouts, and graceful shutdown.
+
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::build_info::BuildInfo;
+use crate::config::Config;
+use crate::logging::{self, Level};
+use crate::metrics::Metrics;
+
+/// Request bodies are read and discarded; none of the routes takes input,
+/// so anything large is refused rather than buffered.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+struct State {
+    draining: AtomicBool,
+    metrics: Metrics,
+    version_json: String,
+    body_timeout: Duration,
+}
+
+pub fn run(config: Config, listener: StdTcpListener) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(config, listener))
+}
+
+async fn serve(config: Config, listener: StdTcpListener) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
+    let local = listener.local_addr()?;
+    let state = Arc::new(State {
+        draining: AtomicBool::new(false),
+        metrics: Metrics::default(),
+        version_json: BuildInfo::current().json(),
+        body_timeout: config.body_timeout,
+    });
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout)
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+
+    let info = BuildInfo::current();
+    logging::log(
+        Level::Info,
+        "listening",
+        &[
+            ("addr", json!(local.to_string())),
+            ("version", json!(info.version)),
+            ("git_sha", json!(info.git_sha)),
+        ],
+    );
+
+    let signal = loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // Usually EMFILE: back off instead of spinning.
+                        logging::log(Level::Warn, "accept failed", &[("error", json!(err.to_string()))]);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let state = state.clone();
+                let service = service_fn(move |req| handle(state.clone(), req, peer));
+                let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(err) = connection.await {
+                        logging::log(Level::Debug, "connection error", &[("peer", json!(peer.to_string())), ("error", json!(err.to_string()))]);
+                    }
+                });
+            }
+            signal = &mut shutdown => break signal,
+        }
+    };
+
+    state.draining.store(true, Ordering::SeqCst);
+    drop(listener);
+    logging::log(
+        Level::Info,
+        "shutting down",
+        &[
+            ("signal", json!(signal)),
+            (
+                "timeout_ms",
+                json!(config.shutdown_timeout.as_millis() as u64),
+            ),
+        ],
+    );
+    tokio::select! {
+        _ = graceful.shutdown() => logging::log(Level::Info, "stopped", &[]),
+        _ = tokio::time::sleep(config.shutdown_timeout) => {
+            logging::log(Level::Warn, "shutdown timeout reached, closing remaining connections", &[]);
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the server can still serve; it just cannot
+        // drain, so wait forever rather than exit.
+        logging::log(Level::Error, "cannot install signal handlers", &[]);
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let started = Instant::now();
+    state.metrics.request_started();
+    let method = method_label(req.method());
+    let path = req.uri().path().to_owned();
+    let route = route_label(&path);
+    let (parts, body) = req.into_parts();
+
+    let response = match read_body(body, state.body_timeout).await {
+        Err(status) => text(status, status.canonical_reason().unwrap_or("error")),
+        Ok(()) => route_request(&state, &parts.method, route),
+    };
+
+    let status = response.status().as_u16();
+    state.metrics.request_finished(route, method, status);
+    logging::log(
+        Level::Info,
+        "request",
+        &[
+            ("method", json!(parts.method.as_str())),
+            ("path", json!(path)),
+            ("status", json!(status)),
+            (
+                "duration_ms",
+                json!(started.elapsed().as_secs_f64() * 1000.0),
+            ),
+            ("peer", json!(peer.to_string())),
+        ],
+    );
+    Ok(response)
+}
+
+/// Reads the body to its end, so that a slow client holds the request open
+/// no longer than the body timeout, and keep-alive stays usable.
+async fn read_body(body: Incoming, timeout: Duration) -> Result<(), StatusCode> {
+    match tokio::time::timeout(timeout, Limited::new(body, MAX_BODY_BYTES).collect()).await {
+        Err(_) => Err(StatusCode::REQUEST_TIMEOUT),
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
+            Err(StatusCode::PAYLOAD_TOO_LARGE)
+        }
+        Ok(Err(_)) => Err(StatusCode::BAD_REQUEST),
+        Ok(Ok(_)) => Ok(()),
+    }
+}
+
+fn route_request(state: &State, method: &Method, route: &'static str) -> Response<Full<Bytes>> {
+    if route == "other" {
+        return text(StatusCode::NOT_FOUND, "not found");
+    }
+    if method != Method::GET && method != Method::HEAD {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    match route {
+        "/healthz" => text(StatusCode::OK, "ok"),
+        "/readyz" if state.draining.load(Ordering::SeqCst) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "draining")
+        }
+        "/readyz" => text(StatusCode::OK, "ready"),
+        "/version" => with_type(
+            StatusCode::OK,
+            format!("{}\n", state.version_json),
+            "application/json",
+        ),
+        "/metrics" => with_type(
+            StatusCode::OK,
+            state.metrics.render(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/version" => "/version",
+        "/metrics" => "/metrics",
+        _ => "other",
+    }
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        _ => "other",
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    with_type(status, format!("{body}\n"), "text/plain; charset=utf-8")
+}
+
+fn with_type(
+    status: StatusCode,
+    body: String,
+    content_type: &'static str,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
