@@ -59,10 +59,12 @@ fn serve() -> ExitCode {
     // configuration error with its own exit code, not a runtime failure.
     let listener = match std::net::TcpListener::bind(config.addr) {
         Ok(listener) => listener,
-        Err(err) => return config_error(&format!(
+        Err(err) => {
+            return config_error(&format!(
             "cannot listen on SERVER_ADDR={}: {err}; set SERVER_ADDR to a free address and port",
             config.addr
-        )),
+        ))
+        }
     };
     match serve::run(config, listener) {
         Ok(()) => ExitCode::SUCCESS,

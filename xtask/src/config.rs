@@ -1,0 +1,186 @@
+//! The release configuration: `[workspace.metadata.release]` in the root
+//! Cargo.toml, read through `cargo metadata`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use anyhow::{bail, Context, Result};
+use camino::{Utf8Path, Utf8PathBuf};
+use serde::Deserialize;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub workspace_root: Utf8PathBuf,
+    pub target_dir: Utf8PathBuf,
+    /// The image repository, without tag or digest.
+    pub image: String,
+    pub platforms: Vec<Platform>,
+    pub base: String,
+    pub base_digest: Option<String>,
+    pub package: String,
+    pub binary: String,
+    pub version: semver::Version,
+    pub description: String,
+    pub license: String,
+    pub repository: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawRelease {
+    image: String,
+    #[serde(default = "default_platforms")]
+    platforms: Vec<String>,
+    base: String,
+    #[serde(default)]
+    base_digest: String,
+    #[serde(default = "default_server")]
+    package: String,
+    #[serde(default = "default_server")]
+    binary: String,
+}
+
+fn default_platforms() -> Vec<String> {
+    vec!["linux/amd64".into(), "linux/arm64".into()]
+}
+
+fn default_server() -> String {
+    "server".into()
+}
+
+impl Config {
+    pub fn load() -> Result<Config> {
+        let metadata = cargo_metadata::MetadataCommand::new()
+            .no_deps()
+            .exec()
+            .context("cannot run `cargo metadata`; run this from inside the workspace")?;
+        Config::from_metadata(&metadata)
+    }
+
+    pub fn from_metadata(metadata: &cargo_metadata::Metadata) -> Result<Config> {
+        let release = metadata.workspace_metadata.get("release").context(
+            "Cargo.toml has no [workspace.metadata.release] table; add one with `image` and `base`",
+        )?;
+        let raw: RawRelease = serde_json::from_value(release.clone())
+            .context("invalid [workspace.metadata.release] in Cargo.toml")?;
+        let package = metadata
+            .packages
+            .iter()
+            .find(|p| p.name.as_str() == raw.package)
+            .with_context(|| {
+                format!(
+                    "package `{}` named in [workspace.metadata.release] is not in the workspace",
+                    raw.package
+                )
+            })?;
+        let platforms = raw
+            .platforms
+            .iter()
+            .map(|p| p.parse())
+            .collect::<Result<Vec<Platform>>>()?;
+        if platforms.is_empty() {
+            bail!("[workspace.metadata.release] platforms is empty; list at least one, such as \"linux/amd64\"");
+        }
+        let base_digest = (!raw.base_digest.is_empty()).then_some(raw.base_digest);
+        if let Some(digest) = &base_digest {
+            if !is_digest(digest) {
+                bail!("[workspace.metadata.release] base-digest {digest:?} is not a sha256:<64 hex> digest; fix it or leave it empty");
+            }
+        }
+        Ok(Config {
+            workspace_root: metadata.workspace_root.clone(),
+            target_dir: metadata.target_directory.clone(),
+            image: raw.image,
+            platforms,
+            base: raw.base,
+            base_digest,
+            binary: raw.binary,
+            version: package.version.clone(),
+            description: package.description.clone().unwrap_or_default(),
+            license: package.license.clone().unwrap_or_default(),
+            repository: package.repository.clone().unwrap_or_default(),
+            package: raw.package,
+        })
+    }
+
+    pub fn dist_dir(&self) -> Utf8PathBuf {
+        self.target_dir.join("dist")
+    }
+
+    pub fn manifest_path(&self) -> Utf8PathBuf {
+        self.workspace_root.join("Cargo.toml")
+    }
+
+    pub fn package_manifest(&self) -> Utf8PathBuf {
+        self.workspace_root.join(&self.package).join("Cargo.toml")
+    }
+
+    pub fn relative<'a>(&self, path: &'a Utf8Path) -> &'a Utf8Path {
+        path.strip_prefix(&self.workspace_root).unwrap_or(path)
+    }
+}
+
+pub fn is_digest(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
+/// An OCI platform such as `linux/arm64`, with its Rust target triple.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Platform {
+    pub os: String,
+    pub arch: String,
+}
+
+impl Platform {
+    pub fn triple(&self) -> &'static str {
+        match self.arch.as_str() {
+            "amd64" => "x86_64-unknown-linux-gnu",
+            "arm64" => "aarch64-unknown-linux-gnu",
+            _ => unreachable!("checked when parsed"),
+        }
+    }
+
+    /// The architecture as QEMU, ELF and `uname -m` name it.
+    pub fn machine(&self) -> &'static str {
+        match self.arch.as_str() {
+            "amd64" => "x86_64",
+            "arm64" => "aarch64",
+            _ => unreachable!("checked when parsed"),
+        }
+    }
+
+    /// `linux-arm64`, for file names.
+    pub fn slug(&self) -> String {
+        format!("{}-{}", self.os, self.arch)
+    }
+
+    pub fn is_host(&self) -> bool {
+        std::env::consts::ARCH == self.machine() && std::env::consts::OS == self.os
+    }
+}
+
+impl FromStr for Platform {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Platform> {
+        match s {
+            "linux/amd64" | "linux/arm64" => {
+                let (os, arch) = s.split_once('/').unwrap_or_default();
+                Ok(Platform {
+                    os: os.into(),
+                    arch: arch.into(),
+                })
+            }
+            _ => bail!(
+                "unsupported platform {s:?}; supported platforms are linux/amd64 and linux/arm64"
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.arch)
+    }
+}

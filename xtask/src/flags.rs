@@ -1,0 +1,284 @@
+//! Command-line flags of every task. Each task module takes its own struct.
+
+use camino::Utf8PathBuf;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, sign and publish the server image",
+    disable_version_flag = true
+)]
+pub struct Xtask {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Install every tool the release and the tests use, where missing.
+    Setup(Setup),
+    /// Run everything CI runs: setup, fmt, clippy and the whole test suite.
+    Test(Test),
+    /// Compute the image tags for a release, a branch or a pull request.
+    Tags(Tags),
+    /// Cross-compile static binaries and archives into target/dist/.
+    Dist(Dist),
+    /// Assemble the multi-arch OCI image, and push it with --push.
+    Image(Image),
+    /// Write the per-platform SBOMs (CycloneDX 1.6 and SPDX 2.3).
+    Sbom(Sbom),
+    /// Sign an image and all its platform manifests, by digest.
+    Sign(Sign),
+    /// Attach SBOM and provenance attestations to every platform, by digest.
+    Attest(Attest),
+    /// Verify signatures and attestations of a published image.
+    Verify(Verify),
+    /// Run the whole release: preflight, dist, image, sign, attest, verify, tag.
+    Release(Release),
+    /// Write an OCI archive of a release with its signatures, for air-gapped installs.
+    Bundle(Bundle),
+    /// Measure the server and the release pipeline, and print a report.
+    Bench(Bench),
+}
+
+#[derive(Debug, Args)]
+pub struct Setup {
+    /// Report what is missing and fail if anything is, without installing.
+    #[arg(long)]
+    pub check: bool,
+    /// Print what would be installed, and install nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Test {
+    /// Skip installing missing tools.
+    #[arg(long)]
+    pub no_setup: bool,
+    /// Extra arguments passed to `cargo test`, such as a test name filter.
+    #[arg(last = true)]
+    pub cargo_test_args: Vec<String>,
+}
+
+/// Where the image goes: shared by every command that talks to a registry.
+#[derive(Debug, Args, Clone, Default)]
+pub struct RegistryArgs {
+    /// The image repository, overriding `image` in [workspace.metadata.release].
+    #[arg(long, value_name = "REPOSITORY")]
+    pub image: Option<String>,
+    /// Allow plain HTTP, for a registry on loopback.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// What is being built: a release version, a branch or a pull request.
+/// Without any of them, they come from GitHub Actions or from local git.
+#[derive(Debug, Args, Clone, Default)]
+pub struct BuildRef {
+    /// A release version, such as v1.2.3.
+    #[arg(long, conflicts_with_all = ["branch", "pr"])]
+    pub version: Option<String>,
+    /// A branch name.
+    #[arg(long, conflicts_with = "pr")]
+    pub branch: Option<String>,
+    /// A pull request number.
+    #[arg(long)]
+    pub pr: Option<u64>,
+    /// The commit: the full sha, or at least 7 hex characters.
+    #[arg(long)]
+    pub sha: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct Tags {
+    #[command(flatten)]
+    pub build: BuildRef,
+    /// The tags already published, comma-separated, instead of asking the registry.
+    #[arg(long, value_delimiter = ',', num_args = 0..)]
+    pub existing: Option<Vec<String>>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Print one JSON object: {"tags": [...], ...}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Strategy {
+    /// cargo-zigbuild, then cross, then cargo with the target's linker.
+    Auto,
+    Cargo,
+    Zigbuild,
+    Cross,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Dist {
+    /// Build only these platforms (repeatable), instead of the configured ones.
+    #[arg(long = "platform", value_name = "OS/ARCH")]
+    pub platforms: Vec<String>,
+    /// How to cross-compile.
+    #[arg(long, value_enum, default_value_t = Strategy::Auto)]
+    pub strategy: Strategy,
+    /// Skip checking the ELF machine, static linking and `server version`.
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Print the plan and the exact commands; build nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print dist.json on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Builder {
+    /// Assemble the OCI layout directly; no daemon needed.
+    Native,
+    /// `docker buildx build` on the Dockerfile.
+    Buildx,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Image {
+    /// Push to the registry: blobs, manifests and index by digest, then tags.
+    #[arg(long)]
+    pub push: bool,
+    #[arg(long, value_enum, default_value_t = Builder::Native)]
+    pub builder: Builder,
+    /// The base image: `scratch`, an OCI layout directory, or a registry reference.
+    #[arg(long)]
+    pub base: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub build: BuildRef,
+    /// Build only these platforms (repeatable), instead of the configured ones.
+    #[arg(long = "platform", value_name = "OS/ARCH")]
+    pub platforms: Vec<String>,
+    /// Repoint an immutable tag (vX.Y.Z, sha-…) that already names another digest.
+    #[arg(long)]
+    pub force: bool,
+    /// Push by digest only; set no tags (the release task tags after verifying).
+    #[arg(long)]
+    pub no_tags: bool,
+    /// Print the plan, the tags and the exact commands; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print {"image", "digest", "platforms", "tags"} on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Sbom {
+    /// Only this platform, instead of every configured one.
+    #[arg(long, value_name = "OS/ARCH")]
+    pub platform: Option<String>,
+    /// Where to write the SBOMs.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<Utf8PathBuf>,
+    /// The image digest to record in the root component.
+    #[arg(long, value_name = "sha256:…")]
+    pub image_digest: Option<String>,
+}
+
+/// Signing and verification options shared by sign, attest, verify and release.
+#[derive(Debug, Args, Clone, Default)]
+pub struct SigningArgs {
+    /// The private key (sign, attest) or public key (verify); `env://` and KMS URIs pass through to cosign.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Sign without a transparency log, and verify with --insecure-ignore-tlog=true.
+    #[arg(long)]
+    pub no_tlog: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Sign {
+    /// IMAGE@sha256:… or IMAGE:TAG; a tag is resolved to a digest once.
+    pub reference: String,
+    #[command(flatten)]
+    pub signing: SigningArgs,
+    #[arg(long)]
+    pub insecure: bool,
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Attest {
+    /// IMAGE@sha256:… or IMAGE:TAG; a tag is resolved to a digest once.
+    pub reference: String,
+    #[command(flatten)]
+    pub signing: SigningArgs,
+    #[arg(long)]
+    pub insecure: bool,
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Verify {
+    /// IMAGE@sha256:… or IMAGE:TAG; a tag is resolved to a digest once.
+    pub reference: String,
+    #[command(flatten)]
+    pub signing: SigningArgs,
+    #[arg(long)]
+    pub insecure: bool,
+    /// Also pull every platform, unpack it and run `/server version --json`.
+    #[arg(long)]
+    pub run: bool,
+    /// The version `/server version --json` must report, with --run (default: Cargo.toml's).
+    #[arg(long)]
+    pub expect_version: Option<String>,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Release {
+    /// The version to release, such as v1.2.3.
+    pub version: String,
+    /// Publish to the registry (and the GitHub release, with GITHUB_TOKEN).
+    #[arg(long)]
+    pub push: bool,
+    #[arg(long)]
+    pub base: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub signing: SigningArgs,
+    /// Repoint an immutable tag that already names another digest.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the whole plan: checks, tags with reasons, every command; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Bundle {
+    /// The released version to bundle, such as v1.2.3.
+    pub version: String,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// The archive to write (default target/bundle/server-VERSION.oci.tar).
+    #[arg(long)]
+    pub out: Option<Utf8PathBuf>,
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Bench {
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}

