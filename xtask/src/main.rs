@@ -8,6 +8,7 @@ mod bundle;
 mod config;
 mod dist;
 mod flags;
+mod git;
 mod image;
 mod release;
 mod sbom;
