@@ -12,18 +12,17 @@ fn main() {
     println!("cargo:rerun-if-env-changed=SERVER_BUILD_GIT_SHA");
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
 
-    let git_dir = git(&["rev-parse", "--absolute-git-dir"]);
-    if let Some(dir) = &git_dir {
-        // HEAD moves on commit and checkout; the ref it names moves on commit.
-        let dir = Path::new(dir);
-        println!("cargo:rerun-if-changed={}", dir.join("HEAD").display());
+    if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+        // HEAD moves on checkout, the branch ref on commit. Only existing
+        // files are named: cargo treats a missing one as always changed.
+        let dir = Path::new(&dir);
+        let mut watched = vec![dir.join("HEAD"), dir.join("packed-refs")];
         if let Some(head_ref) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            println!("cargo:rerun-if-changed={}", dir.join(head_ref).display());
+            watched.push(dir.join(head_ref));
         }
-        println!(
-            "cargo:rerun-if-changed={}",
-            dir.join("packed-refs").display()
-        );
+        for path in watched.iter().filter(|p| p.exists()) {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
     }
 
     let sha = std::env::var("SERVER_BUILD_GIT_SHA")

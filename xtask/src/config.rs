@@ -1,6 +1,7 @@
 //! The release configuration: `[workspace.metadata.release]` in the root
 //! Cargo.toml, read through `cargo metadata`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -23,6 +24,7 @@ pub struct Config {
     pub description: String,
     pub license: String,
     pub repository: String,
+    pub toolchains: BTreeMap<String, ToolchainConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -38,6 +40,18 @@ struct RawRelease {
     package: String,
     #[serde(default = "default_server")]
     binary: String,
+    #[serde(default)]
+    toolchains: BTreeMap<String, ToolchainConfig>,
+}
+
+/// `[workspace.metadata.release.toolchains.<triple>]`: an explicit toolchain
+/// or linker for one target.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ToolchainConfig {
+    pub rustc: Option<String>,
+    pub cargo: Option<String>,
+    pub linker: Option<String>,
 }
 
 fn default_platforms() -> Vec<String> {
@@ -100,6 +114,7 @@ impl Config {
             license: package.license.clone().unwrap_or_default(),
             repository: package.repository.clone().unwrap_or_default(),
             package: raw.package,
+            toolchains: raw.toolchains,
         })
     }
 

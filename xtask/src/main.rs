@@ -2,6 +2,7 @@
 //! multi-arch image. This file only parses flags and dispatches; each task
 //! lives in its own module with one `run` entry.
 
+mod archive;
 mod attest;
 mod bench;
 mod bundle;
@@ -10,10 +11,12 @@ mod dist;
 mod flags;
 mod git;
 mod image;
+mod progress;
 mod release;
 mod sbom;
 mod setup;
 mod sign;
+mod source;
 mod tags;
 mod test;
 mod tools;
