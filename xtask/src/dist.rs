@@ -559,3 +559,18 @@ impl Elf {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elf_detects_a_dynamic_binary() {
+        // Any dynamically linked host program will do.
+        let bytes = std::fs::read("/bin/ls").unwrap();
+        let elf = Elf::parse(&bytes).unwrap();
+        assert!(elf.has_interpreter);
+        assert_eq!(elf.machine, std::env::consts::ARCH);
+        assert!(Elf::parse(b"#!/bin/sh\n").is_none());
+    }
+}

@@ -206,3 +206,40 @@ pub fn xtask() -> Command {
     command.current_dir(workspace_root());
     command
 }
+
+/// Runs `cargo xtask dist` in the workspace once per test binary (it is
+/// incremental, so later test binaries pay seconds) and returns the parsed
+/// dist.json.
+pub fn dist() -> &'static serde_json::Value {
+    static DIST: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    DIST.get_or_init(|| {
+        run_ok(xtask().args(["dist"]));
+        let path = workspace_root().join("target/dist/dist.json");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        serde_json::from_str(&text).expect("dist.json is valid JSON")
+    })
+}
+
+/// `git rev-parse HEAD` of the workspace.
+pub fn head_sha() -> String {
+    run_ok(
+        Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(workspace_root()),
+    )
+    .trim()
+    .to_owned()
+}
+
+/// The server version from server/Cargo.toml.
+pub fn server_version() -> String {
+    let manifest = std::fs::read_to_string(workspace_root().join("server/Cargo.toml"))
+        .expect("read server/Cargo.toml");
+    manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("version = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("server/Cargo.toml has a version line")
+        .to_owned()
+}

@@ -1,0 +1,224 @@
+//! `cargo xtask dist` against the real toolchains, qemu and syft.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::{head_sha, run, run_ok, server_version, tool, workspace_root, xtask};
+
+#[test]
+fn dist_builds_verified_static_binaries_for_both_platforms() {
+    let dist = support::dist();
+    let artifacts = dist.as_array().expect("dist.json is an array");
+    let mut seen: Vec<(String, String, String)> = artifacts
+        .iter()
+        .map(|a| {
+            (
+                a["platform"].as_str().unwrap().to_owned(),
+                a["kind"].as_str().unwrap().to_owned(),
+                a["target"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("linux/amd64", "archive", "x86_64-unknown-linux-gnu"),
+            ("linux/amd64", "binary", "x86_64-unknown-linux-gnu"),
+            ("linux/arm64", "archive", "aarch64-unknown-linux-gnu"),
+            ("linux/arm64", "binary", "aarch64-unknown-linux-gnu"),
+        ]
+        .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()))
+    );
+    for artifact in artifacts {
+        let path = workspace_root().join(artifact["path"].as_str().unwrap());
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(
+            artifact["size"].as_u64(),
+            Some(bytes.len() as u64),
+            "{}",
+            path.display()
+        );
+    }
+    let version = server_version();
+    assert!(workspace_root()
+        .join(format!("target/dist/server-{version}-linux-arm64.tar.gz"))
+        .is_file());
+
+    // The checksums file is what `sha256sum -c` reads.
+    let out = run_ok(
+        Command::new("sha256sum")
+            .args(["-c", "SHA256SUMS"])
+            .current_dir(workspace_root().join("target/dist")),
+    );
+    assert_eq!(
+        out.lines().filter(|l| l.ends_with(": OK")).count(),
+        4,
+        "{out}"
+    );
+
+    // `file` is an independent judge of static linking and architecture.
+    let amd64 =
+        run_ok(Command::new("file").arg(workspace_root().join("target/dist/linux-amd64/server")));
+    assert!(
+        amd64.contains("x86-64") && amd64.contains("static"),
+        "{amd64}"
+    );
+    let arm64 =
+        run_ok(Command::new("file").arg(workspace_root().join("target/dist/linux-arm64/server")));
+    assert!(
+        arm64.contains("ARM aarch64") && arm64.contains("statically linked"),
+        "{arm64}"
+    );
+}
+
+#[test]
+fn arm64_binary_runs_under_qemu_and_reports_its_build() {
+    support::dist();
+    let binary = workspace_root().join("target/dist/linux-arm64/server");
+    let line = run_ok(
+        Command::new(tool("qemu-aarch64-static"))
+            .arg(&binary)
+            .arg("version"),
+    );
+    let sha = head_sha();
+    assert!(
+        line.starts_with(&format!("server {} ({} ", server_version(), &sha[..7])),
+        "{line}"
+    );
+    assert!(
+        line.trim_end().ends_with("aarch64-unknown-linux-gnu"),
+        "{line}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&run_ok(
+        Command::new(tool("qemu-aarch64-static"))
+            .arg(&binary)
+            .args(["version", "--json"]),
+    ))
+    .unwrap();
+    assert_eq!(json["git_sha"], sha.as_str());
+    assert_eq!(json["version"], server_version().as_str());
+}
+
+#[test]
+fn syft_reads_the_crates_from_the_auditable_data() {
+    support::dist();
+    for platform in ["linux-amd64", "linux-arm64"] {
+        let binary = workspace_root()
+            .join("target/dist")
+            .join(platform)
+            .join("server");
+        let out = run_ok(
+            Command::new(tool("syft"))
+                .args(["scan", "-q", "-o", "json"])
+                .arg(format!("file:{}", binary.display())),
+        );
+        let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let names: Vec<&str> = report["artifacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["name"].as_str().unwrap())
+            .collect();
+        for expected in ["tokio", "hyper", "server"] {
+            assert!(
+                names.contains(&expected),
+                "{platform}: syft did not find {expected} in {names:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_second_run_with_nothing_changed_writes_nothing() {
+    support::dist();
+    let archive = workspace_root().join(format!(
+        "target/dist/server-{}-linux-amd64.tar.gz",
+        server_version()
+    ));
+    let before = std::fs::metadata(&archive).unwrap().modified().unwrap();
+    let out = run(xtask().args(["dist"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("Compiling server"),
+        "warm dist recompiled the server"
+    );
+    assert_eq!(
+        std::fs::metadata(&archive).unwrap().modified().unwrap(),
+        before,
+        "warm dist rewrote the archive"
+    );
+}
+
+/// Two clones at different paths, each with an empty target/, give the
+/// same bytes: no checkout path or timestamp leaks into the outputs.
+#[test]
+fn clones_at_different_paths_give_identical_bytes() {
+    let temp = tempfile::tempdir().unwrap();
+    let first = temp.path().join("a/rust-release");
+    let second = temp.path().join("somewhere/else/entirely");
+    let mut sums = Vec::new();
+    for clone in [&first, &second] {
+        std::fs::create_dir_all(clone.parent().unwrap()).unwrap();
+        run_ok(
+            Command::new("git")
+                .arg("clone")
+                .arg("-q")
+                .arg(workspace_root())
+                .arg(clone),
+        );
+        run_ok(
+            Command::new(env!("CARGO_BIN_EXE_xtask"))
+                .arg("dist")
+                .current_dir(clone)
+                .env_remove("CARGO_TARGET_DIR"),
+        );
+        sums.push(std::fs::read_to_string(clone.join("target/dist/SHA256SUMS")).unwrap());
+    }
+    assert_eq!(sums[0], sums[1]);
+    assert_eq!(sums[0].lines().count(), 4, "{}", sums[0]);
+}
+
+#[test]
+fn a_toolchain_without_the_targets_std_is_a_clear_error() {
+    let rustup_rustc = Path::new(&std::env::var("HOME").unwrap()).join(".cargo/bin/rustc");
+    let out = run(xtask()
+        .args(["dist", "--platform", "linux/arm64", "--dry-run"])
+        .env("XTASK_RUSTC_AARCH64_UNKNOWN_LINUX_GNU", &rustup_rustc));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("error: {} (XTASK_RUSTC_<TARGET>) has no standard library for aarch64-unknown-linux-gnu; point it at a toolchain that has one", rustup_rustc.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_unsupported_platform_is_a_clear_error() {
+    let out = run(xtask().args(["dist", "--platform", "linux/riscv64"]));
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        "error: unsupported platform \"linux/riscv64\"; supported platforms are linux/amd64 and linux/arm64"
+    );
+}
+
+#[test]
+fn dry_run_prints_the_exact_commands_and_builds_nothing() {
+    let out = run_ok(xtask().args(["dist", "--dry-run"]));
+    assert!(out.contains("auditable build --release --locked --package server --bin server --target x86_64-unknown-linux-gnu"), "{out}");
+    assert!(out.contains("/usr/bin/cargo auditable build --release --locked --package server --bin server --target aarch64-unknown-linux-gnu"), "{out}");
+    assert!(
+        out.contains(
+            "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=\"/usr/bin/aarch64-linux-gnu-gcc\""
+        ),
+        "{out}"
+    );
+    assert!(out.contains("target-feature=+crt-static"), "{out}");
+}
