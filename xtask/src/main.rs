@@ -9,6 +9,7 @@
 mod archive;
 mod attest;
 mod bench;
+mod buildx;
 mod bundle;
 mod config;
 mod dist;
@@ -18,6 +19,8 @@ mod image;
 mod oci;
 mod progress;
 mod publish;
+mod push;
+mod registry;
 mod release;
 mod sbom;
 mod setup;
