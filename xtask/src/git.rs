@@ -15,7 +15,10 @@ impl Git {
     pub fn open(dir: &Utf8Path) -> Result<Git> {
         let sh = Shell::new()?;
         sh.change_dir(dir);
-        Ok(Git { sh, git: tools::GIT.find()? })
+        Ok(Git {
+            sh,
+            git: tools::GIT.find()?,
+        })
     }
 
     fn read(&self, args: &[&str]) -> Result<String> {
@@ -34,24 +37,32 @@ impl Git {
 
     /// The full sha of HEAD.
     pub fn head_sha(&self) -> Result<String> {
-        self.read(&["rev-parse", "HEAD"]).context("cannot read HEAD; is this a git checkout with a commit?")
+        self.read(&["rev-parse", "HEAD"])
+            .context("cannot read HEAD; is this a git checkout with a commit?")
     }
 
     /// The committer time of HEAD, the reproducible SOURCE_DATE_EPOCH.
     pub fn head_commit_time(&self) -> Result<u64> {
         let text = self.read(&["log", "-1", "--format=%ct", "HEAD"])?;
-        text.parse().with_context(|| format!("unexpected commit time {text:?} from git"))
+        text.parse()
+            .with_context(|| format!("unexpected commit time {text:?} from git"))
     }
 
     /// The current branch, or None on a detached HEAD.
     pub fn current_branch(&self) -> Option<String> {
-        self.read(&["symbolic-ref", "--short", "-q", "HEAD"]).ok().filter(|b| !b.is_empty())
+        self.read(&["symbolic-ref", "--short", "-q", "HEAD"])
+            .ok()
+            .filter(|b| !b.is_empty())
     }
 
     /// Paths that differ from HEAD, untracked files included.
     pub fn dirty_paths(&self) -> Result<Vec<String>> {
         let status = self.read(&["status", "--porcelain=v1", "--untracked-files=all"])?;
-        Ok(status.lines().filter_map(|l| l.get(3..)).map(str::to_owned).collect())
+        Ok(status
+            .lines()
+            .filter_map(|l| l.get(3..))
+            .map(str::to_owned)
+            .collect())
     }
 
     /// The commit a tag points at, or None if the tag does not exist.
@@ -94,8 +105,14 @@ mod tests {
 
     #[test]
     fn remotes() {
-        assert_eq!(normalize_remote("git@github.com:o/r.git"), "https://github.com/o/r");
-        assert_eq!(normalize_remote("https://github.com/o/r.git\n"), "https://github.com/o/r");
+        assert_eq!(
+            normalize_remote("git@github.com:o/r.git"),
+            "https://github.com/o/r"
+        );
+        assert_eq!(
+            normalize_remote("https://github.com/o/r.git\n"),
+            "https://github.com/o/r"
+        );
     }
 
     #[test]
