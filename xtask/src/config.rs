@@ -25,6 +25,8 @@ pub struct Config {
     pub license: String,
     pub repository: String,
     pub toolchains: BTreeMap<String, ToolchainConfig>,
+    /// The branch whose builds are tagged as the default branch's.
+    pub default_branch: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -42,6 +44,12 @@ struct RawRelease {
     binary: String,
     #[serde(default)]
     toolchains: BTreeMap<String, ToolchainConfig>,
+    #[serde(default = "default_branch")]
+    default_branch: String,
+}
+
+fn default_branch() -> String {
+    "main".into()
 }
 
 /// `[workspace.metadata.release.toolchains.<triple>]`: an explicit toolchain
@@ -115,6 +123,7 @@ impl Config {
             repository: package.repository.clone().unwrap_or_default(),
             package: raw.package,
             toolchains: raw.toolchains,
+            default_branch: raw.default_branch,
         })
     }
 
