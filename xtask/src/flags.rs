@@ -164,6 +164,9 @@ pub struct Image {
     /// Push by digest only; set no tags (the release task tags after verifying).
     #[arg(long)]
     pub no_tags: bool,
+    /// The OCI layout to write (default target/image/oci).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<Utf8PathBuf>,
     /// Print the plan, the tags and the exact commands; write nothing.
     #[arg(long)]
     pub dry_run: bool,

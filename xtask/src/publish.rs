@@ -1,36 +1,143 @@
-//! The image task's driver: build the layout, then push and tag it.
+//! The image task: build the layout, then (with --push) push it by digest
+//! and move the tags, exact first and floating last.
 
-use anyhow::{bail, Result};
+use std::cell::RefCell;
+
+use anyhow::{bail, Context, Result};
+use camino::Utf8PathBuf;
 use serde_json::json;
 
+use crate::buildx::{self, BuildxOptions};
 use crate::config::{Config, Platform};
 use crate::dist;
-use crate::flags::{self, Builder};
-use crate::image::{self, Base, BaseFetcher, Options};
-use crate::oci::Layout;
+use crate::flags::{self, BuildRef, Builder};
+use crate::image::{self, Base, BaseFetcher, Built, Options};
+use crate::oci::{self, Index, Layout, Manifest};
+use crate::progress::Steps;
+use crate::push::{self, PushReport, TagChange};
+use crate::registry::{Client, Reference};
+use crate::source::Source;
+use crate::tags;
 
 pub fn run_image(flags: &flags::Image) -> Result<()> {
-    if flags.builder == Builder::Buildx {
-        bail!("--builder buildx is not wired up yet");
-    }
     let config = Config::load()?;
     let platforms = dist::select_platforms(&config, &flags.platforms)?;
+    let repo = flags
+        .registry
+        .image
+        .clone()
+        .unwrap_or_else(|| config.image.clone());
+    let target = Reference::parse(&repo)?;
     let base = flags
         .base
         .clone()
         .unwrap_or_else(|| configured_base(&config));
     let version = config.version.to_string();
-    let out = config.target_dir.join("image/oci");
-    let fetcher = NoRegistry;
+    let out = flags
+        .out
+        .clone()
+        .unwrap_or_else(|| config.target_dir.join("image/oci"));
+
+    if flags.builder == Builder::Buildx {
+        return run_buildx(&config, flags, &platforms, &base, &version, &target, &out);
+    }
+
+    let client = if flags.push || needs_registry(&base) {
+        Some(Client::new(&target.host, flags.registry.insecure)?)
+    } else {
+        None
+    };
+    let mut steps = Steps::new(if flags.push { 5 } else { 2 });
+    let tag_plan = if flags.push && !flags.no_tags {
+        let client = client
+            .as_ref()
+            .context("a registry client is needed to push")?;
+        let source = Source::detect(&config.workspace_root)?;
+        steps.run("compute tags", || {
+            tags::plan_for_build(&config, &flags.build, &source, &target, client)
+        })?
+    } else {
+        Vec::new()
+    };
+
+    if flags.dry_run {
+        println!("plan for {repo}:");
+        println!(
+            "  build {} on {base} into {out}",
+            platforms
+                .iter()
+                .map(Platform::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if flags.push {
+            println!("  push blobs, platform manifests and the index by digest to {repo}");
+            for (tag, immutable) in &tag_plan {
+                println!(
+                    "  tag {repo}:{tag}{}",
+                    if *immutable { " (immutable)" } else { "" }
+                );
+            }
+        }
+        return Ok(());
+    }
+
+    let fetcher = RegistryFetcher::new(flags.registry.insecure);
     let options = Options {
         platforms,
-        base,
+        base: base.clone(),
         out,
         version: &version,
         fetcher: &fetcher,
     };
-    let (_dist, built) = image::build(&config, &options)?;
-    if flags.json {
+    let (_, built) = steps.run("build the image", || image::build(&config, &options))?;
+    for warning in fetcher.warnings.borrow().iter() {
+        eprintln!("warning: {warning}");
+    }
+
+    let mut report = PushReport::default();
+    let mut changes: Vec<TagChange> = Vec::new();
+    if let (true, Some(client)) = (flags.push, client.as_ref()) {
+        let repository = &target.repository;
+        // Read-only check first: a refused immutable tag must leave the
+        // registry exactly as it was.
+        steps.run("check tags", || {
+            push::plan_tags(client, repository, &tag_plan, &built.digest, flags.force).map(|_| ())
+        })?;
+        let mount_from = Reference::parse(&base)
+            .ok()
+            .filter(|b| b.host == target.host)
+            .map(|b| b.repository);
+        report = steps.run("push by digest", || {
+            push::push_layout(
+                client,
+                repository,
+                &Layout::open(&built.layout)?,
+                &built.digest,
+                mount_from.as_deref(),
+            )
+        })?;
+        changes = steps.run("move tags", || {
+            let changes =
+                push::plan_tags(client, repository, &tag_plan, &built.digest, flags.force)?;
+            let index = Layout::open(&built.layout)?.read_blob(&built.digest)?;
+            push::apply_tags(client, repository, &changes, &index)?;
+            Ok(changes)
+        })?;
+    }
+    print_result(flags.json, &repo, &built, &report, &changes);
+    Ok(())
+}
+
+fn print_result(
+    as_json: bool,
+    repo: &str,
+    built: &Built,
+    report: &PushReport,
+    changes: &[TagChange],
+) {
+    let tags: Vec<&str> = changes.iter().map(|c| c.tag.as_str()).collect();
+    if as_json {
         let platforms: Vec<_> = built
             .platforms
             .iter()
@@ -38,12 +145,74 @@ pub fn run_image(flags: &flags::Image) -> Result<()> {
             .collect();
         println!(
             "{}",
-            json!({"image": flags.registry.image.clone().unwrap_or(config.image.clone()), "digest": built.digest, "platforms": platforms, "tags": []})
+            json!({
+                "image": repo,
+                "digest": built.digest,
+                "platforms": platforms,
+                "tags": tags,
+                "layout": built.layout,
+                "push": report,
+                "tag_changes": changes,
+            })
         );
-    } else {
-        println!("{}", built.digest);
+        return;
     }
-    Ok(())
+    println!("{}", built.digest);
+    for platform in &built.platforms {
+        eprintln!(
+            "  {}  {}  ({} bytes compressed)",
+            platform.platform, platform.digest, platform.size
+        );
+    }
+    for change in changes {
+        let before = change.before.as_deref().unwrap_or("nothing");
+        eprintln!("  {repo}:{} -> {} (was {before})", change.tag, change.after);
+    }
+    if !changes.is_empty() {
+        eprintln!(
+            "  pushed {} blobs, mounted {}, skipped {} already present",
+            report.uploaded.len(),
+            report.mounted.len(),
+            report.skipped.len()
+        );
+        eprintln!(
+            "verify with: cargo xtask verify {repo}@{} --key cosign.pub",
+            built.digest
+        );
+    }
+}
+
+fn run_buildx(
+    config: &Config,
+    flags: &flags::Image,
+    platforms: &[Platform],
+    base: &str,
+    version: &str,
+    target: &Reference,
+    out: &Utf8PathBuf,
+) -> Result<()> {
+    let source = Source::detect(&config.workspace_root)?;
+    let archive = out.with_extension("tar");
+    let repo = target.name();
+    let options = BuildxOptions {
+        platforms,
+        base,
+        version,
+        push_repo: flags.push.then_some(repo.as_str()),
+        oci_archive: &archive,
+    };
+    if flags.dry_run {
+        println!(
+            "docker {}",
+            buildx::args(config, &source, &options).join(" ")
+        );
+        return Ok(());
+    }
+    if flags.push {
+        bail!("--builder buildx --push is not supported yet: push the native build, or load {archive} with skopeo");
+    }
+    dist::build(config, platforms, flags::Strategy::Auto, true, false)?;
+    buildx::build(config, &source, &options)
 }
 
 /// The configured base, pinned to its digest when the config has one.
@@ -57,10 +226,113 @@ pub fn configured_base(config: &Config) -> String {
     }
 }
 
-struct NoRegistry;
+fn needs_registry(base: &str) -> bool {
+    matches!(
+        image::BaseSource::parse(base),
+        image::BaseSource::Registry(_)
+    )
+}
 
-impl BaseFetcher for NoRegistry {
-    fn fetch(&self, reference: &str, _platform: &Platform, _layout: &Layout) -> Result<Base> {
-        bail!("cannot fetch the base {reference}: registry bases are not supported yet; use --base scratch or an OCI layout")
+/// Fetches a registry base, resolving its tag once per build.
+pub struct RegistryFetcher {
+    insecure: bool,
+    resolved: RefCell<Option<(String, String, Vec<u8>)>>,
+    pub warnings: RefCell<Vec<String>>,
+}
+
+impl RegistryFetcher {
+    pub fn new(insecure: bool) -> RegistryFetcher {
+        RegistryFetcher {
+            insecure,
+            resolved: RefCell::new(None),
+            warnings: RefCell::new(Vec::new()),
+        }
+    }
+}
+
+impl BaseFetcher for RegistryFetcher {
+    fn fetch(&self, reference: &str, platform: &Platform, layout: &Layout) -> Result<Base> {
+        let parsed = Reference::parse(reference)?;
+        let client = Client::new(
+            &parsed.host,
+            self.insecure && crate::registry::is_loopback(&parsed.host),
+        )?;
+        let repository = &parsed.repository;
+        if self
+            .resolved
+            .borrow()
+            .as_ref()
+            .is_none_or(|(r, _, _)| r != reference)
+        {
+            let (media_type, bytes) = client
+                .get_manifest(repository, parsed.reference())?
+                .with_context(|| format!("the base image {reference} does not exist"))?;
+            let digest = oci::digest_of(&bytes);
+            if parsed.digest.is_none() {
+                self.warnings.borrow_mut().push(format!(
+                    "the base {reference} is not pinned; this build used {digest}. Pin it with base-digest = \"{digest}\" in [workspace.metadata.release]"
+                ));
+            }
+            *self.resolved.borrow_mut() = Some((reference.to_owned(), media_type, bytes));
+        }
+        let resolved = self.resolved.borrow();
+        let (_, media_type, bytes) = resolved.as_ref().context("the base was not resolved")?;
+        let top_digest = oci::digest_of(bytes);
+        let manifest_bytes = if oci::is_index(media_type) {
+            let index: Index =
+                serde_json::from_slice(bytes).context("the base index is invalid")?;
+            let entry = image::select_platform(&index, platform)
+                .with_context(|| format!("the base {reference} has no {platform} image"))?;
+            client
+                .get_manifest(repository, &entry.digest)?
+                .with_context(|| {
+                    format!(
+                        "the base {reference} lists {} but the registry does not have it",
+                        entry.digest
+                    )
+                })?
+                .1
+        } else {
+            bytes.clone()
+        };
+        let manifest: Manifest =
+            serde_json::from_slice(&manifest_bytes).context("the base manifest is invalid")?;
+        let config: serde_json::Value =
+            serde_json::from_slice(&client.get_blob(repository, &manifest.config.digest)?)
+                .context("the base config is not JSON")?;
+        image::check_base_platform(&config, platform, reference)?;
+        for layer in &manifest.layers {
+            if !layout.has_blob(&layer.digest) {
+                layout.write_blob(
+                    &layer.media_type,
+                    &client.get_blob(repository, &layer.digest)?,
+                )?;
+            }
+        }
+        let name = match &parsed.tag {
+            Some(tag) => format!("{}:{tag}", parsed.name()),
+            None => parsed.name(),
+        };
+        Ok(Base {
+            name,
+            digest: Some(top_digest),
+            platform_digest: Some(oci::digest_of(&manifest_bytes)),
+            config,
+            layers: manifest
+                .layers
+                .into_iter()
+                .map(image::normalize_layer)
+                .collect(),
+        })
+    }
+}
+
+/// Which build the flags describe, for messages.
+pub fn describe(build: &BuildRef) -> String {
+    match (&build.version, &build.branch, build.pr) {
+        (Some(v), _, _) => format!("release {v}"),
+        (_, Some(b), _) => format!("branch {b}"),
+        (_, _, Some(n)) => format!("pull request {n}"),
+        _ => "this checkout".to_owned(),
     }
 }

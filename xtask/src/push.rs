@@ -129,7 +129,8 @@ pub fn plan_tags(
         if *immutable && !force {
             if let Some(existing) = before.as_deref().filter(|d| *d != digest) {
                 bail!(
-                    "{repo}:{tag} already points at {existing}, not {digest}; it is immutable: release a new version, or pass --force to repoint it"
+                    "{}/{repo}:{tag} already points at {existing}, not {digest}; it is immutable: release a new version, or pass --force to repoint it",
+                    client.host()
                 );
             }
         }

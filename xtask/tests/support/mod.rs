@@ -243,3 +243,234 @@ pub fn server_version() -> String {
         .expect("server/Cargo.toml has a version line")
         .to_owned()
 }
+
+/// A two-platform base image made with crane only, so that nothing of ours
+/// is involved: one small layer per platform. Returns the reference and,
+/// per platform (`amd64`, `arm64`), the base layer digests.
+pub fn seed_base(
+    registry: &Registry,
+    name: &str,
+) -> (String, std::collections::BTreeMap<String, Vec<String>>) {
+    let crane = tool("crane");
+    let work = tempfile::tempdir().expect("tempdir");
+    let repo = registry.repo(name);
+    let mut layers = std::collections::BTreeMap::new();
+    for arch in ["amd64", "arm64"] {
+        let root = work.path().join(arch);
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(
+            root.join("etc/base-release"),
+            format!("test base for {arch}\n"),
+        )
+        .unwrap();
+        let tar = work.path().join(format!("{arch}.tar"));
+        run_ok(
+            Command::new("tar")
+                .args([
+                    "--sort=name",
+                    "--mtime=@0",
+                    "--owner=0",
+                    "--group=0",
+                    "--numeric-owner",
+                    "-C",
+                ])
+                .arg(&root)
+                .arg("-cf")
+                .arg(&tar)
+                .arg("etc"),
+        );
+        run_ok(
+            Command::new(&crane)
+                .args(["append", "--insecure", "--oci-empty-base", "-f"])
+                .arg(&tar)
+                .args(["-t", &format!("{repo}:{arch}-unset")]),
+        );
+        run_ok(Command::new(&crane).args([
+            "mutate",
+            "--insecure",
+            "--set-platform",
+            &format!("linux/{arch}"),
+            &format!("{repo}:{arch}-unset"),
+            "-t",
+            &format!("{repo}:{arch}"),
+        ]));
+        let manifest: serde_json::Value =
+            serde_json::from_str(&run_ok(Command::new(&crane).args([
+                "manifest",
+                "--insecure",
+                &format!("{repo}:{arch}"),
+            ])))
+            .unwrap();
+        layers.insert(
+            arch.to_owned(),
+            manifest["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["digest"].as_str().unwrap().to_owned())
+                .collect(),
+        );
+    }
+    run_ok(Command::new(&crane).args([
+        "index",
+        "append",
+        "--insecure",
+        "-m",
+        &format!("{repo}:amd64"),
+        "-m",
+        &format!("{repo}:arm64"),
+        "-t",
+        &format!("{repo}:latest"),
+    ]));
+    (format!("{repo}:latest"), layers)
+}
+
+/// A TCP proxy in front of a registry that kills the registry process the
+/// first time a client sends `trigger` (for example the first manifest
+/// PUT), as a crash in the middle of a push would.
+pub struct KillingProxy {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub fired: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl KillingProxy {
+    pub fn start(
+        registry: std::sync::Arc<std::sync::Mutex<Registry>>,
+        trigger: &'static str,
+    ) -> KillingProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().unwrap().port();
+        let upstream = registry.lock().unwrap().port;
+        let stop = Arc::new(AtomicBool::new(false));
+        let fired = Arc::new(AtomicBool::new(false));
+        let (stop2, fired2) = (stop.clone(), fired.clone());
+        let triggered = Arc::new(AtomicBool::new(false));
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let (registry, fired, triggered) =
+                    (registry.clone(), fired2.clone(), triggered.clone());
+                let (mut client_read, mut server_write) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut server_read, mut client_write) = (server, client);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut server_read, &mut client_write);
+                    let _ = client_write.shutdown(std::net::Shutdown::Both);
+                });
+                std::thread::spawn(move || {
+                    let mut window: Vec<u8> = Vec::new();
+                    let mut buf = [0u8; 16 * 1024];
+                    loop {
+                        let n = match client_read.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        window.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&window);
+                        if text.contains(trigger) {
+                            // Exactly once, and `fired` only once the registry
+                            // is dead, so that a test restarting it after
+                            // seeing `fired` cannot be raced by this thread.
+                            if !triggered.swap(true, Ordering::SeqCst) {
+                                registry.lock().unwrap().stop();
+                                fired.store(true, Ordering::SeqCst);
+                            }
+                            let _ = client_read.shutdown(std::net::Shutdown::Both);
+                            break;
+                        }
+                        if server_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        let keep = window.len().saturating_sub(256);
+                        window.drain(..keep);
+                    }
+                    let _ = server_write.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        KillingProxy { port, stop, fired }
+    }
+}
+
+impl Drop for KillingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// `skopeo inspect --raw` of a reference on a plain-HTTP test registry.
+pub fn skopeo_raw(reference: &str) -> serde_json::Value {
+    let out = run_ok(Command::new(tool("skopeo")).args([
+        "inspect",
+        "--tls-verify=false",
+        "--raw",
+        &format!("docker://{reference}"),
+    ]));
+    serde_json::from_str(&out).expect("skopeo printed JSON")
+}
+
+/// The tags of a repository, sorted, as skopeo sees them; empty when the
+/// repository does not exist.
+pub fn skopeo_tags(repo: &str) -> Vec<String> {
+    let out = run(Command::new(tool("skopeo")).args([
+        "list-tags",
+        "--tls-verify=false",
+        &format!("docker://{repo}"),
+    ]));
+    if !out.status.success() {
+        return Vec::new();
+    }
+    let parsed: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("skopeo printed JSON");
+    let mut tags: Vec<String> = parsed["Tags"]
+        .as_array()
+        .map(|a| a.iter().map(|t| t.as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default();
+    tags.sort();
+    tags
+}
+
+/// Where each tag of `repo` points, via skopeo.
+pub fn tag_digests(repo: &str) -> std::collections::BTreeMap<String, String> {
+    skopeo_tags(repo)
+        .into_iter()
+        .map(|tag| {
+            let digest = run_ok(Command::new(tool("skopeo")).args([
+                "inspect",
+                "--tls-verify=false",
+                "--raw",
+                &format!("docker://{repo}:{tag}"),
+            ]));
+            let digest = format!("sha256:{}", sha256_hex(digest.as_bytes()));
+            (tag, digest)
+        })
+        .collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let out = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().expect("stdin").write_all(bytes)?;
+            child.wait_with_output()
+        })
+        .expect("sha256sum runs");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
