@@ -118,12 +118,7 @@ pub fn run(flags: &flags::Setup) -> Result<()> {
             .with_context(|| format!("go install {module}@{version} failed"))?;
     }
 
-    if !has_version(
-        &sh,
-        "cargo-auditable",
-        &["auditable", "--version"],
-        CARGO_AUDITABLE_VERSION,
-    ) {
+    if !cargo_installed(&sh, "cargo-auditable", CARGO_AUDITABLE_VERSION) {
         missing.push(format!("cargo: cargo-auditable@{CARGO_AUDITABLE_VERSION}"));
         if flags.dry_run {
             println!("would run: cargo install cargo-auditable --version {CARGO_AUDITABLE_VERSION} --locked");
@@ -232,6 +227,22 @@ fn has_version(sh: &Shell, command: &str, args: &[&str], version: &str) -> bool 
         .read()
         .unwrap_or_default();
     output.contains(version)
+}
+
+/// `cargo auditable --version` forwards to cargo and prints cargo's
+/// version, so the installed version is read from cargo's own records.
+fn cargo_installed(sh: &Shell, crate_name: &str, version: &str) -> bool {
+    if tools::find_opt(crate_name).is_none() {
+        return false;
+    }
+    let listing = cmd!(sh, "cargo install --list")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .unwrap_or_default();
+    listing
+        .lines()
+        .any(|line| line == format!("{crate_name} v{version}:"))
 }
 
 /// Go is not installed here: Debian's Go is too old for cosign 3, so the
