@@ -40,6 +40,8 @@ pub enum Command {
     Bundle(Bundle),
     /// Measure the server and the release pipeline, and print a report.
     Bench(Bench),
+    /// Resolve the configured base tag once and write its digest into Cargo.toml.
+    PinBase(PinBase),
 }
 
 #[derive(Debug, Args)]
@@ -284,4 +286,17 @@ pub struct Bench {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PinBase {
+    /// The base to pin, instead of the configured `base` (a tag, not a digest).
+    #[arg(long)]
+    pub base: Option<String>,
+    /// Allow plain HTTP, for a registry on loopback.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Print the digest it would write; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }

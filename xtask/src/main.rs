@@ -17,6 +17,7 @@ mod flags;
 mod git;
 mod image;
 mod oci;
+mod pin_base;
 mod progress;
 mod publish;
 mod push;
@@ -52,6 +53,7 @@ fn main() -> ExitCode {
         Command::Release(flags) => release::run(flags),
         Command::Bundle(flags) => bundle::run(flags),
         Command::Bench(flags) => bench::run(flags),
+        Command::PinBase(flags) => pin_base::run(flags),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
