@@ -17,6 +17,7 @@ mod flags;
 mod git;
 mod image;
 mod oci;
+mod preflight;
 mod progress;
 mod publish;
 mod push;
