@@ -18,6 +18,7 @@ mod git;
 mod image;
 mod oci;
 mod pin_base;
+mod preflight;
 mod progress;
 mod publish;
 mod push;

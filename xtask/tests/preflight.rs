@@ -1,0 +1,406 @@
+//! The release preflight through `cargo xtask release V --dry-run`, each
+//! test in its own clone of this workspace with one thing broken, against a
+//! real registry.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use support::{run, run_ok, tool, Registry};
+
+/// A clone of the committed workspace, without any git tags.
+struct Workspace {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    head: String,
+    version: String,
+}
+
+impl Workspace {
+    fn clone() -> Workspace {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ws");
+        run_ok(
+            Command::new("git")
+                .args(["clone", "-q"])
+                .arg(support::workspace_root())
+                .arg(&path),
+        );
+        let workspace = Workspace {
+            head: String::new(),
+            version: support::server_version(),
+            _dir: dir,
+            path,
+        };
+        for tag in workspace.git(&["tag", "--list"]).lines() {
+            workspace.git(&["tag", "-d", tag]);
+        }
+        Workspace {
+            head: workspace.git(&["rev-parse", "HEAD"]).trim().to_owned(),
+            ..workspace
+        }
+    }
+
+    fn git(&self, args: &[&str]) -> String {
+        run_ok(Command::new("git").args(args).current_dir(&self.path))
+    }
+
+    /// Tags HEAD with `tag`, then commits on top, so that the tag is on
+    /// the previous commit (without needing history: CI clones are
+    /// shallow). Returns the tagged commit and updates `head`.
+    fn tag_then_commit(&mut self, tag: &str) -> String {
+        let tagged = self.head.clone();
+        self.git(&["tag", tag]);
+        self.git(&[
+            "-c",
+            "user.name=Test",
+            "-c",
+            "user.email=test@example.invalid",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "after the tag",
+        ]);
+        self.head = self.git(&["rev-parse", "HEAD"]).trim().to_owned();
+        tagged
+    }
+
+    fn tag(&self) -> String {
+        format!("v{}", self.version)
+    }
+
+    /// The server version with its patch number bumped.
+    fn other_version(&self) -> String {
+        let mut parts: Vec<u64> = self
+            .version
+            .split('.')
+            .map(|p| {
+                p.parse()
+                    .expect("a plain x.y.z version in server/Cargo.toml")
+            })
+            .collect();
+        parts[2] += 1;
+        format!("v{}.{}.{}", parts[0], parts[1], parts[2])
+    }
+
+    fn write(&self, relative: &str, text: &str) {
+        let path = self.path.join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    fn append(&self, relative: &str, text: &str) {
+        let path = self.path.join(relative);
+        let mut content = std::fs::read_to_string(&path).unwrap();
+        content.push_str(text);
+        std::fs::write(path, content).unwrap();
+    }
+
+    /// `cargo xtask release VERSION --dry-run --image IMAGE --insecure`.
+    fn release(&self, version: &str, image: &str, extra: &[&str]) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        command
+            .current_dir(&self.path)
+            .args([
+                "release",
+                version,
+                "--dry-run",
+                "--insecure",
+                "--image",
+                image,
+            ])
+            .args(extra);
+        run(&mut command)
+    }
+}
+
+fn stdout_of(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "release --dry-run failed with {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Exit 1, nothing on stdout, and exactly these problems on stderr.
+fn fails_with(output: &Output, version: &str, problems: &[String]) {
+    let count = match problems.len() {
+        1 => "1 problem".to_owned(),
+        n => format!("{n} problems"),
+    };
+    let lines: String = problems.iter().map(|p| format!("  - {p}\n")).collect();
+    assert_eq!(
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned()
+        ),
+        (
+            Some(1),
+            String::new(),
+            format!("error: release preflight for {version} found {count}:\n{lines}")
+        )
+    );
+}
+
+/// The tag plan of a first release of `tag` at `head`.
+fn first_release_tags(tag: &str, head: &str) -> String {
+    let version = semver_parts(tag);
+    let sha = &head[..7];
+    let mut lines = vec![
+        format!("{tag}: the release, never moves"),
+        format!("sha-{sha}: the commit, never moves"),
+        format!(
+            "v{}.{}: newest in {}.{}.x",
+            version[0], version[1], version[0], version[1]
+        ),
+    ];
+    if version[0] == 0 {
+        lines.push("latest: newest stable release".into());
+        lines.push("no v0: 0.x releases never get a major tag".into());
+    } else {
+        lines.push(format!("v{}: newest in {}.x", version[0], version[0]));
+        lines.push("latest: newest stable release".into());
+    }
+    lines.iter().map(|l| format!("  {l}\n")).collect()
+}
+
+fn semver_parts(tag: &str) -> Vec<u64> {
+    tag.trim_start_matches('v')
+        .split('.')
+        .map(|p| p.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_clean_release_passes_and_shows_its_tag_plan() {
+    let registry = Registry::start();
+    let ws = Workspace::clone();
+    let (tag, image) = (ws.tag(), registry.repo("app"));
+    let stdout = stdout_of(&ws.release(&tag, &image, &[]));
+    assert_eq!(
+        stdout,
+        format!(
+            "release {tag} of {image} from {head} (dry run: nothing is built, pushed or tagged)\n\
+             preflight:\n  \
+             ok: {tag} is a strict semver version\n  \
+             ok: server/Cargo.toml has version {version}\n  \
+             ok: the git tree is clean, untracked files included\n  \
+             ok: git tag {tag} does not exist yet; the release creates it on HEAD\n  \
+             ok: {image} has no {tag} yet\n\
+             tags, in the order they would be set:\n{tags}",
+            head = ws.head,
+            version = ws.version,
+            tags = first_release_tags(&tag, &ws.head),
+        )
+    );
+    // The dry run wrote nothing.
+    assert_eq!(
+        ws.git(&["status", "--porcelain", "--untracked-files=all"]),
+        ""
+    );
+    assert_eq!(ws.git(&["tag", "--list"]), "");
+    assert!(support::skopeo_tags(&image).is_empty());
+}
+
+#[test]
+fn a_git_tag_on_head_and_a_published_version_pass() {
+    let registry = Registry::start();
+    let ws = Workspace::clone();
+    let (tag, image) = (ws.tag(), registry.repo("app"));
+    ws.git(&["tag", &tag]);
+    // The version already published, as after a release that stopped
+    // before its floating tags.
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("f"), "x").unwrap();
+    run_ok(
+        Command::new("tar")
+            .arg("-C")
+            .arg(work.path())
+            .args(["-cf", "layer.tar", "f"])
+            .current_dir(work.path()),
+    );
+    let digest = run_ok(
+        Command::new(tool("crane"))
+            .args(["append", "--insecure", "--oci-empty-base", "-f"])
+            .arg(work.path().join("layer.tar"))
+            .args(["-t", &format!("{image}:{tag}")]),
+    );
+    let digest = digest.trim().rsplit_once('@').unwrap().1.to_owned();
+    let output = ws.release(&tag, &image, &["--json"]);
+    let value: serde_json::Value = serde_json::from_str(&stdout_of(&output)).unwrap();
+    assert_eq!(value["preflight"]["git_tag_exists"], true);
+    assert_eq!(value["preflight"]["registry"]["digest"], digest.as_str());
+    assert_eq!(value["preflight"]["head"], ws.head.as_str());
+    assert_eq!(
+        value["preflight"]["passed"][3],
+        format!("git tag {tag} points at HEAD ({})", ws.head)
+    );
+    assert_eq!(
+        value["preflight"]["passed"][4],
+        format!("{image}:{tag} exists at {digest}; the build must give that digest (checked after building)")
+    );
+    assert_eq!(value["tags"]["tags"][0], tag.as_str());
+    assert_eq!(value["tags"]["published_considered"], 1);
+}
+
+#[test]
+fn an_invalid_version_is_a_problem() {
+    let registry = Registry::start();
+    let ws = Workspace::clone();
+    for (version, why) in [
+        (
+            "v1.6",
+            "it has 2 numbers, a release needs all three of MAJOR.MINOR.PATCH",
+        ),
+        ("1.2.3", "it must start with `v`"),
+        (
+            "v1.2.3+build.1",
+            "build metadata (+build.1) is not allowed in a release",
+        ),
+    ] {
+        fails_with(
+            &ws.release(version, &registry.repo("app"), &[]),
+            version,
+            &[format!("invalid version {version:?}: {why}; expected vMAJOR.MINOR.PATCH or vMAJOR.MINOR.PATCH-PRERELEASE, such as v1.2.3")],
+        );
+    }
+}
+
+#[test]
+fn a_version_other_than_cargo_toml_says_which_file_to_edit() {
+    let registry = Registry::start();
+    let ws = Workspace::clone();
+    let other = ws.other_version();
+    fails_with(
+        &ws.release(&other, &registry.repo("app"), &[]),
+        &other,
+        &[format!(
+            "version mismatch: releasing {other} but server/Cargo.toml has version {v}; set `version = \"{bare}\"` in server/Cargo.toml and commit it, or release v{v}",
+            v = ws.version,
+            bare = other.trim_start_matches('v'),
+        )],
+    );
+}
+
+#[test]
+fn a_dirty_tree_lists_every_path_untracked_included() {
+    let registry = Registry::start();
+    let ws = Workspace::clone();
+    ws.append("server/src/main.rs", "\n// local edit\n");
+    ws.write("notes/my todo.txt", "untracked\n");
+    let tag = ws.tag();
+    fails_with(
+        &ws.release(&tag, &registry.repo("app"), &[]),
+        &tag,
+        &["the git tree is not clean; commit, stash or remove: server/src/main.rs, notes/my todo.txt (untracked)".to_owned()],
+    );
+    // Staged only, and untracked only: each is enough.
+    ws.git(&["add", "server/src/main.rs"]);
+    std::fs::remove_dir_all(ws.path.join("notes")).unwrap();
+    fails_with(
+        &ws.release(&tag, &registry.repo("app"), &[]),
+        &tag,
+        &["the git tree is not clean; commit, stash or remove: server/src/main.rs".to_owned()],
+    );
+    ws.git(&["reset", "-q", "--hard"]);
+    // Ignored files (.gitignore lists .env and target/) do not count...
+    ws.write(".env", "SECRET=x\n");
+    stdout_of(&ws.release(&tag, &registry.repo("app"), &[]));
+    // ...but one untracked file does.
+    ws.write("deploy/values.yaml", "replicas: 2\n");
+    fails_with(
+        &ws.release(&tag, &registry.repo("app"), &[]),
+        &tag,
+        &[
+            "the git tree is not clean; commit, stash or remove: deploy/values.yaml (untracked)"
+                .to_owned(),
+        ],
+    );
+}
+
+#[test]
+fn a_git_tag_elsewhere_is_a_problem() {
+    let registry = Registry::start();
+    let mut ws = Workspace::clone();
+    let tag = ws.tag();
+    let tagged = ws.tag_then_commit(&tag);
+    fails_with(
+        &ws.release(&tag, &registry.repo("app"), &[]),
+        &tag,
+        &[format!(
+            "git tag {tag} points at {tagged}, not at HEAD ({}); check out {tag} to release it, or delete the tag with `git tag -d {tag}` if it is wrong",
+            ws.head
+        )],
+    );
+}
+
+#[test]
+fn an_unreachable_registry_is_a_problem() {
+    let ws = Workspace::clone();
+    let port = support::free_port();
+    let image = format!("127.0.0.1:{port}/app");
+    let tag = ws.tag();
+    fails_with(
+        &ws.release(&tag, &image, &[]),
+        &tag,
+        &[format!(
+            "cannot check whether {image}:{tag} exists: cannot reach 127.0.0.1:{port} (HEAD http://127.0.0.1:{port}/v2/app/manifests/{tag}); is the registry running?: io: Connection refused (os error 111)",
+        )],
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let mut ws = Workspace::clone();
+    let port = support::free_port();
+    let image = format!("127.0.0.1:{port}/app");
+    let other = ws.other_version();
+    let tagged = ws.tag_then_commit(&other);
+    ws.write("scratch.txt", "x\n");
+    fails_with(
+        &ws.release(&other, &image, &[]),
+        &other,
+        &[
+            format!(
+                "version mismatch: releasing {other} but server/Cargo.toml has version {v}; set `version = \"{bare}\"` in server/Cargo.toml and commit it, or release v{v}",
+                v = ws.version,
+                bare = other.trim_start_matches('v'),
+            ),
+            "the git tree is not clean; commit, stash or remove: scratch.txt (untracked)".to_owned(),
+            format!(
+                "git tag {other} points at {tagged}, not at HEAD ({}); check out {other} to release it, or delete the tag with `git tag -d {other}` if it is wrong",
+                ws.head
+            ),
+            format!(
+                "cannot check whether {image}:{other} exists: cannot reach 127.0.0.1:{port} (HEAD http://127.0.0.1:{port}/v2/app/manifests/{other}); is the registry running?: io: Connection refused (os error 111)"
+            ),
+        ],
+    );
+}
+
+#[test]
+fn a_release_without_dry_run_is_not_implemented_yet() {
+    let ws = Workspace::clone();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    command.current_dir(&ws.path).args(["release", &ws.tag()]);
+    let output = run(&mut command);
+    assert_eq!(
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned()
+        ),
+        (
+            Some(1),
+            format!(
+                "error: `cargo xtask release` is not implemented yet beyond --dry-run; run `cargo xtask release {tag} --dry-run` to see the preflight and the tag plan\n",
+                tag = ws.tag()
+            )
+        )
+    );
+}
