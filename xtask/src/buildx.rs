@@ -270,8 +270,7 @@ pub fn default_out(config: &Config) -> Utf8PathBuf {
     config.target_dir.join("image/buildx-oci")
 }
 
-/// The native builder's base-name rule, for a caller that has only the
-/// `--base` text.
+/// The base as the plan names it: what the user named, and its digest.
 pub fn describe_base(base: &BuildxBase) -> String {
     match &base.digest {
         Some(digest) => format!("{} ({digest})", base.name),
