@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use camino::Utf8PathBuf;
 use serde_json::json;
 
@@ -189,30 +189,124 @@ fn run_buildx(
     base: &str,
     version: &str,
     target: &Reference,
-    out: &Utf8PathBuf,
+    _native_out: &Utf8PathBuf,
 ) -> Result<()> {
-    let source = Source::detect(&config.workspace_root)?;
-    let archive = out.with_extension("tar");
     let repo = target.name();
+    let out = flags
+        .out
+        .clone()
+        .unwrap_or_else(|| buildx::default_out(config));
+    buildx::check_dist_location(config)?;
+    // Before anything slow, so that a machine without buildx learns it at once.
+    let docker = if flags.dry_run {
+        None
+    } else {
+        Some(buildx::find_docker_buildx()?)
+    };
+    let source = Source::detect(&config.workspace_root)?;
+    let client = if flags.push {
+        Some(Client::new(&target.host, flags.registry.insecure)?)
+    } else {
+        None
+    };
+    let mut steps = Steps::new(
+        3 + if flags.push {
+            3 + usize::from(!flags.no_tags)
+        } else {
+            0
+        },
+    );
+    let (buildx_base, warning) = steps.run("resolve the base", || {
+        buildx::resolve_base(base, flags.registry.insecure)
+    })?;
+    if let Some(warning) = warning {
+        eprintln!("warning: {warning}");
+    }
+    let tag_plan = match (&client, flags.no_tags) {
+        (Some(client), false) => steps.run("compute tags", || {
+            tags::plan_for_build(config, &flags.build, &source, target, client)
+        })?,
+        _ => Vec::new(),
+    };
     let options = BuildxOptions {
         platforms,
-        base,
+        base: &buildx_base,
         version,
-        push_repo: flags.push.then_some(repo.as_str()),
-        oci_archive: &archive,
+        out: &out,
     };
+    let args = buildx::args(config, &source, &options);
+
     if flags.dry_run {
+        println!("plan for {repo} (builder buildx):");
         println!(
-            "docker {}",
-            buildx::args(config, &source, &options).join(" ")
+            "  build {} on {} into {out}",
+            platforms
+                .iter()
+                .map(Platform::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            buildx::describe_base(&buildx_base)
         );
+        println!(
+            "  SOURCE_DATE_EPOCH={} {}",
+            source.epoch,
+            buildx::command_line(&args)
+        );
+        if flags.push {
+            println!("  push blobs, platform manifests and the index by digest to {repo}");
+            for (tag, immutable) in &tag_plan {
+                println!(
+                    "  tag {repo}:{tag}{}",
+                    if *immutable { " (immutable)" } else { "" }
+                );
+            }
+        }
         return Ok(());
     }
-    if flags.push {
-        bail!("--builder buildx --push is not supported yet: push the native build, or load {archive} with skopeo");
+    let docker = docker.context("docker was not looked up")?;
+    let docker = camino::Utf8PathBuf::from_path_buf(docker)
+        .map_err(|p| anyhow::anyhow!("the docker path {} is not UTF-8", p.display()))?;
+
+    steps.run("build the binaries", || {
+        dist::build(config, platforms, flags::Strategy::Auto, true, false).map(|_| ())
+    })?;
+    let built = steps.run("docker buildx build", || {
+        buildx::build(&docker, config, &source, &options)?;
+        buildx::built_from_layout(&Layout::open(&out)?, &buildx_base)
+    })?;
+
+    // The same publication as the native builder: tags checked before any
+    // write, the layout pushed by digest, tags moved last.
+    let mut report = PushReport::default();
+    let mut changes: Vec<TagChange> = Vec::new();
+    if let Some(client) = client.as_ref() {
+        let repository = &target.repository;
+        steps.run("check tags", || {
+            push::plan_tags(client, repository, &tag_plan, &built.digest, flags.force).map(|_| ())
+        })?;
+        let mount_from = Reference::parse(base)
+            .ok()
+            .filter(|b| b.host == target.host)
+            .map(|b| b.repository);
+        report = steps.run("push by digest", || {
+            push::push_layout(
+                client,
+                repository,
+                &Layout::open(&built.layout)?,
+                &built.digest,
+                mount_from.as_deref(),
+            )
+        })?;
+        changes = steps.run("move tags", || {
+            let changes =
+                push::plan_tags(client, repository, &tag_plan, &built.digest, flags.force)?;
+            let index = Layout::open(&built.layout)?.read_blob(&built.digest)?;
+            push::apply_tags(client, repository, &changes, &index)?;
+            Ok(changes)
+        })?;
     }
-    dist::build(config, platforms, flags::Strategy::Auto, true, false)?;
-    buildx::build(config, &source, &options)
+    print_result(flags.json, &repo, &built, &report, &changes);
+    Ok(())
 }
 
 /// The configured base, pinned to its digest when the config has one.
