@@ -15,10 +15,18 @@ fn main() {
     if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
         // HEAD moves on checkout, the branch ref on commit. Only existing
         // files are named: cargo treats a missing one as always changed.
+        // In a linked worktree HEAD is in the worktree's git dir but the
+        // branch refs are in the common dir; watching only the former left
+        // the embedded sha stale after every commit.
         let dir = Path::new(&dir);
-        let mut watched = vec![dir.join("HEAD"), dir.join("packed-refs")];
+        // Printed relative to the directory git ran in, the manifest dir.
+        let common = git(&["rev-parse", "--git-common-dir"])
+            .zip(std::env::var_os("CARGO_MANIFEST_DIR"))
+            .map(|(common, manifest_dir)| Path::new(&manifest_dir).join(common))
+            .unwrap_or_else(|| dir.to_path_buf());
+        let mut watched = vec![dir.join("HEAD"), common.join("packed-refs")];
         if let Some(head_ref) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            watched.push(dir.join(head_ref));
+            watched.push(common.join(head_ref));
         }
         for path in watched.iter().filter(|p| p.exists()) {
             println!("cargo:rerun-if-changed={}", path.display());

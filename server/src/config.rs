@@ -70,9 +70,11 @@ impl Config {
             addr: parse_addr_var(&value("SERVER_ADDR").0)?,
             log_level,
             log_format,
-            shutdown_timeout: duration_var(value("SERVER_SHUTDOWN_TIMEOUT"))?,
-            header_timeout: duration_var(value("SERVER_HEADER_TIMEOUT"))?,
-            body_timeout: duration_var(value("SERVER_BODY_TIMEOUT"))?,
+            // Zero is a valid shutdown timeout (exit without draining), but a
+            // zero header or body timeout would refuse every slow-ish client.
+            shutdown_timeout: duration_var(value("SERVER_SHUTDOWN_TIMEOUT"), Duration::ZERO)?,
+            header_timeout: duration_var(value("SERVER_HEADER_TIMEOUT"), Duration::from_millis(1))?,
+            body_timeout: duration_var(value("SERVER_BODY_TIMEOUT"), Duration::from_millis(1))?,
         })
     }
 }
@@ -87,15 +89,30 @@ pub fn parse_addr_var(value: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
-fn duration_var((value, var): (String, &'static str)) -> Result<Duration, ConfigError> {
-    parse_duration(&value).ok_or_else(|| {
+/// The longest timeout accepted. hyper adds the header timeout to
+/// `Instant::now()`, which panics on overflow, so an absurd value must be
+/// refused here rather than crash the server on its first connection.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+fn duration_var(
+    (value, var): (String, &'static str),
+    min: Duration,
+) -> Result<Duration, ConfigError> {
+    let duration = parse_duration(&value).ok_or_else(|| {
         ConfigError(format!(
             "invalid {var}={value:?}: expected a duration such as 10s, 500ms or 2m"
         ))
-    })
+    })?;
+    if duration < min || duration > MAX_DURATION {
+        let lowest = if min.is_zero() { "0s" } else { "1ms" };
+        return Err(ConfigError(format!(
+            "invalid {var}={value:?}: expected a duration from {lowest} to 24h such as 10s, 500ms or 2m"
+        )));
+    }
+    Ok(duration)
 }
 
-/// Accepts `500ms`, `10s`, `2m`, or a bare number of seconds.
+/// Accepts `500ms`, `10s`, `2m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
@@ -110,6 +127,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         "ms" => number / 1000.0,
         "s" => number,
         "m" => number * 60.0,
+        "h" => number * 3600.0,
         _ => return None,
     };
     Duration::try_from_secs_f64(secs).ok()
@@ -153,13 +171,37 @@ mod tests {
     }
 
     #[test]
+    fn durations_out_of_range_are_refused() {
+        assert_eq!(
+            config(&[("SERVER_HEADER_TIMEOUT", "0")]).unwrap_err().0,
+            "invalid SERVER_HEADER_TIMEOUT=\"0\": expected a duration from 1ms to 24h such as 10s, 500ms or 2m"
+        );
+        assert_eq!(
+            config(&[("SERVER_BODY_TIMEOUT", "9999999999999999999")]).unwrap_err().0,
+            "invalid SERVER_BODY_TIMEOUT=\"9999999999999999999\": expected a duration from 1ms to 24h such as 10s, 500ms or 2m"
+        );
+        assert_eq!(
+            config(&[("SERVER_SHUTDOWN_TIMEOUT", "25h")]).unwrap_err().0,
+            "invalid SERVER_SHUTDOWN_TIMEOUT=\"25h\": expected a duration from 0s to 24h such as 10s, 500ms or 2m"
+        );
+        let c = config(&[
+            ("SERVER_SHUTDOWN_TIMEOUT", "0"),
+            ("SERVER_HEADER_TIMEOUT", "24h"),
+        ])
+        .unwrap();
+        assert_eq!(c.shutdown_timeout, Duration::ZERO);
+        assert_eq!(c.header_timeout, MAX_DURATION);
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
         assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_duration("-1s"), None);
-        assert_eq!(parse_duration("1h"), None);
+        assert_eq!(parse_duration("1d"), None);
         assert_eq!(parse_duration(""), None);
     }
 }

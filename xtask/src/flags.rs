@@ -286,6 +286,10 @@ pub struct Bench {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Few runs and a 1 s load test, to check that the benchmark works; the
+    /// figures are not meant to be compared.
+    #[arg(long)]
+    pub quick: bool,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -1,0 +1,153 @@
+//! Graceful shutdown of the real server on SIGTERM and SIGINT.
+//!
+//! The server has no slow endpoint, and the shipped binary should not grow
+//! one for tests. But every route reads the request body to its end before
+//! answering, so a request whose body is still being sent is a real
+//! in-flight request: the client decides when it finishes.
+
+mod support;
+
+use std::io::Write;
+use std::net::TcpStream;
+
+use support::{Server, STEP_TIMEOUT};
+
+/// Sends the head and the first half of a 4-byte body, and waits.
+fn start_slow_request(server: &Server, path: &str) -> TcpStream {
+    let mut stream = server.connect();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\nConnection: close\r\n\r\nab")
+                .as_bytes(),
+        )
+        .unwrap();
+    stream
+}
+
+/// Waits until `count` requests are inside a handler, counting the /metrics
+/// request that asks. Before that, a signal could beat the slow requests to
+/// the server.
+fn wait_in_flight(server: &Server, count: usize) {
+    let line = format!("server_http_requests_in_flight {count}\n");
+    support::wait_until(&format!("{count} requests in flight"), || {
+        server.get("/metrics").body.contains(&line)
+    });
+}
+
+fn finish_slow_request(mut stream: TcpStream) -> support::Response {
+    stream.write_all(b"cd").unwrap();
+    support::read_response(&mut stream)
+}
+
+#[test]
+fn sigterm_lets_a_slow_request_finish_turns_readyz_503_and_exits_0() {
+    let mut server = Server::start(&[("SERVER_SHUTDOWN_TIMEOUT", "10s")]);
+    let slow_healthz = start_slow_request(&server, "/healthz");
+    // Routing happens after the body is read, so this request sees the
+    // readiness of the moment it completes: after the signal.
+    let slow_readyz = start_slow_request(&server, "/readyz");
+    wait_in_flight(&server, 3);
+
+    server.signal("TERM");
+    let shutting_down = server.wait_for_log("shutting down");
+    assert_eq!(shutting_down["signal"], "SIGTERM");
+    assert_eq!(shutting_down["timeout_ms"], 10_000);
+
+    // The listener is closed before that line is written: no new requests.
+    let refused = TcpStream::connect(server.addr)
+        .map(|_| ())
+        .map_err(|e| e.kind());
+    assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused));
+
+    let readyz = finish_slow_request(slow_readyz);
+    assert_eq!((readyz.status, readyz.body.as_str()), (503, "draining\n"));
+    let healthz = finish_slow_request(slow_healthz);
+    assert_eq!((healthz.status, healthz.body.as_str()), (200, "ok\n"));
+
+    let status = server.wait_exit(STEP_TIMEOUT);
+    assert_eq!(status.code(), Some(0), "{status}");
+    let messages: Vec<String> = server
+        .logs()
+        .iter()
+        .map(|r| r["msg"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        messages.last().map(String::as_str),
+        Some("stopped"),
+        "{messages:?}"
+    );
+    let statuses: Vec<(String, u64)> = server
+        .logs()
+        .iter()
+        .filter(|r| r["msg"] == "request" && r["path"] != "/metrics")
+        .map(|r| {
+            (
+                r["path"].as_str().unwrap().to_owned(),
+                r["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [("/readyz".to_owned(), 503), ("/healthz".to_owned(), 200)]
+    );
+}
+
+#[test]
+fn sigint_drains_the_same_way() {
+    let mut server = Server::start(&[]);
+    let slow = start_slow_request(&server, "/healthz");
+    wait_in_flight(&server, 2);
+    server.signal("INT");
+    assert_eq!(server.wait_for_log("shutting down")["signal"], "SIGINT");
+    assert_eq!(finish_slow_request(slow).status, 200);
+    assert_eq!(server.wait_exit(STEP_TIMEOUT).code(), Some(0));
+}
+
+#[test]
+fn an_idle_server_exits_0_at_once_on_sigterm() {
+    let mut server = Server::start(&[]);
+    // An idle keep-alive connection must not hold the shutdown up.
+    let mut idle = server.connect();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    support::wait_until("the keep-alive request to be answered", || {
+        server
+            .get("/metrics")
+            .body
+            .contains("route=\"/healthz\",method=\"GET\",status=\"200\"} 1\n")
+    });
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(STEP_TIMEOUT).code(), Some(0));
+    let logs = server.logs();
+    assert_eq!(logs.last().unwrap()["msg"], "stopped", "{logs:?}");
+}
+
+#[test]
+fn a_request_slower_than_the_shutdown_timeout_is_cut_and_the_server_exits_0() {
+    let mut server = Server::start(&[
+        ("SERVER_SHUTDOWN_TIMEOUT", "300ms"),
+        ("SERVER_BODY_TIMEOUT", "60s"),
+    ]);
+    let mut never_finishes = start_slow_request(&server, "/healthz");
+    wait_in_flight(&server, 2);
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(STEP_TIMEOUT).code(), Some(0));
+    let logs = server.logs();
+    let last = logs.last().unwrap();
+    assert_eq!(
+        (&last["level"], &last["msg"]),
+        (
+            &serde_json::json!("warn"),
+            &serde_json::json!("shutdown timeout reached, closing remaining connections")
+        )
+    );
+    // The process is gone, so its side of the connection is closed.
+    let mut rest = Vec::new();
+    let read = std::io::Read::read_to_end(&mut never_finishes, &mut rest);
+    assert!(
+        matches!(read, Ok(0)) || read.is_err(),
+        "got {read:?}: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+}

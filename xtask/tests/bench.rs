@@ -1,0 +1,147 @@
+//! `cargo xtask bench`: that it runs and reports every figure. The figures
+//! themselves are not asserted: a benchmark is not a test.
+
+mod support;
+
+use support::{head_sha, run, xtask};
+
+#[test]
+fn bench_quick_json_reports_every_figure_with_its_target() {
+    let output = run(xtask().args(["bench", "--quick", "--json"]));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed:\n{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("bench --json prints one JSON object");
+
+    let keys = |value: &serde_json::Value| -> Vec<String> {
+        let mut keys: Vec<String> = value
+            .as_object()
+            .unwrap_or_else(|| panic!("not an object: {value}"))
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(
+        keys(&report),
+        [
+            "commands",
+            "git_sha",
+            "healthcheck",
+            "idle_rss",
+            "load",
+            "quick",
+            "server",
+            "size",
+            "start_to_healthy"
+        ]
+    );
+    assert_eq!(
+        keys(&report["size"]),
+        [
+            "bytes",
+            "from_dist",
+            "ok",
+            "path",
+            "static",
+            "stripped",
+            "target_bytes"
+        ]
+    );
+    assert_eq!(keys(&report["idle_rss"]), ["kib", "ok", "target_kib"]);
+    assert_eq!(
+        keys(&report["start_to_healthy"]),
+        ["max_ms", "median_ms", "min_ms", "ok", "runs", "target_ms"]
+    );
+    assert_eq!(
+        keys(&report["healthcheck"]),
+        [
+            "max_ms",
+            "mean_ms",
+            "median_ms",
+            "min_ms",
+            "ok",
+            "runs",
+            "target_ms"
+        ]
+    );
+    assert_eq!(
+        keys(&report["load"]),
+        [
+            "connections",
+            "duration_s",
+            "latency_p50_ms",
+            "latency_p99_ms",
+            "non_2xx",
+            "requests",
+            "requests_per_sec",
+            "rss_after_kib",
+            "rss_peak_kib",
+            "socket_errors",
+            "threads"
+        ]
+    );
+
+    assert_eq!(report["quick"], true);
+    // Relative to the workspace, unless CARGO_TARGET_DIR is elsewhere.
+    let server = report["server"].as_str().unwrap();
+    assert!(server.ends_with("release/server"), "{server}");
+    assert_eq!(report["git_sha"], head_sha());
+    assert_eq!(report["size"]["target_bytes"], 4 * 1024 * 1024);
+    assert_eq!(report["idle_rss"]["target_kib"], 6 * 1024);
+    assert_eq!(report["start_to_healthy"]["target_ms"], 50.0);
+    assert_eq!(report["healthcheck"]["target_ms"], 10.0);
+    assert_eq!(report["start_to_healthy"]["runs"], 3);
+    assert_eq!(report["healthcheck"]["runs"], 10);
+    let load = &report["load"];
+    assert_eq!(
+        (&load["threads"], &load["connections"], &load["duration_s"]),
+        (&2.into(), &50.into(), &1.into())
+    );
+    // Under load every answer must still be a 200: that is correctness.
+    assert_eq!(
+        (&load["non_2xx"], &load["socket_errors"]),
+        (&0.into(), &0.into())
+    );
+    assert!(load["requests"].as_u64().is_some_and(|n| n > 0), "{load}");
+    assert!(report["size"]["bytes"].as_u64().is_some_and(|n| n > 0));
+    assert!(report["idle_rss"]["kib"].as_u64().is_some_and(|n| n > 0));
+
+    let commands: Vec<&str> = report["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(commands[0], "cargo build --release --package server");
+    assert!(
+        commands.iter().any(|c| c.starts_with("hyperfine -N ")),
+        "{commands:?}"
+    );
+    assert!(
+        commands
+            .iter()
+            .any(|c| c.starts_with("wrk -t2 -c50 -d1s --latency http://127.0.0.1:")),
+        "{commands:?}"
+    );
+    for step in 1..=7 {
+        assert!(stderr.contains(&format!("[{step}/7] ")), "{stderr}");
+    }
+}
+
+#[test]
+fn bench_without_wrk_says_to_run_setup() {
+    let empty = tempfile::tempdir().unwrap();
+    let output = run(xtask()
+        .args(["bench", "--quick"])
+        .env("PATH", empty.path())
+        .env("HOME", empty.path())
+        .env_remove("GOBIN"));
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.stdout, b"");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "error: wrk not found: run `cargo xtask setup` (apt-get install wrk)\n"
+    );
+}
