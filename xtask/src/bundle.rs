@@ -1,14 +1,16 @@
 //! `cargo xtask bundle vX.Y.Z`: one OCI archive (a tar of an OCI image
 //! layout) holding a released multi-arch image together with its cosign
-//! signatures and attestations, for registries that cannot reach ours.
+//! signatures and attestations, for registries that cannot reach ours;
+//! and `--load`, which pushes such an archive into another registry.
 //!
 //! Everything is read by digest after resolving the version tag once, so
 //! that a tag moving during the read cannot mix two releases. Every entry
 //! of the archive's index.json carries `org.opencontainers.image.ref.name`,
-//! which is the tag to push it under: `skopeo copy
-//! oci-archive:FILE:REF docker://REGISTRY/REPO:REF` for each one recreates
-//! the repository as cosign expects to find it. docs/operations.md has the
-//! whole air-gapped procedure.
+//! the tag it had (`vX.Y.Z`, cosign's `sha256-<hex>`). `--load` pushes the
+//! bytes unchanged, because skopeo 1.9 rewrites cosign's referrer indexes
+//! (it drops `artifactType`) and so cannot keep their digests; skopeo does
+//! copy the image itself (`oci-archive:FILE:vX.Y.Z`). docs/operations.md
+//! has the whole air-gapped procedure.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -61,6 +63,9 @@ pub fn run(flags: &flags::Bundle) -> Result<()> {
             .join(format!("server-{}.oci.tar", flags.version))
     });
 
+    if flags.load {
+        return load(flags, &reference, &out);
+    }
     let mut steps = Steps::new(if flags.dry_run { 3 } else { 4 });
     let client = Client::new(&reference.host, flags.registry.insecure)?;
     let repo = reference.repository.clone();
@@ -335,22 +340,154 @@ fn print_plan(plan: &Plan, out: &Utf8Path) {
     println!("{}", load_instructions(plan, out));
 }
 
-/// The commands that load the archive into another registry, one per ref,
-/// image first; `INTERNAL/REPO` is the operator's.
+/// The commands that load the archive into another registry; the
+/// operator's repository replaces `registry.internal/rust-release`.
 fn load_instructions(plan: &Plan, out: &Utf8Path) -> String {
     let file = out.file_name().unwrap_or(out.as_str());
-    let mut text = format!(
-        "load it into your registry (replace registry.internal/rust-release):\n  sha256sum -c {file}.sha256\n"
-    );
-    for r in &plan.refs {
-        let name = ref_name(r);
-        text.push_str(&format!(
-            "  skopeo copy --all --preserve-digests oci-archive:{file}:{name} docker://registry.internal/rust-release:{name}\n"
-        ));
+    format!(
+        "load it into your registry (replace registry.internal/rust-release):\n  sha256sum -c {file}.sha256\n  cargo xtask bundle {version} --load --out {file} --image registry.internal/rust-release\nthen verify there:\n  cosign verify --key cosign.pub --insecure-ignore-tlog=true registry.internal/rust-release@{digest}",
+        version = plan.version,
+        digest = plan.index_digest
+    )
+}
+
+/// Reads an archive written by `bundle`: its index.json entries and every
+/// blob, each checked against its digest.
+/// Manifests and blobs by digest.
+type Blobs = BTreeMap<String, Vec<u8>>;
+
+fn read_archive(path: &Utf8Path) -> Result<(Vec<Descriptor>, Blobs)> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot open the bundle {path}; give its path with --out"))?;
+    let mut archive = tar::Archive::new(std::io::BufReader::new(file));
+    let mut index = None;
+    let mut blobs = BTreeMap::new();
+    for entry in archive
+        .entries()
+        .with_context(|| format!("{path} is not a tar archive"))?
+    {
+        let mut entry = entry.with_context(|| format!("{path} is not a readable tar archive"))?;
+        let name = entry.path()?.to_string_lossy().into_owned();
+        let name = name.trim_start_matches("./").to_owned();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes)
+            .with_context(|| format!("cannot read {name} from {path}"))?;
+        if name == "index.json" {
+            index = Some(bytes);
+        } else if let Some(hex) = name.strip_prefix("blobs/sha256/") {
+            if hex.is_empty() {
+                continue;
+            }
+            let digest = format!("sha256:{hex}");
+            if oci::digest_of(&bytes) != digest {
+                bail!("{name} in {path} does not match its digest; the archive is damaged, copy it again and check it with sha256sum -c");
+            }
+            blobs.insert(digest, bytes);
+        }
     }
-    text.push_str(&format!(
-        "then verify there:\n  cosign verify --key cosign.pub registry.internal/rust-release@{}",
-        plan.index_digest
-    ));
-    text
+    let index = index.with_context(|| {
+        format!("{path} has no index.json; it is not an OCI archive written by cargo xtask bundle")
+    })?;
+    let index: oci::Index = serde_json::from_slice(&index)
+        .with_context(|| format!("the index.json of {path} is not an OCI index"))?;
+    Ok((index.manifests, blobs))
+}
+
+/// The air-gapped side: pushes the archive's content to `reference`'s
+/// repository byte for byte, so every digest (and so every signature)
+/// stays valid. Blobs and manifests go first, by digest; then the
+/// signature tags; the version tag last, so that it never names an image
+/// whose signatures are not there yet.
+fn load(flags: &flags::Bundle, reference: &Reference, archive: &Utf8Path) -> Result<()> {
+    let mut steps = Steps::new(if flags.dry_run { 1 } else { 3 });
+    let (refs, blobs) = steps.run(&format!("read {archive}"), || read_archive(archive))?;
+    let Some(image_ref) = refs.iter().find(|r| ref_name(r) == flags.version) else {
+        bail!(
+            "{archive} holds no {}; it holds {}",
+            flags.version,
+            refs.iter().map(ref_name).collect::<Vec<_>>().join(", ")
+        );
+    };
+    let mut ordered: Vec<&Descriptor> = refs
+        .iter()
+        .filter(|r| r.digest != image_ref.digest)
+        .collect();
+    ordered.push(image_ref);
+    let repo = &reference.repository;
+    let name = reference.name();
+    if flags.dry_run {
+        println!("would load {archive} into {name}:");
+        println!("  {} manifests and blobs, by digest", blobs.len());
+        for r in &ordered {
+            println!("  tag {name}:{} -> {}", ref_name(r), r.digest);
+        }
+        return Ok(());
+    }
+    let client = Client::new(&reference.host, flags.registry.insecure)?;
+    steps.run("push manifests and blobs by digest", || {
+        for r in &ordered {
+            push_tree(&client, repo, &r.digest, &r.media_type, &blobs)?;
+        }
+        Ok(())
+    })?;
+    steps.run("set the tags, the version last", || {
+        for r in &ordered {
+            let bytes = blobs
+                .get(&r.digest)
+                .with_context(|| format!("{archive} lacks manifest {}", r.digest))?;
+            client
+                .put_manifest(repo, ref_name(r), &r.media_type, bytes)
+                .with_context(|| format!("cannot tag {name}:{}", ref_name(r)))?;
+        }
+        Ok(())
+    })?;
+    println!("loaded {name}:{} ({})", flags.version, image_ref.digest);
+    println!(
+        "verify it there:\n  cosign verify --key cosign.pub --insecure-ignore-tlog=true {name}@{}",
+        image_ref.digest
+    );
+    Ok(())
+}
+
+/// Pushes a manifest after everything it refers to, children first.
+fn push_tree(
+    client: &Client,
+    repo: &str,
+    digest: &str,
+    media_type: &str,
+    blobs: &BTreeMap<String, Vec<u8>>,
+) -> Result<()> {
+    let bytes = blobs
+        .get(digest)
+        .with_context(|| format!("the archive lacks manifest {digest}"))?;
+    let document: Value = serde_json::from_slice(bytes)
+        .with_context(|| format!("manifest {digest} in the archive is not JSON"))?;
+    if let Some(children) = document["manifests"].as_array() {
+        for child in children {
+            let child_digest = child["digest"]
+                .as_str()
+                .with_context(|| format!("an entry of index {digest} has no digest"))?;
+            let child_type = child["mediaType"].as_str().unwrap_or(oci::MANIFEST);
+            push_tree(client, repo, child_digest, child_type, blobs)?;
+        }
+    } else {
+        let config = document.get("config").into_iter();
+        let layers = document["layers"].as_array().into_iter().flatten();
+        for blob in config.chain(layers) {
+            let blob = blob["digest"]
+                .as_str()
+                .with_context(|| format!("a blob of manifest {digest} has no digest"))?;
+            if client.blob_exists(repo, blob)? {
+                continue;
+            }
+            let bytes = blobs
+                .get(blob)
+                .with_context(|| format!("the archive lacks blob {blob} of manifest {digest}"))?;
+            client.upload_blob(repo, blob, bytes)?;
+        }
+    }
+    if client.manifest_digest(repo, digest)?.as_deref() != Some(digest) {
+        client.put_manifest(repo, digest, media_type, bytes)?;
+    }
+    Ok(())
 }

@@ -209,11 +209,10 @@ fn bundle_round_trips_into_another_registry_and_verifies_there() {
         )),
         "{plan}"
     );
-    assert!(plan.contains(&format!(
-        "  skopeo copy --all --preserve-digests oci-archive:server-v0.1.0.oci.tar:sha256-{} docker://registry.internal/rust-release:sha256-{}\n",
-        hex(&signed.index),
-        hex(&signed.index)
-    )));
+    assert!(plan.contains(&format!("  sha256-{} -> ", hex(&signed.index),)));
+    assert!(plan.contains(
+        "  cargo xtask bundle v0.1.0 --load --out server-v0.1.0.oci.tar --image registry.internal/rust-release\n"
+    ));
     assert!(!archive.exists(), "--dry-run wrote {}", archive.display());
 
     let output = bundle(&a, "app", &archive, &[]);
@@ -263,17 +262,61 @@ fn bundle_round_trips_into_another_registry_and_verifies_there() {
         signed.index
     );
 
-    // The documented load: one skopeo copy per ref name, digests kept.
-    for name in ref_names(&index) {
-        run_ok(Command::new(tool("skopeo")).args([
-            "copy",
-            "--all",
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-            &format!("oci-archive:{}:{name}", archive.display()),
-            &format!("docker://{}:{name}", b.repo("app")),
-        ]));
-    }
+    // skopeo takes the image out of the archive with its digest kept.
+    run_ok(Command::new(tool("skopeo")).args([
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        &format!("oci-archive:{}:v0.1.0", archive.display()),
+        &format!("docker://{}:v0.1.0", b.repo("by-skopeo")),
+    ]));
+    assert_eq!(tag_digests(&b.repo("by-skopeo"))["v0.1.0"], signed.index);
+
+    // The documented load, dry run first: it names every tag and pushes nothing.
+    let load = |extra: &[&str]| {
+        run(support::xtask()
+            .args([
+                "bundle",
+                "v0.1.0",
+                "--load",
+                "--insecure",
+                "--image",
+                &b.repo("app"),
+            ])
+            .arg("--out")
+            .arg(&archive)
+            .args(extra))
+    };
+    let dry = load(&["--dry-run"]);
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    let plan = String::from_utf8_lossy(&dry.stdout);
+    assert!(
+        plan.ends_with(&format!(
+            "  tag {}:v0.1.0 -> {}\n",
+            b.repo("app"),
+            signed.index
+        )),
+        "{plan}"
+    );
+    assert_eq!(support::skopeo_tags(&b.repo("app")), Vec::<String>::new());
+    let loaded = load(&[]);
+    assert!(
+        loaded.status.success(),
+        "load failed: {}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    // Loading again changes nothing and succeeds.
+    let again = load(&[]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
 
     // B holds the same digests under the same names as A.
     let on_a = tag_digests(&a.repo("app"));
