@@ -277,6 +277,10 @@ pub struct Bundle {
     /// The archive to write (default target/bundle/server-VERSION.oci.tar).
     #[arg(long)]
     pub out: Option<Utf8PathBuf>,
+    /// Instead of writing the archive, push the one at --out into --image,
+    /// with every digest unchanged: the air-gapped side of the bundle.
+    #[arg(long)]
+    pub load: bool,
     #[arg(long)]
     pub dry_run: bool,
 }
