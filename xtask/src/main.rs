@@ -18,6 +18,7 @@ mod git;
 mod image;
 mod oci;
 mod progress;
+mod provenance;
 mod publish;
 mod push;
 mod registry;
