@@ -391,6 +391,49 @@ mod tests {
         );
     }
 
+    /// The real workspace: the index's predicate lists every crate of every
+    /// platform once, with Cargo.lock's checksum.
+    #[test]
+    fn workspace_index_predicate_pins_every_crate() {
+        let config = Config::load().unwrap();
+        let source = Source {
+            sha: "a".repeat(40),
+            epoch: 0,
+        };
+        let command = vec!["cargo".to_owned(), "xtask".to_owned(), "image".to_owned()];
+        let input = ProvenanceInput {
+            config: &config,
+            source: &source,
+            platform: None,
+            base_name: "scratch",
+            base_digest: None,
+            build_command: &command,
+        };
+        let predicate = predicate(&input).unwrap();
+        let lock = std::fs::read_to_string(config.workspace_root.join("Cargo.lock")).unwrap();
+        let sums = sbom::lock_checksums(&lock).unwrap();
+        let resolved = predicate["buildDefinition"]["resolvedDependencies"]
+            .as_array()
+            .unwrap();
+        let mut expected = BTreeMap::new();
+        for platform in &config.platforms {
+            for c in sbom::crate_graph(&config, platform).unwrap().crates {
+                expected.insert(c.purl(), c);
+            }
+        }
+        assert_eq!(resolved.len(), 1 + expected.len());
+        for (entry, (purl, c)) in resolved[1..].iter().zip(&expected) {
+            assert_eq!(entry["uri"], purl.as_str());
+            let key = sbom::LockKey {
+                name: c.name.clone(),
+                version: c.version.clone(),
+                source: "registry+https://github.com/rust-lang/crates.io-index".into(),
+            };
+            assert_eq!(entry["digest"]["sha256"], sums[&key].as_str());
+        }
+        assert!(expected.keys().any(|k| k.starts_with("pkg:cargo/tokio@")));
+    }
+
     #[test]
     fn builder_id_without_workflow_ref() {
         let vars: BTreeMap<&str, &str> = [
