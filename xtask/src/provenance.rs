@@ -220,26 +220,19 @@ fn base_descriptor(name: &str, digest: Option<&str>) -> Result<Option<Value>> {
 mod tests {
     use super::*;
 
+    /// The workspace's config with fixed values where the predicate reads
+    /// them; built from the real one so that new Config fields need no edit.
     fn config() -> Config {
-        Config {
-            workspace_root: "/w".into(),
-            target_dir: "/w/target".into(),
-            image: "ghcr.io/example-org/rust-release".into(),
-            platforms: vec![
-                "linux/amd64".parse().unwrap(),
-                "linux/arm64".parse().unwrap(),
-            ],
-            base: "gcr.io/distroless/static-debian13:nonroot".into(),
-            base_digest: None,
-            package: "server".into(),
-            binary: "server".into(),
-            version: "1.2.3".parse().unwrap(),
-            description: String::new(),
-            license: "MIT OR Apache-2.0".into(),
-            repository: "https://github.com/example-org/rust-release".into(),
-            toolchains: Default::default(),
-            default_branch: "main".into(),
-        }
+        let mut config = Config::load().unwrap();
+        config.image = "ghcr.io/example-org/rust-release".into();
+        config.platforms = vec![
+            "linux/amd64".parse().unwrap(),
+            "linux/arm64".parse().unwrap(),
+        ];
+        config.package = "server".into();
+        config.version = "1.2.3".parse().unwrap();
+        config.repository = "https://github.com/example-org/rust-release".into();
+        config
     }
 
     fn crates() -> Vec<Crate> {
