@@ -188,6 +188,12 @@ pub struct Sbom {
     /// The image digest to record in the root component.
     #[arg(long, value_name = "sha256:…")]
     pub image_digest: Option<String>,
+    /// Print the commands that would run and the files that would be written.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the written files as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Signing and verification options shared by sign, attest, verify and release.

@@ -20,6 +20,7 @@ mod oci;
 mod pin_base;
 mod preflight;
 mod progress;
+mod provenance;
 mod publish;
 mod push;
 mod registry;
