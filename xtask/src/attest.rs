@@ -1,9 +1,267 @@
-//! `cargo xtask attest`.
+//! `cargo xtask attest REF`: per platform, the CycloneDX and SPDX SBOMs and
+//! the SLSA provenance, and the provenance of the index too, each attached
+//! with `cosign attest` by digest.
+//!
+//! One after another, never in parallel: without the referrers API, every
+//! attestation rewrites the `sha256-<digest>` index tag, and concurrent
+//! writers would drop each other's entries.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use camino::{Utf8Path, Utf8PathBuf};
 
+use crate::config::Config;
+use crate::cosign::{Subject, REVISION};
 use crate::flags;
+use crate::image::{BASE_DIGEST, BASE_NAME};
+use crate::progress::Steps;
+use crate::provenance::{self, ProvenanceInput};
+use crate::sbom;
+use crate::sign::Session;
+use crate::source::Source;
 
-pub fn run(_flags: &flags::Attest) -> Result<()> {
-    bail!("`cargo xtask attest` is not implemented yet")
+/// One `cosign attest` call.
+#[derive(Debug, Clone)]
+pub struct Attestation {
+    /// `linux/amd64`, or `index`.
+    pub subject: String,
+    pub digest: String,
+    /// cosign's `--type`.
+    pub kind: &'static str,
+    pub predicate: Utf8PathBuf,
+}
+
+pub fn run(flags: &flags::Attest) -> Result<()> {
+    let config = Config::load()?;
+    let source = Source::detect(&config.workspace_root)?;
+    let mut steps = Steps::new(3);
+    let session = Session::open(
+        &config,
+        &flags.reference,
+        &flags.signing,
+        flags.insecure,
+        flags.dry_run,
+        &mut steps,
+    )?;
+    let subject = &session.subject;
+    check_source(subject, &source)?;
+    let build_command = build_command(subject);
+    let out_root = config.target_dir.join("attest");
+    let plan = plan(subject, &out_root);
+
+    if flags.dry_run {
+        session.print_plan_header(&format!(
+            "attest {} platform(s) and the index of {}",
+            subject.platforms.len(),
+            subject.by_digest(&subject.digest)
+        ));
+        for attestation in &plan {
+            println!(
+                "# {} {}: writes {}",
+                attestation.subject, attestation.kind, attestation.predicate
+            );
+            println!(
+                "{}",
+                session.display(&attest_args(&session, subject, attestation))
+            );
+        }
+        return Ok(());
+    }
+
+    steps.run("write the SBOMs and the provenance", || {
+        write_predicates(&config, &source, subject, &build_command, &out_root)
+    })?;
+    session.write_signing_config()?;
+    let cosign = session.cosign()?;
+    steps.run(
+        &format!("attach {} attestations, one at a time", plan.len()),
+        || {
+            for (n, attestation) in plan.iter().enumerate() {
+                eprintln!(
+                    "  ({}/{}) {} {} {}",
+                    n + 1,
+                    plan.len(),
+                    attestation.subject,
+                    attestation.kind,
+                    attestation.digest
+                );
+                cosign
+                    .run_ok(&attest_args(&session, subject, attestation))
+                    .with_context(|| {
+                        format!(
+                            "cannot attach the {} attestation of {}",
+                            attestation.kind, attestation.subject
+                        )
+                    })?;
+            }
+            Ok(())
+        },
+    )?;
+    println!("{}", subject.by_digest(&subject.digest));
+    eprintln!(
+        "attached {} attestations in {:.1}s; predicates are under {}",
+        plan.len(),
+        steps.total_elapsed().as_secs_f64(),
+        config.relative(&out_root)
+    );
+    Ok(())
+}
+
+fn attest_args(session: &Session, subject: &Subject, attestation: &Attestation) -> Vec<String> {
+    session.options.attest(
+        &subject.by_digest(&attestation.digest),
+        attestation.kind,
+        &attestation.predicate,
+    )
+}
+
+/// The directory of one digest's predicates: target/attest/<hex>/.
+pub fn predicate_dir(out_root: &Utf8Path, digest: &str) -> Utf8PathBuf {
+    out_root.join(digest.trim_start_matches("sha256:"))
+}
+
+/// Every attestation, in the order they are attached: per platform the
+/// CycloneDX SBOM, the SPDX SBOM and the provenance, then the index's
+/// provenance.
+pub fn plan(subject: &Subject, out_root: &Utf8Path) -> Vec<Attestation> {
+    let mut plan = Vec::new();
+    for platform in &subject.platforms {
+        let dir = predicate_dir(out_root, &platform.digest);
+        let slug = platform.platform.slug();
+        for (kind, file) in [
+            ("cyclonedx", format!("{slug}.cdx.json")),
+            ("spdxjson", format!("{slug}.spdx.json")),
+            ("slsaprovenance1", "provenance.json".to_owned()),
+        ] {
+            plan.push(Attestation {
+                subject: platform.platform.to_string(),
+                digest: platform.digest.clone(),
+                kind,
+                predicate: dir.join(file),
+            });
+        }
+    }
+    if subject.is_index {
+        plan.push(Attestation {
+            subject: "index".to_owned(),
+            digest: subject.digest.clone(),
+            kind: "slsaprovenance1",
+            predicate: predicate_dir(out_root, &subject.digest).join("provenance.json"),
+        });
+    }
+    plan
+}
+
+/// Writes the predicates where [`plan`] expects them.
+fn write_predicates(
+    config: &Config,
+    source: &Source,
+    subject: &Subject,
+    build_command: &[String],
+    out_root: &Utf8Path,
+) -> Result<()> {
+    for platform in &subject.platforms {
+        let dir = predicate_dir(out_root, &platform.digest);
+        let files = sbom::write(config, &platform.platform, Some(&platform.digest), &dir)?;
+        let slug = platform.platform.slug();
+        // The plan names the files; the generator must have written them there.
+        for (written, expected) in [
+            (&files.cyclonedx, dir.join(format!("{slug}.cdx.json"))),
+            (&files.spdx, dir.join(format!("{slug}.spdx.json"))),
+        ] {
+            if *written != expected {
+                std::fs::copy(written, &expected)
+                    .with_context(|| format!("cannot copy {written} to {expected}"))?;
+            }
+        }
+        let predicate = provenance::predicate(&ProvenanceInput {
+            config,
+            source,
+            platform: Some(&platform.platform),
+            base_name: platform.base_name(),
+            base_digest: platform.base_digest(),
+            build_command,
+        })?;
+        write_json(&dir.join("provenance.json"), &predicate)?;
+    }
+    if subject.is_index {
+        let predicate = provenance::predicate(&ProvenanceInput {
+            config,
+            source,
+            platform: None,
+            base_name: subject.annotation(BASE_NAME).unwrap_or("unknown"),
+            base_digest: subject.annotation(BASE_DIGEST),
+            build_command,
+        })?;
+        write_json(
+            &predicate_dir(out_root, &subject.digest).join("provenance.json"),
+            &predicate,
+        )?;
+    }
+    Ok(())
+}
+
+fn write_json(path: &Utf8Path, value: &serde_json::Value) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("cannot write {path}"))
+}
+
+/// The SBOMs and the provenance describe this checkout; attaching them to
+/// an image built from another commit would be a false statement.
+fn check_source(subject: &Subject, source: &Source) -> Result<()> {
+    for platform in &subject.platforms {
+        let Some(revision) = platform.label(REVISION) else {
+            continue;
+        };
+        if source.sha != "unknown" && revision != source.sha {
+            bail!(
+                "{} of {} was built from commit {revision}, but this checkout is at {}; the SBOMs and the provenance describe the checkout, so check out {revision} and attest again",
+                platform.platform,
+                subject.name,
+                source.sha
+            );
+        }
+        if let Some(created) = platform.label("org.opencontainers.image.created") {
+            if created != source.created() {
+                bail!(
+                    "{} of {} was built with SOURCE_DATE_EPOCH at {created}, but this run has {}; set SOURCE_DATE_EPOCH to the value the image was built with",
+                    platform.platform,
+                    subject.name,
+                    source.created()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The command that rebuilds this image, for the provenance.
+fn build_command(subject: &Subject) -> Vec<String> {
+    let mut command: Vec<String> = ["cargo", "xtask", "image", "--push", "--image"]
+        .map(String::from)
+        .to_vec();
+    command.push(subject.name.clone());
+    let base = subject
+        .annotation(BASE_NAME)
+        .or_else(|| subject.platforms.first().map(|p| p.base_name()));
+    if let Some(base) = base {
+        command.push("--base".into());
+        match subject
+            .annotation(BASE_DIGEST)
+            .or_else(|| subject.platforms.first().and_then(|p| p.base_digest()))
+        {
+            Some(digest) => command.push(format!(
+                "{}@{digest}",
+                base.split('@').next().unwrap_or(base)
+            )),
+            None => command.push(base.to_owned()),
+        }
+    }
+    for platform in &subject.platforms {
+        command.push("--platform".into());
+        command.push(platform.platform.to_string());
+    }
+    command
 }

@@ -12,6 +12,7 @@ mod bench;
 mod buildx;
 mod bundle;
 mod config;
+mod cosign;
 mod dist;
 mod flags;
 mod git;

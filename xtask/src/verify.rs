@@ -1,9 +1,483 @@
-//! `cargo xtask verify`.
+//! `cargo xtask verify REF [--run] [--json]`: checks, from the registry,
+//! the signature of the index and of every platform manifest, the SBOM and
+//! provenance attestations of every platform and the index, and with --run
+//! that each platform's `/server` runs and reports the expected build.
 
-use anyhow::{bail, Result};
+use std::io::Read;
 
+use anyhow::{bail, Context, Result};
+use base64::Engine;
+use camino::{Utf8Path, Utf8PathBuf};
+use serde::Serialize;
+use serde_json::{json, Value};
+use xshell::{cmd, Shell};
+
+use crate::config::Config;
+use crate::cosign::{self, Cosign, Identity, PlatformImage, Subject, REVISION};
 use crate::flags;
+use crate::oci;
+use crate::progress::Steps;
+use crate::registry::Client;
+use crate::tools;
 
-pub fn run(_flags: &flags::Verify) -> Result<()> {
-    bail!("`cargo xtask verify` is not implemented yet")
+pub const CYCLONEDX_PREDICATE: &str = "https://cyclonedx.org/bom";
+pub const SLSA_V1_PREDICATE: &str = "https://slsa.dev/provenance/v1";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// `signature`, `sbom`, `provenance` or `run`.
+    pub check: String,
+    /// `index` or a platform such as `linux/arm64`.
+    pub subject: String,
+    pub digest: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl Check {
+    fn new(check: &str, subject: &str, digest: &str, result: Result<String>) -> Check {
+        let (ok, detail) = match result {
+            Ok(detail) => (true, detail),
+            Err(err) => (false, format!("{err:#}")),
+        };
+        Check {
+            check: check.to_owned(),
+            subject: subject.to_owned(),
+            digest: digest.to_owned(),
+            ok,
+            detail,
+        }
+    }
+
+    fn name(&self) -> String {
+        format!("{} of {}", self.check, self.subject)
+    }
+}
+
+pub fn run(flags: &flags::Verify) -> Result<()> {
+    let config = Config::load()?;
+    let identity = cosign::verifying_identity(&flags.signing)?;
+    let identity_regexp = match identity {
+        Identity::Keyless => Some(cosign::release_identity_regexp(&config.repository)?),
+        Identity::Key(_) => None,
+    };
+    let cosign = Cosign::find()?;
+    let options = cosign::Options {
+        identity: identity.clone(),
+        signing_config: None,
+        ignore_tlog: flags.signing.no_tlog,
+        insecure: flags.insecure,
+        identity_regexp,
+    };
+    let expected_version = flags
+        .expect_version
+        .as_deref()
+        .map(|v| v.strip_prefix('v').unwrap_or(v).to_owned())
+        .unwrap_or_else(|| config.version.to_string());
+
+    let mut steps = Steps::new(if flags.run { 4 } else { 3 });
+    let client = cosign::client_for(&flags.reference, flags.insecure)?;
+    let subject = steps.run("resolve the image", || {
+        Subject::resolve(&flags.reference, &client)
+    })?;
+    let mut checks = Vec::new();
+    steps.run("verify the signatures", || {
+        let mut targets = vec![("index".to_owned(), subject.digest.clone())];
+        if subject.is_index {
+            targets.extend(
+                subject
+                    .platforms
+                    .iter()
+                    .map(|p| (p.platform.to_string(), p.digest.clone())),
+            );
+        } else {
+            targets[0].0 = subject.platforms[0].platform.to_string();
+        }
+        for (name, digest) in targets {
+            let result = verify_signature(&cosign, &options, &subject, &digest);
+            checks.push(Check::new("signature", &name, &digest, result));
+        }
+        Ok(())
+    })?;
+    steps.run("verify the attestations", || {
+        for platform in &subject.platforms {
+            let name = platform.platform.to_string();
+            let result = verify_sbom(&cosign, &options, &subject, platform, &expected_version);
+            checks.push(Check::new("sbom", &name, &platform.digest, result));
+            let result = verify_provenance(&cosign, &options, &subject, &platform.digest);
+            checks.push(Check::new("provenance", &name, &platform.digest, result));
+        }
+        if subject.is_index {
+            let result = verify_provenance(&cosign, &options, &subject, &subject.digest);
+            checks.push(Check::new("provenance", "index", &subject.digest, result));
+        }
+        Ok(())
+    })?;
+    if flags.run {
+        steps.run("run each platform's server", || {
+            for platform in &subject.platforms {
+                let dir = config
+                    .target_dir
+                    .join("verify")
+                    .join(platform.digest.trim_start_matches("sha256:"));
+                let result = run_platform(
+                    &config,
+                    &client,
+                    &subject,
+                    platform,
+                    &expected_version,
+                    &dir,
+                );
+                checks.push(Check::new(
+                    "run",
+                    &platform.platform.to_string(),
+                    &platform.digest,
+                    result,
+                ));
+            }
+            Ok(())
+        })?;
+    }
+
+    let failed: Vec<String> = checks.iter().filter(|c| !c.ok).map(Check::name).collect();
+    if flags.json {
+        let report = json!({
+            "image": subject.name,
+            "digest": subject.digest,
+            "resolved_from_tag": subject.resolved_from_tag,
+            "identity": match &identity {
+                Identity::Key(key) => json!({"key": key}),
+                Identity::Keyless => json!({
+                    "certificate_identity_regexp": options.identity_regexp,
+                    "certificate_oidc_issuer": cosign::GITHUB_OIDC_ISSUER,
+                }),
+            },
+            "tlog": !flags.signing.no_tlog,
+            "platforms": subject.platforms.iter().map(|p| json!({
+                "platform": p.platform.to_string(),
+                "digest": p.digest,
+            })).collect::<Vec<_>>(),
+            "checks": checks,
+            "passed": failed.is_empty(),
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&subject, &checks);
+    }
+    if !failed.is_empty() {
+        bail!(
+            "verification of {} failed: {}",
+            subject.by_digest(&subject.digest),
+            failed.join(", ")
+        );
+    }
+    eprintln!(
+        "all {} checks passed in {:.1}s",
+        checks.len(),
+        steps.total_elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn print_table(subject: &Subject, checks: &[Check]) {
+    println!("{}", subject.by_digest(&subject.digest));
+    if let Some(tag) = &subject.resolved_from_tag {
+        println!("(resolved from the tag {tag})");
+    }
+    let width = checks
+        .iter()
+        .map(|c| c.subject.len())
+        .max()
+        .unwrap_or(5)
+        .max(7);
+    println!(
+        "{:<6} {:<11} {:<width$} DETAIL",
+        "RESULT", "CHECK", "SUBJECT"
+    );
+    for check in checks {
+        println!(
+            "{:<6} {:<11} {:<width$} {}",
+            if check.ok { "PASS" } else { "FAIL" },
+            check.check,
+            check.subject,
+            check.detail
+        );
+    }
+}
+
+fn verify_signature(
+    cosign: &Cosign,
+    options: &cosign::Options,
+    subject: &Subject,
+    digest: &str,
+) -> Result<String> {
+    let output = cosign.run(&options.verify(&subject.by_digest(digest))?, true)?;
+    if !output.success {
+        bail!(
+            "not signed by {}: {}",
+            trusted(options),
+            output.error_line()
+        );
+    }
+    // cosign checked the claims; make sure they name this digest.
+    let claims: Vec<Value> = serde_json::from_str(output.stdout.trim())
+        .context("cosign verify printed something that is not its JSON claims")?;
+    if !claims
+        .iter()
+        .any(|c| c["critical"]["image"]["docker-manifest-digest"] == digest)
+    {
+        bail!("cosign accepted a signature, but none of its claims names {digest}");
+    }
+    Ok(format!(
+        "{} signature(s) by {}",
+        claims.len(),
+        trusted(options)
+    ))
+}
+
+fn trusted(options: &cosign::Options) -> String {
+    match &options.identity {
+        Identity::Key(key) => format!("the key {key}"),
+        Identity::Keyless => "the release workflow (release.yml on a v* tag)".to_owned(),
+    }
+}
+
+/// The in-toto statements cosign accepted for one predicate type.
+fn verified_statements(
+    cosign: &Cosign,
+    options: &cosign::Options,
+    subject: &Subject,
+    digest: &str,
+    kind: &str,
+) -> Result<Vec<Value>> {
+    let output = cosign.run(
+        &options.verify_attestation(&subject.by_digest(digest), kind)?,
+        true,
+    )?;
+    if !output.success {
+        bail!(
+            "no {kind} attestation by {}: {}",
+            trusted(options),
+            output.error_line()
+        );
+    }
+    let engine = base64::engine::general_purpose::STANDARD;
+    let mut statements = Vec::new();
+    for line in output.stdout.lines().filter(|l| !l.trim().is_empty()) {
+        let envelope: Value = serde_json::from_str(line)
+            .context("cosign verify-attestation printed a line that is not a DSSE envelope")?;
+        let payload = envelope["payload"]
+            .as_str()
+            .context("a DSSE envelope without a payload")?;
+        let statement: Value = serde_json::from_slice(
+            &engine
+                .decode(payload)
+                .context("a DSSE payload that is not base64")?,
+        )
+        .context("a DSSE payload that is not an in-toto statement")?;
+        let hex = digest.trim_start_matches("sha256:");
+        let names_digest = statement["subject"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["digest"]["sha256"] == hex));
+        if !names_digest {
+            bail!("a {kind} attestation whose subject is not {digest}");
+        }
+        statements.push(statement);
+    }
+    if statements.is_empty() {
+        bail!("cosign accepted no {kind} attestation for {digest}");
+    }
+    Ok(statements)
+}
+
+fn verify_sbom(
+    cosign: &Cosign,
+    options: &cosign::Options,
+    subject: &Subject,
+    platform: &PlatformImage,
+    expected_version: &str,
+) -> Result<String> {
+    let statements = verified_statements(cosign, options, subject, &platform.digest, "cyclonedx")?;
+    for statement in &statements {
+        if statement["predicateType"] != CYCLONEDX_PREDICATE {
+            bail!(
+                "the SBOM attestation has predicate type {}, not {CYCLONEDX_PREDICATE}",
+                statement["predicateType"]
+            );
+        }
+        let component = &statement["predicate"]["metadata"]["component"];
+        let version = component["version"].as_str().unwrap_or("none");
+        if version != expected_version {
+            bail!(
+                "the SBOM's root component {} has version {version}, not {expected_version}",
+                component["name"].as_str().unwrap_or("(unnamed)")
+            );
+        }
+    }
+    let component = &statements[0]["predicate"]["metadata"]["component"];
+    Ok(format!(
+        "CycloneDX, root component {} {expected_version}",
+        component["name"].as_str().unwrap_or("(unnamed)")
+    ))
+}
+
+fn verify_provenance(
+    cosign: &Cosign,
+    options: &cosign::Options,
+    subject: &Subject,
+    digest: &str,
+) -> Result<String> {
+    let statements = verified_statements(cosign, options, subject, digest, "slsaprovenance1")?;
+    for statement in &statements {
+        if statement["predicateType"] != SLSA_V1_PREDICATE {
+            bail!(
+                "the provenance has predicate type {}, not {SLSA_V1_PREDICATE}",
+                statement["predicateType"]
+            );
+        }
+    }
+    let builder = statements[0]["predicate"]["runDetails"]["builder"]["id"]
+        .as_str()
+        .unwrap_or("unknown");
+    Ok(format!("SLSA v1 for {digest}, builder {builder}"))
+}
+
+/// Pulls one platform by digest, unpacks its layers into a rootfs, and runs
+/// its server's `version --json` (under QEMU for arm64 on another host).
+fn run_platform(
+    config: &Config,
+    client: &Client,
+    subject: &Subject,
+    platform: &PlatformImage,
+    expected_version: &str,
+    dir: &Utf8Path,
+) -> Result<String> {
+    let rootfs = dir.join("rootfs");
+    if rootfs.exists() {
+        std::fs::remove_dir_all(&rootfs).with_context(|| format!("cannot clear {rootfs}"))?;
+    }
+    std::fs::create_dir_all(&rootfs).with_context(|| format!("cannot create {rootfs}"))?;
+    for layer in &platform.manifest.layers {
+        let bytes = client.get_blob(&subject.reference.repository, &layer.digest)?;
+        unpack_layer(&bytes, &layer.media_type, &rootfs)
+            .with_context(|| format!("cannot unpack layer {}", layer.digest))?;
+    }
+    let binary: Utf8PathBuf = rootfs.join(&config.binary);
+    if !binary.is_file() {
+        bail!("the image has no /{}", config.binary);
+    }
+    let sh = Shell::new()?;
+    let output = if platform.platform.is_host() {
+        cmd!(sh, "{binary} version --json").quiet().read()
+    } else if platform.platform.arch == "arm64" {
+        let qemu = tools::QEMU_AARCH64.find()?;
+        cmd!(sh, "{qemu} {binary} version --json").quiet().read()
+    } else {
+        bail!(
+            "cannot run a {} binary on this {} host",
+            platform.platform,
+            std::env::consts::ARCH
+        )
+    }
+    .with_context(|| format!("/{} version --json failed", config.binary))?;
+    let info: Value = serde_json::from_str(&output).with_context(|| {
+        format!(
+            "/{} version --json printed something that is not JSON: {output}",
+            config.binary
+        )
+    })?;
+    let version = info["version"].as_str().unwrap_or("none");
+    if version != expected_version {
+        bail!(
+            "/{} reports version {version}, expected {expected_version}",
+            config.binary
+        );
+    }
+    let git_sha = info["git_sha"].as_str().unwrap_or("none");
+    if git_sha.len() != 40 || !git_sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!(
+            "/{} reports git_sha {git_sha:?}, not a 40-hex commit",
+            config.binary
+        );
+    }
+    match platform.label(REVISION) {
+        Some(revision) if revision == git_sha => {}
+        Some(revision) => bail!(
+            "/{} was built from {git_sha}, but the image's {REVISION} label says {revision}",
+            config.binary
+        ),
+        None => bail!("the image has no {REVISION} label to compare git_sha {git_sha} with"),
+    }
+    Ok(format!(
+        "/{} {version} ({}){}",
+        config.binary,
+        &git_sha[..7],
+        if platform.platform.is_host() {
+            ""
+        } else {
+            " under qemu"
+        }
+    ))
+}
+
+/// Applies one layer to `rootfs`, with OCI whiteouts.
+fn unpack_layer(bytes: &[u8], media_type: &str, rootfs: &Utf8Path) -> Result<()> {
+    let reader: Box<dyn Read + '_> = match media_type {
+        oci::LAYER_GZIP | oci::DOCKER_LAYER_GZIP => Box::new(flate2::read::GzDecoder::new(bytes)),
+        "application/vnd.oci.image.layer.v1.tar" => Box::new(bytes),
+        other => bail!("layers of type {other} are not supported; only tar and tar+gzip"),
+    };
+    let mut archive = tar::Archive::new(reader);
+    for entry in archive
+        .entries()
+        .context("the layer is not a tar archive")?
+    {
+        let mut entry = entry.context("the layer is not a tar archive")?;
+        let path = entry
+            .path()
+            .context("a layer entry has no path")?
+            .into_owned();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if let Some(hidden) = name.strip_prefix(".wh.") {
+            let parent = safe_join(rootfs, path.parent().unwrap_or(std::path::Path::new("")))?;
+            if hidden == ".wh..opq" {
+                if parent.is_dir() {
+                    for child in std::fs::read_dir(&parent)? {
+                        remove_path(&child?.path())?;
+                    }
+                }
+            } else {
+                remove_path(&parent.join(hidden))?;
+            }
+            continue;
+        }
+        entry
+            .unpack_in(rootfs)
+            .with_context(|| format!("cannot unpack {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn safe_join(root: &Utf8Path, relative: &std::path::Path) -> Result<std::path::PathBuf> {
+    let mut path = root.as_std_path().to_path_buf();
+    for component in relative.components() {
+        match component {
+            std::path::Component::Normal(part) => path.push(part),
+            std::path::Component::CurDir | std::path::Component::RootDir => {}
+            _ => bail!("a layer entry escapes the rootfs: {}", relative.display()),
+        }
+    }
+    Ok(path)
+}
+
+fn remove_path(path: &std::path::Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(_) => Ok(()),
+    }
+    .with_context(|| format!("cannot remove {}", path.display()))
 }

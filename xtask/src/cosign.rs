@@ -1,0 +1,596 @@
+//! Everything that runs cosign: finding it at the pinned version, the
+//! signing identity, and the argument lists of sign, attest, verify and
+//! verify-attestation. Also the image they work on: a reference resolved
+//! once to an index digest and its platform manifests.
+//!
+//! Where cosign v3.1.3 puts things on a registry without the OCI 1.1
+//! referrers API (such as distribution 2.8): every signature and every
+//! attestation is a Sigstore bundle v0.3 (a DSSE envelope) stored as an OCI
+//! artifact manifest whose `subject` is the signed digest, and the list of
+//! them is an OCI index under the tag `sha256-<hex of the signed digest>`
+//! (the referrers tag schema). Adding one rewrites that index, which is why
+//! writes to one repository run one after another.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use camino::{Utf8Path, Utf8PathBuf};
+use serde::Deserialize;
+use xshell::{cmd, Shell};
+
+use crate::config::Platform;
+use crate::flags::SigningArgs;
+use crate::image::{BASE_DIGEST, BASE_NAME};
+use crate::oci::{self, Index, Manifest};
+use crate::registry::{Client, Reference};
+use crate::tools::{COSIGN, COSIGN_VERSION};
+
+pub const REVISION: &str = "org.opencontainers.image.revision";
+pub const VERSION: &str = "org.opencontainers.image.version";
+
+/// The issuer of GitHub Actions OIDC tokens, which Fulcio writes into the
+/// certificate of a keyless signature.
+pub const GITHUB_OIDC_ISSUER: &str = "https://token.actions.githubusercontent.com";
+
+/// The media type of a Sigstore signing config, as cosign v3 reads it.
+pub const SIGNING_CONFIG_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.signingconfig.v0.2+json";
+
+/// The cosign binary, checked to be the pinned version.
+#[derive(Debug, Clone)]
+pub struct Cosign {
+    pub path: PathBuf,
+}
+
+impl Cosign {
+    /// Finds cosign and fails unless it is exactly [`COSIGN_VERSION`]: the
+    /// storage format and the flags changed between major versions, and the
+    /// tests pin the behaviour of this one.
+    pub fn find() -> Result<Cosign> {
+        let path = COSIGN.find()?;
+        let found = version_of(&path)?;
+        if found != COSIGN_VERSION {
+            bail!(
+                "cosign {found} found at {}, but this project needs exactly cosign {COSIGN_VERSION}: {}",
+                path.display(),
+                COSIGN.install_hint
+            );
+        }
+        Ok(Cosign { path })
+    }
+
+    /// Runs cosign with `args`; stdout is returned, stderr is passed through
+    /// unless `quiet`. On failure, the error carries cosign's last error line.
+    pub fn run(&self, args: &[String], quiet: bool) -> Result<CosignOutput> {
+        let sh = Shell::new()?;
+        let program = &self.path;
+        let output = cmd!(sh, "{program} {args...}")
+            .quiet()
+            .ignore_status()
+            .output()
+            .with_context(|| format!("cannot run {}", program.display()))?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        if !quiet && !stderr.trim().is_empty() {
+            eprint!("{stderr}");
+        }
+        Ok(CosignOutput {
+            success: output.status.success(),
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Runs cosign and fails with its error line when it fails.
+    pub fn run_ok(&self, args: &[String]) -> Result<String> {
+        let output = self.run(args, false)?;
+        if !output.success {
+            bail!("`{}` failed: {}", display(args), output.error_line());
+        }
+        Ok(output.stdout)
+    }
+}
+
+pub struct CosignOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CosignOutput {
+    /// cosign's own explanation: its `Error:` line, else its last line.
+    pub fn error_line(&self) -> String {
+        let lines: Vec<&str> = self
+            .stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix("Error: "))
+            .or(lines.last().copied())
+            .unwrap_or("no output")
+            .to_owned()
+    }
+}
+
+/// `cosign version --json`'s gitVersion, such as `v3.1.3`.
+pub fn version_of(path: &std::path::Path) -> Result<String> {
+    let sh = Shell::new()?;
+    let out = cmd!(sh, "{path} version --json")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .with_context(|| {
+            format!(
+                "cannot run `{} version --json`; reinstall it: {}",
+                path.display(),
+                COSIGN.install_hint
+            )
+        })?;
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Version {
+        git_version: String,
+    }
+    let version: Version = serde_json::from_str(&out).with_context(|| {
+        format!(
+            "`{} version --json` did not print cosign's version JSON; this project needs cosign {COSIGN_VERSION}: {}",
+            path.display(),
+            COSIGN.install_hint
+        )
+    })?;
+    Ok(version.git_version)
+}
+
+/// The cosign path for printing a plan: the pinned one if present, with a
+/// warning on stderr otherwise, so that a dry run never fails on it.
+pub fn for_plan() -> String {
+    match Cosign::find() {
+        Ok(cosign) => cosign.path.display().to_string(),
+        Err(err) => {
+            eprintln!("warning: {err:#}");
+            "cosign".to_owned()
+        }
+    }
+}
+
+/// Who signs, or whom a verification trusts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// A key file, `env://VAR`, or a KMS URI, passed through to cosign.
+    Key(String),
+    /// Fulcio certificates from GitHub Actions OIDC.
+    Keyless,
+}
+
+/// True in a GitHub Actions job that may request an OIDC token
+/// (`permissions: id-token: write`).
+pub fn github_oidc_available() -> bool {
+    std::env::var("ACTIONS_ID_TOKEN_REQUEST_URL").is_ok_and(|v| !v.is_empty())
+}
+
+/// The signing identity for sign and attest.
+pub fn signing_identity(signing: &SigningArgs) -> Result<Identity> {
+    match &signing.key {
+        Some(key) => {
+            check_key_exists(key)?;
+            Ok(Identity::Key(key.clone()))
+        }
+        None if github_oidc_available() => {
+            if signing.no_tlog {
+                bail!("--no-tlog needs --key: a keyless certificate lives ten minutes and only a transparency log proves it was valid at signing time");
+            }
+            Ok(Identity::Keyless)
+        }
+        None => bail!(
+            "no signing key: pass --key cosign.key (or env://VAR, or a KMS URI), or run in GitHub Actions with `permissions: id-token: write` for keyless signing"
+        ),
+    }
+}
+
+/// The identity verify trusts: the public key, or else the release workflow.
+pub fn verifying_identity(signing: &SigningArgs) -> Result<Identity> {
+    match &signing.key {
+        Some(key) => {
+            check_key_exists(key)?;
+            Ok(Identity::Key(key.clone()))
+        }
+        None => Ok(Identity::Keyless),
+    }
+}
+
+fn check_key_exists(key: &str) -> Result<()> {
+    if !key.contains("://") && !Utf8Path::new(key).is_file() {
+        bail!("the key {key} does not exist; pass the path of a cosign key (cosign generate-key-pair makes one), env://VAR, or a KMS URI");
+    }
+    Ok(())
+}
+
+/// A cosign private key file needs its password in COSIGN_PASSWORD: cosign
+/// would otherwise prompt on a terminal that a release job does not have.
+pub fn check_password(identity: &Identity) -> Result<()> {
+    if let Identity::Key(key) = identity {
+        if !key.contains("://") && std::env::var_os("COSIGN_PASSWORD").is_none() {
+            bail!("COSIGN_PASSWORD is not set; export the password of {key} (an empty value for a key without one)");
+        }
+    }
+    Ok(())
+}
+
+/// `^https://github\.com/OWNER/REPO/\.github/workflows/release\.yml@refs/tags/v`
+/// for `https://github.com/OWNER/REPO`.
+pub fn release_identity_regexp(repository: &str) -> Result<String> {
+    let path = repository
+        .trim_end_matches('/')
+        .trim_end_matches(".git")
+        .strip_prefix("https://github.com/")
+        .filter(|p| p.split('/').count() == 2 && !p.split('/').any(str::is_empty))
+        .with_context(|| {
+            format!(
+                "keyless verification trusts the release workflow of a GitHub repository, but the package's repository is {repository:?}; set repository = \"https://github.com/OWNER/REPO\" in Cargo.toml, or pass --key cosign.pub"
+            )
+        })?;
+    Ok(format!(
+        "^https://github\\.com/{}/\\.github/workflows/release\\.yml@refs/tags/v",
+        regex_escape(path)
+    ))
+}
+
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A Sigstore signing config with no service at all: no Fulcio, no Rekor,
+/// no timestamp authority. Signing with a key then touches nothing but the
+/// registry. (`--tlog-upload=false` is an error in cosign v3.)
+pub fn no_tlog_signing_config() -> serde_json::Value {
+    serde_json::json!({
+        "mediaType": SIGNING_CONFIG_MEDIA_TYPE,
+        "caUrls": [],
+        "oidcUrls": [],
+        "rekorTlogUrls": [],
+        "tsaUrls": []
+    })
+}
+
+/// Writes the no-tlog signing config under `dir` and returns its path.
+pub fn write_no_tlog_signing_config(dir: &Utf8Path) -> Result<Utf8PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
+    let path = dir.join("signing-config-no-tlog.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&no_tlog_signing_config())?)
+        .with_context(|| format!("cannot write {path}"))?;
+    Ok(path)
+}
+
+/// The options every cosign call of one run shares.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub identity: Identity,
+    /// For sign and attest with --no-tlog.
+    pub signing_config: Option<Utf8PathBuf>,
+    /// For verify with --no-tlog.
+    pub ignore_tlog: bool,
+    /// Plain HTTP to a loopback registry.
+    pub insecure: bool,
+    /// For keyless verification.
+    pub identity_regexp: Option<String>,
+}
+
+impl Options {
+    fn registry_args(&self, args: &mut Vec<String>) {
+        if self.insecure {
+            args.push("--allow-insecure-registry".into());
+            args.push("--allow-http-registry".into());
+        }
+    }
+
+    fn signer_args(&self, args: &mut Vec<String>) {
+        args.push("--yes".into());
+        if let Identity::Key(key) = &self.identity {
+            args.push(format!("--key={key}"));
+        }
+        if let Some(config) = &self.signing_config {
+            args.push(format!("--signing-config={config}"));
+        }
+        self.registry_args(args);
+    }
+
+    fn verifier_args(&self, args: &mut Vec<String>) -> Result<()> {
+        match &self.identity {
+            Identity::Key(key) => args.push(format!("--key={key}")),
+            Identity::Keyless => {
+                let regexp = self
+                    .identity_regexp
+                    .as_ref()
+                    .context("keyless verification needs the release workflow identity")?;
+                args.push(format!("--certificate-identity-regexp={regexp}"));
+                args.push(format!("--certificate-oidc-issuer={GITHUB_OIDC_ISSUER}"));
+            }
+        }
+        if self.ignore_tlog {
+            args.push("--insecure-ignore-tlog=true".into());
+        }
+        self.registry_args(args);
+        Ok(())
+    }
+
+    /// `cosign sign --recursive`: the index and every manifest it lists.
+    pub fn sign(&self, image: &str) -> Vec<String> {
+        let mut args = vec!["sign".into(), "--recursive".into()];
+        self.signer_args(&mut args);
+        args.push(image.into());
+        args
+    }
+
+    pub fn attest(&self, image: &str, kind: &str, predicate: &Utf8Path) -> Vec<String> {
+        let mut args = vec!["attest".into()];
+        self.signer_args(&mut args);
+        args.push(format!("--type={kind}"));
+        args.push(format!("--predicate={predicate}"));
+        args.push(image.into());
+        args
+    }
+
+    pub fn verify(&self, image: &str) -> Result<Vec<String>> {
+        let mut args = vec!["verify".into()];
+        self.verifier_args(&mut args)?;
+        args.push("--output=json".into());
+        args.push(image.into());
+        Ok(args)
+    }
+
+    pub fn verify_attestation(&self, image: &str, kind: &str) -> Result<Vec<String>> {
+        let mut args = vec!["verify-attestation".into()];
+        self.verifier_args(&mut args)?;
+        args.push(format!("--type={kind}"));
+        args.push(image.into());
+        Ok(args)
+    }
+}
+
+/// A command line for people: each argument quoted where a shell would
+/// need it. Only for printing; commands never run through a shell.
+pub fn display(args: &[String]) -> String {
+    std::iter::once("cosign".to_owned())
+        .chain(args.iter().map(|a| shell_quote(a)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn shell_quote(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c));
+    if plain {
+        arg.to_owned()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
+}
+
+/// The image being signed, attested or verified, resolved once.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    /// `host/repository`.
+    pub name: String,
+    pub reference: Reference,
+    /// The tag the reference named, if it named one and no digest.
+    pub resolved_from_tag: Option<String>,
+    /// The digest of the index (or of the only manifest).
+    pub digest: String,
+    pub is_index: bool,
+    pub annotations: BTreeMap<String, String>,
+    pub platforms: Vec<PlatformImage>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlatformImage {
+    pub platform: Platform,
+    pub digest: String,
+    pub manifest: Manifest,
+    /// The image config's `config.Labels`.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl PlatformImage {
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key).map(String::as_str)
+    }
+
+    pub fn base_name(&self) -> &str {
+        self.label(BASE_NAME).unwrap_or("unknown")
+    }
+
+    pub fn base_digest(&self) -> Option<&str> {
+        self.label(BASE_DIGEST)
+    }
+}
+
+impl Subject {
+    /// `host/repository@digest`.
+    pub fn by_digest(&self, digest: &str) -> String {
+        format!("{}@{digest}", self.name)
+    }
+
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations.get(key).map(String::as_str)
+    }
+
+    /// Resolves `text` (IMAGE@sha256:… or IMAGE:TAG) once, and reads the
+    /// index and every platform's manifest and config by digest.
+    pub fn resolve(text: &str, client: &Client) -> Result<Subject> {
+        let reference = Reference::parse(text)?;
+        let repository = &reference.repository;
+        let (digest, resolved_from_tag) = match (&reference.digest, &reference.tag) {
+            (Some(digest), _) => (digest.clone(), None),
+            (None, Some(tag)) => {
+                let digest = client.manifest_digest(repository, tag)?.with_context(|| {
+                    format!("{text} does not exist; push it first with `cargo xtask image --push`")
+                })?;
+                (digest, Some(tag.clone()))
+            }
+            (None, None) => bail!(
+                "{text} names neither a tag nor a digest; use IMAGE@sha256:… (best) or IMAGE:TAG"
+            ),
+        };
+        let (media_type, bytes) = client
+            .get_manifest(repository, &digest)?
+            .with_context(|| format!("{}@{digest} does not exist", reference.name()))?;
+        let mut platforms = Vec::new();
+        let (is_index, annotations) = if oci::is_index(&media_type) {
+            let index: Index = serde_json::from_slice(&bytes)
+                .with_context(|| format!("the index {digest} is not valid JSON"))?;
+            for entry in &index.manifests {
+                // Entries without a platform, or `unknown/unknown` ones
+                // (buildx attestations), are not images to run.
+                let Some(spec) = entry.platform.as_ref().filter(|p| p.os != "unknown") else {
+                    continue;
+                };
+                let platform: Platform = format!("{}/{}", spec.os, spec.architecture)
+                    .parse()
+                    .with_context(|| format!("the index {digest} lists {}", entry.digest))?;
+                platforms.push(read_platform(client, repository, &entry.digest, platform)?);
+            }
+            (true, index.annotations.unwrap_or_default())
+        } else {
+            let manifest: Manifest = serde_json::from_slice(&bytes)
+                .with_context(|| format!("the manifest {digest} is not valid JSON"))?;
+            let config = read_config(client, repository, &manifest)?;
+            let platform: Platform = format!(
+                "{}/{}",
+                config["os"].as_str().unwrap_or_default(),
+                config["architecture"].as_str().unwrap_or_default()
+            )
+            .parse()
+            .with_context(|| format!("the image {digest}"))?;
+            platforms.push(read_platform(client, repository, &digest, platform)?);
+            (false, manifest.annotations.unwrap_or_default())
+        };
+        if platforms.is_empty() {
+            bail!("{}@{digest} lists no platform image", reference.name());
+        }
+        Ok(Subject {
+            name: reference.name(),
+            reference,
+            resolved_from_tag,
+            digest,
+            is_index,
+            annotations,
+            platforms,
+        })
+    }
+}
+
+fn read_config(
+    client: &Client,
+    repository: &str,
+    manifest: &Manifest,
+) -> Result<serde_json::Value> {
+    serde_json::from_slice(&client.get_blob(repository, &manifest.config.digest)?)
+        .with_context(|| format!("the image config {} is not JSON", manifest.config.digest))
+}
+
+fn read_platform(
+    client: &Client,
+    repository: &str,
+    digest: &str,
+    platform: Platform,
+) -> Result<PlatformImage> {
+    let (_, bytes) = client.get_manifest(repository, digest)?.with_context(|| {
+        format!("the {platform} manifest {digest} is missing from {repository}")
+    })?;
+    let manifest: Manifest = serde_json::from_slice(&bytes)
+        .with_context(|| format!("the {platform} manifest {digest} is not valid JSON"))?;
+    let config = read_config(client, repository, &manifest)?;
+    let labels = config["config"]["Labels"]
+        .as_object()
+        .map(|labels| {
+            labels
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(PlatformImage {
+        platform,
+        digest: digest.to_owned(),
+        manifest,
+        labels,
+    })
+}
+
+/// The registry client for a reference: plain HTTP only with --insecure,
+/// only on loopback.
+pub fn client_for(text: &str, insecure: bool) -> Result<Client> {
+    let reference = Reference::parse(text)?;
+    Client::new(&reference.host, insecure)
+}
+
+/// `target/cosign`, where generated cosign inputs go.
+pub fn work_dir(target_dir: &Utf8Path) -> Utf8PathBuf {
+    target_dir.join("cosign")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_regexp_is_anchored_to_the_release_workflow() {
+        assert_eq!(
+            release_identity_regexp("https://github.com/example-org/rust-release").unwrap(),
+            r"^https://github\.com/example-org/rust-release/\.github/workflows/release\.yml@refs/tags/v"
+        );
+        assert_eq!(
+            release_identity_regexp("https://github.com/o/r.s.git/").unwrap(),
+            r"^https://github\.com/o/r\.s/\.github/workflows/release\.yml@refs/tags/v"
+        );
+        let err = release_identity_regexp("https://gitlab.com/o/r").unwrap_err();
+        assert!(err.to_string().starts_with("keyless verification trusts the release workflow of a GitHub repository, but the package's repository is \"https://gitlab.com/o/r\""), "{err}");
+    }
+
+    #[test]
+    fn argument_lists() {
+        let options = Options {
+            identity: Identity::Key("k.key".into()),
+            signing_config: Some("/t/sc.json".into()),
+            ignore_tlog: true,
+            insecure: true,
+            identity_regexp: None,
+        };
+        assert_eq!(
+            options.sign("h:1/app@sha256:ab"),
+            [
+                "sign",
+                "--recursive",
+                "--yes",
+                "--key=k.key",
+                "--signing-config=/t/sc.json",
+                "--allow-insecure-registry",
+                "--allow-http-registry",
+                "h:1/app@sha256:ab"
+            ]
+        );
+        let keyless = Options {
+            identity: Identity::Keyless,
+            signing_config: None,
+            ignore_tlog: false,
+            insecure: false,
+            identity_regexp: Some("^x$".into()),
+        };
+        assert_eq!(
+            display(&keyless.verify_attestation("r@sha256:ab", "cyclonedx").unwrap()),
+            "cosign verify-attestation '--certificate-identity-regexp=^x$' --certificate-oidc-issuer=https://token.actions.githubusercontent.com --type=cyclonedx r@sha256:ab"
+        );
+    }
+}
