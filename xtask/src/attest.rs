@@ -204,8 +204,7 @@ fn write_json(path: &Utf8Path, value: &serde_json::Value) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
     }
-    std::fs::write(path, serde_json::to_vec_pretty(value)?)
-        .with_context(|| format!("cannot write {path}"))
+    crate::cosign::write_atomically(path, &serde_json::to_vec_pretty(value)?)
 }
 
 /// The SBOMs and the provenance describe this checkout; attaching them to

@@ -111,6 +111,7 @@ impl CosignOutput {
             .find_map(|l| l.strip_prefix("Error: "))
             .or(lines.last().copied())
             .unwrap_or("no output")
+            .trim_end_matches([':', ' '])
             .to_owned()
     }
 }
@@ -266,9 +267,19 @@ pub fn no_tlog_signing_config() -> serde_json::Value {
 pub fn write_no_tlog_signing_config(dir: &Utf8Path) -> Result<Utf8PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
     let path = dir.join("signing-config-no-tlog.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&no_tlog_signing_config())?)
-        .with_context(|| format!("cannot write {path}"))?;
+    write_atomically(
+        &path,
+        &serde_json::to_vec_pretty(&no_tlog_signing_config())?,
+    )?;
     Ok(path)
+}
+
+/// Writes through a temporary file and a rename, so that a concurrent run
+/// (or cosign reading it) never sees a half-written file.
+pub fn write_atomically(path: &Utf8Path, bytes: &[u8]) -> Result<()> {
+    let partial = Utf8PathBuf::from(format!("{path}.{}.partial", std::process::id()));
+    std::fs::write(&partial, bytes).with_context(|| format!("cannot write {partial}"))?;
+    std::fs::rename(&partial, path).with_context(|| format!("cannot write {path}"))
 }
 
 /// The options every cosign call of one run shares.

@@ -22,6 +22,8 @@ use crate::tools;
 
 pub const CYCLONEDX_PREDICATE: &str = "https://cyclonedx.org/bom";
 pub const SLSA_V1_PREDICATE: &str = "https://slsa.dev/provenance/v1";
+/// The `critical.type` of a claim made by `cosign sign`.
+pub const SIGNATURE_TYPE: &str = "https://sigstore.dev/cosign/sign/v1";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
@@ -116,10 +118,13 @@ pub fn run(flags: &flags::Verify) -> Result<()> {
     if flags.run {
         steps.run("run each platform's server", || {
             for platform in &subject.platforms {
-                let dir = config
-                    .target_dir
-                    .join("verify")
-                    .join(platform.digest.trim_start_matches("sha256:"));
+                // Per process: two verifications of one digest must not
+                // unpack over each other.
+                let dir = config.target_dir.join("verify").join(format!(
+                    "{}.{}",
+                    platform.digest.trim_start_matches("sha256:"),
+                    std::process::id()
+                ));
                 let result = run_platform(
                     &config,
                     &client,
@@ -128,6 +133,8 @@ pub fn run(flags: &flags::Verify) -> Result<()> {
                     &expected_version,
                     &dir,
                 );
+                // The rootfs is only needed for the run.
+                let _ = std::fs::remove_dir_all(&dir);
                 checks.push(Check::new(
                     "run",
                     &platform.platform.to_string(),
@@ -219,20 +226,30 @@ fn verify_signature(
             output.error_line()
         );
     }
-    // cosign checked the claims; make sure they name this digest.
+    // cosign v3 counts every bundle attached to the digest, attestations
+    // included, as a signature: only a claim of the signing type shows
+    // that the image itself was signed.
     let claims: Vec<Value> = serde_json::from_str(output.stdout.trim())
         .context("cosign verify printed something that is not its JSON claims")?;
-    if !claims
+    let signatures = claims
         .iter()
-        .any(|c| c["critical"]["image"]["docker-manifest-digest"] == digest)
-    {
-        bail!("cosign accepted a signature, but none of its claims names {digest}");
+        .filter(|c| {
+            c["critical"]["type"] == SIGNATURE_TYPE
+                && c["critical"]["image"]["docker-manifest-digest"] == digest
+        })
+        .count();
+    if signatures == 0 {
+        let types: Vec<&str> = claims
+            .iter()
+            .filter_map(|c| c["critical"]["type"].as_str())
+            .collect();
+        bail!(
+            "not signed by {}: cosign found only attestations ({}), no signature of {digest}",
+            trusted(options),
+            types.join(", ")
+        );
     }
-    Ok(format!(
-        "{} signature(s) by {}",
-        claims.len(),
-        trusted(options)
-    ))
+    Ok(format!("{signatures} signature(s) by {}", trusted(options)))
 }
 
 fn trusted(options: &cosign::Options) -> String {
