@@ -359,6 +359,42 @@ impl Options {
         Ok(args)
     }
 
+    /// `cosign sign-blob` with the signature, certificate and any log entry
+    /// in one Sigstore bundle next to the file.
+    pub fn sign_blob(&self, file: &Utf8Path, bundle: &Utf8Path) -> Vec<String> {
+        let mut args = vec!["sign-blob".into(), "--yes".into()];
+        if let Identity::Key(key) = &self.identity {
+            args.push(format!("--key={key}"));
+        }
+        if let Some(config) = &self.signing_config {
+            args.push(format!("--signing-config={config}"));
+        }
+        args.push(format!("--bundle={bundle}"));
+        args.push(file.to_string());
+        args
+    }
+
+    pub fn verify_blob(&self, file: &str, bundle: &str) -> Result<Vec<String>> {
+        let mut args = vec!["verify-blob".into()];
+        match &self.identity {
+            Identity::Key(key) => args.push(format!("--key={key}")),
+            Identity::Keyless => {
+                let regexp = self
+                    .identity_regexp
+                    .as_ref()
+                    .context("keyless verification needs the release workflow identity")?;
+                args.push(format!("--certificate-identity-regexp={regexp}"));
+                args.push(format!("--certificate-oidc-issuer={GITHUB_OIDC_ISSUER}"));
+            }
+        }
+        if self.ignore_tlog {
+            args.push("--insecure-ignore-tlog=true".into());
+        }
+        args.push(format!("--bundle={bundle}"));
+        args.push(file.into());
+        Ok(args)
+    }
+
     pub fn verify_attestation(&self, image: &str, kind: &str) -> Result<Vec<String>> {
         let mut args = vec!["verify-attestation".into()];
         self.verifier_args(&mut args)?;
@@ -550,6 +586,19 @@ pub fn client_for(text: &str, insecure: bool) -> Result<Client> {
 /// `target/cosign`, where generated cosign inputs go.
 pub fn work_dir(target_dir: &Utf8Path) -> Utf8PathBuf {
     target_dir.join("cosign")
+}
+
+/// Writes the public half of `key` (a file, `env://VAR` or a KMS URI), so
+/// that a release can verify with exactly what it signed with.
+pub fn write_public_key(cosign: &Cosign, key: &str, out: &Utf8Path) -> Result<()> {
+    cosign
+        .run_ok(&[
+            "public-key".into(),
+            format!("--key={key}"),
+            format!("--outfile={out}"),
+        ])
+        .with_context(|| format!("cannot derive the public key of {key}"))?;
+    Ok(())
 }
 
 #[cfg(test)]

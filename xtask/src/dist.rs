@@ -85,6 +85,17 @@ pub fn select_platforms(config: &Config, requested: &[String]) -> Result<Vec<Pla
     requested.iter().map(|p| p.parse()).collect()
 }
 
+/// The exact build command per platform, for plans and dry runs.
+pub fn build_commands(config: &Config, platforms: &[Platform]) -> Result<Vec<String>> {
+    let source = Source::detect(&config.workspace_root)?;
+    platforms
+        .iter()
+        .map(|platform| {
+            BuildPlan::new(config, platform, Strategy::Auto).map(|p| p.describe(config, &source))
+        })
+        .collect()
+}
+
 /// Builds, archives and verifies; returns what is in target/dist/.
 pub fn build(
     config: &Config,

@@ -183,8 +183,35 @@ fn a_clean_release_passes_and_shows_its_tag_plan() {
     let ws = Workspace::clone();
     let (tag, image) = (ws.tag(), registry.repo("app"));
     let stdout = stdout_of(&ws.release(&tag, &image, &[]));
+    let (checks, steps) = stdout
+        .split_once("steps:\n")
+        .unwrap_or_else(|| panic!("no steps in the plan:\n{stdout}"));
+    let step_names: Vec<&str> = steps
+        .lines()
+        .filter(|l| {
+            l.strip_prefix("  ")
+                .and_then(|l| l.split_once(". "))
+                .is_some_and(|(n, _)| n.parse::<u8>().is_ok())
+        })
+        .collect();
     assert_eq!(
-        stdout,
+        step_names,
+        [
+            "  1. preflight",
+            "  2. dist",
+            "  3. image",
+            "  4. release assets"
+        ]
+    );
+    assert!(
+        steps.contains(&format!(
+            "into {}/target/release/{tag}/oci\n",
+            ws.path.display()
+        )),
+        "{steps}"
+    );
+    assert_eq!(
+        checks,
         format!(
             "release {tag} of {image} from {head} (dry run: nothing is built, pushed or tagged)\n\
              preflight:\n  \
@@ -385,22 +412,25 @@ fn every_problem_is_reported_at_once() {
 }
 
 #[test]
-fn a_release_without_dry_run_is_not_implemented_yet() {
+fn a_real_release_stops_at_the_preflight_and_builds_nothing() {
     let ws = Workspace::clone();
+    ws.write("scratch.txt", "not committed\n");
     let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
     command.current_dir(&ws.path).args(["release", &ws.tag()]);
     let output = run(&mut command);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let error = stderr
+        .split_once("\nerror: ")
+        .map(|(_, e)| e)
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
     assert_eq!(
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stderr).into_owned()
-        ),
-        (
-            Some(1),
-            format!(
-                "error: `cargo xtask release` is not implemented yet beyond --dry-run; run `cargo xtask release {tag} --dry-run` to see the preflight and the tag plan\n",
-                tag = ws.tag()
-            )
+        error,
+        format!(
+            "release preflight for {} found 1 problem:\n  - the git tree is not clean; commit, stash or remove: scratch.txt (untracked)\n",
+            ws.tag()
         )
     );
+    assert!(!ws.path.join("target/release").exists());
+    assert!(!ws.path.join("target/dist").exists());
 }
