@@ -166,6 +166,12 @@ pub struct Image {
     /// Push by digest only; set no tags (the release task tags after verifying).
     #[arg(long)]
     pub no_tags: bool,
+    /// With --push: sign the index and every platform by digest before any
+    /// tag moves (keyless in GitHub Actions, else --key).
+    #[arg(long, requires = "push")]
+    pub sign: bool,
+    #[command(flatten)]
+    pub signing: SigningArgs,
     /// The OCI layout to write (default target/image/oci).
     #[arg(long, value_name = "DIR")]
     pub out: Option<Utf8PathBuf>,

@@ -30,6 +30,7 @@ mod sbom;
 mod setup;
 mod sign;
 mod source;
+mod subtask;
 mod tags;
 mod test;
 mod tools;

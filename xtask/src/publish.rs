@@ -17,7 +17,7 @@ use crate::progress::Steps;
 use crate::push::{self, PushReport, TagChange};
 use crate::registry::{Client, Reference};
 use crate::source::Source;
-use crate::tags;
+use crate::{subtask, tags};
 
 pub fn run_image(flags: &flags::Image) -> Result<()> {
     let config = Config::load()?;
@@ -47,7 +47,11 @@ pub fn run_image(flags: &flags::Image) -> Result<()> {
     } else {
         None
     };
-    let mut steps = Steps::new(if flags.push { 5 } else { 2 });
+    let mut steps = Steps::new(if flags.push {
+        5 + usize::from(flags.sign)
+    } else {
+        2
+    });
     let tag_plan = if flags.push && !flags.no_tags {
         let client = client
             .as_ref()
@@ -72,6 +76,15 @@ pub fn run_image(flags: &flags::Image) -> Result<()> {
         );
         if flags.push {
             println!("  push blobs, platform manifests and the index by digest to {repo}");
+            if flags.sign {
+                let args = subtask::signing_args(
+                    "sign",
+                    &format!("{repo}@<index digest>"),
+                    &flags.signing,
+                    flags.registry.insecure,
+                );
+                println!("  cargo xtask {}", args.join(" "));
+            }
             for (tag, immutable) in &tag_plan {
                 println!(
                     "  tag {repo}:{tag}{}",
@@ -117,6 +130,14 @@ pub fn run_image(flags: &flags::Image) -> Result<()> {
                 mount_from.as_deref(),
             )
         })?;
+        if flags.sign {
+            let reference = format!("{}@{}", target.name(), built.digest);
+            let args =
+                subtask::signing_args("sign", &reference, &flags.signing, flags.registry.insecure);
+            steps.run("sign by digest", || {
+                subtask::run(&config.workspace_root, &args)
+            })?;
+        }
         changes = steps.run("move tags", || {
             let changes =
                 push::plan_tags(client, repository, &tag_plan, &built.digest, flags.force)?;
@@ -211,7 +232,7 @@ fn run_buildx(
     };
     let mut steps = Steps::new(
         3 + if flags.push {
-            3 + usize::from(!flags.no_tags)
+            3 + usize::from(!flags.no_tags) + usize::from(flags.sign)
         } else {
             0
         },
@@ -254,6 +275,15 @@ fn run_buildx(
         );
         if flags.push {
             println!("  push blobs, platform manifests and the index by digest to {repo}");
+            if flags.sign {
+                let args = subtask::signing_args(
+                    "sign",
+                    &format!("{repo}@<index digest>"),
+                    &flags.signing,
+                    flags.registry.insecure,
+                );
+                println!("  cargo xtask {}", args.join(" "));
+            }
             for (tag, immutable) in &tag_plan {
                 println!(
                     "  tag {repo}:{tag}{}",
@@ -297,6 +327,14 @@ fn run_buildx(
                 mount_from.as_deref(),
             )
         })?;
+        if flags.sign {
+            let reference = format!("{}@{}", target.name(), built.digest);
+            let args =
+                subtask::signing_args("sign", &reference, &flags.signing, flags.registry.insecure);
+            steps.run("sign by digest", || {
+                subtask::run(&config.workspace_root, &args)
+            })?;
+        }
         changes = steps.run("move tags", || {
             let changes =
                 push::plan_tags(client, repository, &tag_plan, &built.digest, flags.force)?;

@@ -27,7 +27,7 @@ use crate::push::{self, TagChange};
 use crate::registry::{Client, Reference};
 use crate::source::Source;
 use crate::tags::{self, Build};
-use crate::{dist, provenance, sbom, tools};
+use crate::{dist, provenance, sbom, subtask, tools};
 
 /// Steps a re-run skips for the same digest: repeating them would add
 /// duplicate signatures and attestations. Everything else is idempotent.
@@ -235,38 +235,17 @@ impl Release<'_> {
         Ok((changes, plan.not_set))
     }
 
-    /// Runs another task of this xtask as a child process. Its stdout is
-    /// passed on to stderr, so that the release's own stdout stays the
-    /// summary (or its JSON).
     fn xtask(&self, args: &[String]) -> Result<()> {
-        let exe = std::env::current_exe().context("cannot find the running xtask binary")?;
-        let sh = Shell::new()?;
-        sh.change_dir(&self.config.workspace_root);
-        let output = cmd!(sh, "{exe} {args...}")
-            .quiet()
-            .ignore_status()
-            .output()
-            .with_context(|| format!("cannot run cargo xtask {}", args.join(" ")))?;
-        eprint!("{}", String::from_utf8_lossy(&output.stdout));
-        eprint!("{}", String::from_utf8_lossy(&output.stderr));
-        if !output.status.success() {
-            anyhow::bail!("`cargo xtask {}` failed", args.join(" "));
-        }
-        Ok(())
+        subtask::run(&self.config.workspace_root, args)
     }
 
     fn signing_args(&self, task: &str, reference: &str) -> Vec<String> {
-        let mut args = vec![task.to_owned(), reference.to_owned()];
-        if let Some(key) = &self.flags.signing.key {
-            args.push(format!("--key={key}"));
-        }
-        if self.flags.signing.no_tlog {
-            args.push("--no-tlog".to_owned());
-        }
-        if self.flags.registry.insecure {
-            args.push("--insecure".to_owned());
-        }
-        args
+        subtask::signing_args(
+            task,
+            reference,
+            &self.flags.signing,
+            self.flags.registry.insecure,
+        )
     }
 
     /// Verification uses the public half of the signing key, derived by
