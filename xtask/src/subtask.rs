@@ -7,7 +7,14 @@ use camino::Utf8Path;
 use xshell::{cmd, Shell};
 
 pub fn run(workspace_root: &Utf8Path, args: &[String]) -> Result<()> {
-    let exe = std::env::current_exe().context("cannot find the running xtask binary")?;
+    // /proc/self/exe still runs this very binary when cargo has rebuilt
+    // (replaced) the file in the meantime; the path would not.
+    let proc_exe = std::path::Path::new("/proc/self/exe");
+    let exe = if proc_exe.exists() {
+        proc_exe.to_path_buf()
+    } else {
+        std::env::current_exe().context("cannot find the running xtask binary")?
+    };
     let sh = Shell::new()?;
     sh.change_dir(workspace_root);
     let output = cmd!(sh, "{exe} {args...}")

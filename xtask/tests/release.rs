@@ -1,0 +1,285 @@
+//! `cargo xtask release` end to end, in a clone of the committed workspace
+//! (the preflight wants a clean tree), against the real registry and cosign.
+//! One test on purpose: the clone's cold dist build is paid once, and the
+//! scenarios run in the order a maintainer would meet them.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use support::{run, run_ok, seed_base, skopeo_tags, tag_digests, tool, Registry};
+
+const PASSWORD: &str = "release-test";
+
+struct Clone {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    head: String,
+}
+
+fn clone_workspace() -> Clone {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ws");
+    run_ok(
+        Command::new("git")
+            .args(["clone", "-q", "--no-tags"])
+            .arg(support::workspace_root())
+            .arg(&path),
+    );
+    let head = run_ok(
+        Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(&path),
+    )
+    .trim()
+    .to_owned();
+    Clone {
+        _dir: dir,
+        path,
+        head,
+    }
+}
+
+impl Clone {
+    fn release(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        command
+            .current_dir(&self.path)
+            .arg("release")
+            .args(args)
+            .env("COSIGN_PASSWORD", PASSWORD)
+            .env_remove("GITHUB_TOKEN")
+            .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL");
+        run(&mut command)
+    }
+
+    fn assets(&self, tag: &str) -> PathBuf {
+        self.path.join("target/release").join(tag).join("assets")
+    }
+}
+
+fn ok_json(output: &Output) -> Value {
+    assert!(
+        output.status.success(),
+        "release failed with {}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON object ({e}):\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+fn cosign(args: &[&str], dir: &Path) -> Output {
+    run(Command::new(tool("cosign"))
+        .args(args)
+        .current_dir(dir)
+        .env("COSIGN_PASSWORD", PASSWORD))
+}
+
+fn file_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn release_pushes_signs_verifies_then_tags_and_resumes_after_a_failure() {
+    let registry = Registry::start();
+    let (base, _) = seed_base(&registry, "base");
+    let ws = clone_workspace();
+    let keys = tempfile::tempdir().unwrap();
+    run_ok(
+        Command::new(tool("cosign"))
+            .arg("generate-key-pair")
+            .env("COSIGN_PASSWORD", PASSWORD)
+            .current_dir(keys.path()),
+    );
+    let key = keys.path().join("cosign.key");
+    let key = key.to_str().unwrap();
+    let version = support::server_version();
+    let tag = format!("v{version}");
+    let repo = registry.repo("app");
+    let sha_tag = format!("sha-{}", &ws.head[..7]);
+    let common = ["--push", "--insecure", "--image", &repo, "--base", &base];
+
+    // An older, valid image holds `latest`, as after an earlier release.
+    run_ok(Command::new(tool("crane")).args([
+        "copy",
+        "--insecure",
+        &base,
+        &format!("{repo}:latest"),
+    ]));
+    let old_latest = tag_digests(&repo)["latest"].clone();
+
+    // 1. Signing fails (the key is not there): the image was pushed by
+    //    digest, but no tag moved.
+    let missing_key = keys.path().join("missing.key");
+    let mut args = common.to_vec();
+    args.extend([
+        &tag as &str,
+        "--key",
+        missing_key.to_str().unwrap(),
+        "--no-tlog",
+    ]);
+    let failed = ws.release(&args);
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "error: the key {} does not exist; pass the path of a cosign key",
+            missing_key.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("[4/8] sign: failed after"), "{stderr}");
+    assert_eq!(skopeo_tags(&repo), ["latest"]);
+    assert_eq!(tag_digests(&repo)["latest"], old_latest);
+
+    // 2. The release, signed with a key and no transparency log.
+    let mut args = common.to_vec();
+    args.extend([&tag as &str, "--key", key, "--no-tlog", "--json"]);
+    let summary = ok_json(&ws.release(&args));
+    let digest = summary["digest"].as_str().unwrap().to_owned();
+    assert_eq!(summary["version"], tag.as_str());
+    assert_eq!(summary["image"], repo.as_str());
+    let set: Vec<(&str, Option<&str>)> = summary["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["tag"].as_str().unwrap(), t["before"].as_str()))
+        .collect();
+    let minor = format!("v{}", version.rsplit_once('.').unwrap().0);
+    // Exact tags first, floating last; `latest` moves off the old image.
+    assert_eq!(
+        set,
+        [
+            (tag.as_str(), None),
+            (sha_tag.as_str(), None),
+            (minor.as_str(), None),
+            ("latest", Some(old_latest.as_str())),
+        ]
+    );
+    assert_eq!(summary["resumed"], serde_json::json!([]));
+    let platforms = summary["platforms"].as_object().unwrap();
+    assert_eq!(
+        platforms.keys().collect::<Vec<_>>(),
+        ["linux/amd64", "linux/arm64"]
+    );
+    let digests = tag_digests(&repo);
+    for t in [&tag, &sha_tag, &minor, &"latest".to_owned()] {
+        assert_eq!(digests[t.as_str()], digest, "{t}");
+    }
+    // Checked with cosign itself, not through the xtask.
+    let public = keys.path().join("cosign.pub");
+    let mut subjects = vec![digest.clone()];
+    subjects.extend(platforms.values().map(|v| v.as_str().unwrap().to_owned()));
+    for subject in &subjects {
+        let verified = cosign(
+            &[
+                "verify",
+                "--key",
+                public.to_str().unwrap(),
+                "--insecure-ignore-tlog=true",
+                "--allow-insecure-registry",
+                "--allow-http-registry",
+                &format!("{repo}@{subject}"),
+            ],
+            keys.path(),
+        );
+        assert!(
+            verified.status.success(),
+            "cosign verify {subject}: {}",
+            String::from_utf8_lossy(&verified.stderr)
+        );
+    }
+    let referrers_before = skopeo_tags(&repo);
+
+    // The assets: archives, checksums with their signature, SBOMs,
+    // provenance, the public key and the notes.
+    let assets = ws.assets(&tag);
+    let names = file_names(&assets);
+    for expected in [
+        format!("server-{version}-linux-amd64.tar.gz"),
+        format!("server-{version}-linux-arm64.tar.gz"),
+        "SHA256SUMS".to_owned(),
+        "SHA256SUMS.sigstore.json".to_owned(),
+        "sbom-linux-amd64.cdx.json".to_owned(),
+        "sbom-linux-arm64.spdx.json".to_owned(),
+        "provenance-linux-arm64.json".to_owned(),
+        "cosign.pub".to_owned(),
+        "release-notes.md".to_owned(),
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    run_ok(
+        Command::new("sha256sum")
+            .args(["-c", "SHA256SUMS"])
+            .current_dir(&assets),
+    );
+    let blob = cosign(
+        &[
+            "verify-blob",
+            "--key",
+            "cosign.pub",
+            "--insecure-ignore-tlog=true",
+            "--bundle",
+            "SHA256SUMS.sigstore.json",
+            "SHA256SUMS",
+        ],
+        &assets,
+    );
+    assert!(
+        blob.status.success(),
+        "verify-blob: {}",
+        String::from_utf8_lossy(&blob.stderr)
+    );
+    let notes = std::fs::read_to_string(assets.join("release-notes.md")).unwrap();
+    assert!(
+        notes.contains(&format!(
+            "cosign verify --key=cosign.pub --insecure-ignore-tlog=true --allow-insecure-registry --allow-http-registry --output=json {repo}@{digest}"
+        )),
+        "{notes}"
+    );
+
+    // 3. A re-run resumes: nothing is signed twice, every tag stays.
+    let again = ok_json(&ws.release(&args));
+    assert_eq!(again["digest"], digest.as_str());
+    assert_eq!(again["resumed"], serde_json::json!(["sign", "attest"]));
+    assert!(again["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["before"] == t["after"]));
+    assert_eq!(skopeo_tags(&repo), referrers_before);
+    let index = support::skopeo_raw(&format!("{repo}:{}", digest.replace(':', "-")));
+    // One signature and one provenance on the index: none added by the re-run.
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 2, "{index}");
+
+    // 4. Without --push: everything lands under target/release/V, and the
+    //    same inputs give the same digest.
+    let local = ws.release(&[&tag, "--base", &base, "--insecure"]);
+    assert!(
+        local.status.success(),
+        "{}",
+        String::from_utf8_lossy(&local.stderr)
+    );
+    let out = ws.path.join("target/release").join(&tag);
+    assert!(out.join("oci/index.json").is_file());
+    assert!(ws.assets(&tag).join("sbom-linux-amd64.cdx.json").is_file());
+    assert_eq!(
+        String::from_utf8_lossy(&local.stdout).trim(),
+        format!("ghcr.io/example-org/rust-release@{digest}")
+    );
+}
