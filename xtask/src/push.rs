@@ -29,6 +29,10 @@ pub fn push_layout(
     let index_bytes = layout.read_blob(index_digest)?;
     let index: Index =
         serde_json::from_slice(&index_bytes).context("the layout's index is invalid")?;
+    // Every blob before any manifest, every platform manifest before the
+    // index: a registry that dies at any point holds no manifest whose
+    // blobs are missing, and a re-run uploads only what never arrived.
+    let mut manifests = Vec::new();
     for entry in &index.manifests {
         let manifest_bytes = layout.read_blob(&entry.digest)?;
         let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
@@ -60,6 +64,9 @@ pub fn push_layout(
                 .with_context(|| format!("cannot upload blob {} to {repo}", blob.digest))?;
             report.uploaded.push(blob.digest.clone());
         }
+        manifests.push((entry, manifest_bytes));
+    }
+    for (entry, manifest_bytes) in manifests {
         put_manifest_if_missing(
             client,
             repo,
