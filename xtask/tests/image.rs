@@ -366,6 +366,12 @@ fn a_registry_crash_mid_push_fails_cleanly_and_a_rerun_completes() {
     let out = tempfile::tempdir().unwrap();
     let sha = head_sha();
     support::dist();
+    // Taken before the push: a guard held through it would block the
+    // proxy's kill, and the push would hang instead of failing.
+    let proxied_base = base.replace(
+        &registry.lock().unwrap().host(),
+        &format!("127.0.0.1:{}", proxy.port),
+    );
     let failed = run(support::xtask()
         .args([
             "image",
@@ -377,17 +383,16 @@ fn a_registry_crash_mid_push_fails_cleanly_and_a_rerun_completes() {
             "--sha",
             &sha,
             "--base",
-            &base.replace(
-                &registry.lock().unwrap().host(),
-                &format!("127.0.0.1:{}", proxy.port),
-            ),
+            &proxied_base,
         ])
         .args(["--image", &format!("127.0.0.1:{}/app", proxy.port)])
         .arg("--out")
         .arg(out.path()));
     assert!(
         proxy.fired.load(std::sync::atomic::Ordering::SeqCst),
-        "the proxy never saw a manifest push"
+        "the proxy never saw a manifest push; the push ended with {}:\n{}",
+        failed.status,
+        String::from_utf8_lossy(&failed.stderr)
     );
     assert!(!failed.status.success());
     let stderr = String::from_utf8_lossy(&failed.stderr);
@@ -420,12 +425,28 @@ fn a_registry_crash_mid_push_fails_cleanly_and_a_rerun_completes() {
         ["latest", &format!("sha-{}", &sha[..7]), "v0.3", "v0.3.0"].map(String::from)
     );
     assert!(tags.values().all(|d| d == done["digest"].as_str().unwrap()));
-    // The first run's blobs were kept: only what was missing went up.
-    assert!(
-        done["push"]["uploaded"].as_array().unwrap().is_empty(),
-        "{}",
-        done["push"]
-    );
+    // The first run's blobs were kept. Only the two configs go up again:
+    // they record the base's name, which the first run gave through the
+    // proxy's port.
+    let mut uploaded: Vec<String> = done["push"]["uploaded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_owned())
+        .collect();
+    uploaded.sort();
+    let mut configs: Vec<String> = done["platforms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let manifest =
+                support::skopeo_raw(&format!("{repo_direct}@{}", p["digest"].as_str().unwrap()));
+            manifest["config"]["digest"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    configs.sort();
+    assert_eq!(uploaded, configs, "{}", done["push"]);
 }
 
 #[test]
