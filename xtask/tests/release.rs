@@ -55,6 +55,46 @@ impl Clone {
         run(&mut command)
     }
 
+    fn xtask(&self, args: &[&str]) -> Output {
+        run(Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .current_dir(&self.path)
+            .args(args)
+            .env("COSIGN_PASSWORD", PASSWORD))
+    }
+
+    /// Sets the server's version (Cargo.toml and Cargo.lock) and commits
+    /// it; returns the new HEAD.
+    fn bump_and_commit(&self, from: &str, to: &str) -> String {
+        for (file, before, after) in [
+            (
+                "server/Cargo.toml",
+                format!("name = \"server\"\nversion = \"{from}\""),
+                format!("name = \"server\"\nversion = \"{to}\""),
+            ),
+            (
+                "Cargo.lock",
+                format!("name = \"server\"\nversion = \"{from}\""),
+                format!("name = \"server\"\nversion = \"{to}\""),
+            ),
+        ] {
+            let path = self.path.join(file);
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(text.contains(&before), "{file} has no {before:?}");
+            std::fs::write(&path, text.replacen(&before, &after, 1)).unwrap();
+        }
+        let git = |args: &[&str]| run_ok(Command::new("git").args(args).current_dir(&self.path));
+        git(&[
+            "-c",
+            "user.name=Test",
+            "-c",
+            "user.email=test@example.invalid",
+            "commit",
+            "-qam",
+            &format!("Release {to}"),
+        ]);
+        git(&["rev-parse", "HEAD"]).trim().to_owned()
+    }
+
     fn assets(&self, tag: &str) -> PathBuf {
         self.path.join("target/release").join(tag).join("assets")
     }
@@ -82,6 +122,20 @@ fn cosign(args: &[&str], dir: &Path) -> Output {
         .env("COSIGN_PASSWORD", PASSWORD))
 }
 
+fn tag_list(summary: &Value) -> Vec<(String, Option<String>)> {
+    summary["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["tag"].as_str().unwrap().to_owned(),
+                t["before"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
 fn file_names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
@@ -92,7 +146,7 @@ fn file_names(dir: &Path) -> Vec<String> {
 }
 
 #[test]
-fn release_pushes_signs_verifies_then_tags_and_resumes_after_a_failure() {
+fn releases_v0_1_0_then_v0_2_0_then_maintenance_v0_1_1_with_faults_on_the_way() {
     let registry = Registry::start();
     let (base, _) = seed_base(&registry, "base");
     let ws = clone_workspace();
@@ -281,5 +335,96 @@ fn release_pushes_signs_verifies_then_tags_and_resumes_after_a_failure() {
     assert_eq!(
         String::from_utf8_lossy(&local.stdout).trim(),
         format!("ghcr.io/example-org/rust-release@{digest}")
+    );
+
+    // 5. v0.2.0 from a new commit: `v0.2` appears and `latest` moves.
+    let v010 = digest.clone();
+    let v020 = ws.bump_and_commit(&version, "0.2.0");
+    let mut args = common.to_vec();
+    args.extend(["v0.2.0", "--key", key, "--no-tlog", "--json"]);
+    let summary = ok_json(&ws.release(&args));
+    let d020 = summary["digest"].as_str().unwrap().to_owned();
+    assert_ne!(d020, v010);
+    assert_eq!(
+        tag_list(&summary),
+        [
+            ("v0.2.0".to_owned(), None),
+            (format!("sha-{}", &v020[..7]), None),
+            ("v0.2".to_owned(), None),
+            ("latest".to_owned(), Some(v010.clone())),
+        ]
+    );
+    let digests = tag_digests(&repo);
+    assert_eq!(digests["latest"], d020);
+    assert_eq!(digests["v0.2"], d020);
+    assert_eq!(digests["v0.1"], v010);
+
+    // 6. A maintenance v0.1.1 on the older line. First a fault: v0.1.1 is
+    //    already published at another digest. Nothing may change.
+    let v011 = ws.bump_and_commit("0.2.0", "0.1.1");
+    run_ok(Command::new(tool("crane")).args([
+        "copy",
+        "--insecure",
+        &base,
+        &format!("{repo}:v0.1.1"),
+    ]));
+    let squatter = tag_digests(&repo)["v0.1.1"].clone();
+    let before = tag_digests(&repo);
+    let mut args = common.to_vec();
+    args.extend(["v0.1.1", "--key", key, "--no-tlog", "--json"]);
+    let refused = ws.release(&args);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "  - {repo}:v0.1.1 is already published at {squatter}, but this build is sha256:"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(tag_digests(&repo), before, "a refused release moved a tag");
+    // The fault fixed (the wrong v0.1.1 deleted), the release completes:
+    // `v0.1` moves, `latest` and `v0.2` stay on v0.2.0.
+    run_ok(Command::new(tool("crane")).args([
+        "delete",
+        "--insecure",
+        &format!("{repo}@{squatter}"),
+    ]));
+    let summary = ok_json(&ws.release(&args));
+    let d011 = summary["digest"].as_str().unwrap().to_owned();
+    assert_eq!(
+        tag_list(&summary),
+        [
+            ("v0.1.1".to_owned(), None),
+            (format!("sha-{}", &v011[..7]), None),
+            ("v0.1".to_owned(), Some(v010.clone())),
+        ]
+    );
+    assert_eq!(
+        summary["not_tagged"],
+        serde_json::json!([
+            "no v0: 0.x releases never get a major tag",
+            "no latest: v0.2.0 is newer"
+        ])
+    );
+    let digests = tag_digests(&repo);
+    assert_eq!(digests["v0.1"], d011);
+    assert_eq!(digests["v0.1.0"], v010);
+    assert_eq!(digests["latest"], d020);
+    assert_eq!(digests["v0.2"], d020);
+    let verified = ws.xtask(&[
+        "verify",
+        &format!("{repo}:v0.1.1"),
+        "--key",
+        public.to_str().unwrap(),
+        "--no-tlog",
+        "--insecure",
+        "--run",
+        "--expect-version",
+        "v0.1.1",
+    ]);
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
     );
 }
