@@ -754,3 +754,90 @@ fn a_cosign_of_another_version_is_refused_and_the_pinned_one_named() {
         );
     }
 }
+
+/// Branch and PR builds: `image --push --sign` signs by digest before any
+/// tag moves, so a failed signature leaves no tag behind.
+#[test]
+fn image_push_sign_signs_by_digest_before_tagging() {
+    support::dist();
+    let registry = Registry::start();
+    let (base, _) = seed_base(&registry, "base");
+    let keys = generate_keys();
+    let repo = registry.repo("branch");
+    let out = tempfile::tempdir().unwrap();
+    let sha = support::head_sha();
+    let image = |key: &Path| {
+        xtask(&[
+            "image",
+            "--push",
+            "--sign",
+            "--key",
+            path(key),
+            "--no-tlog",
+            "--insecure",
+            "--json",
+            "--image",
+            &repo,
+            "--base",
+            &base,
+            "--branch",
+            "feature/login",
+            "--sha",
+            &sha,
+            "--out",
+            path(&out.path().join("oci")),
+        ])
+    };
+
+    let failed = image(&keys.private.with_file_name("missing.key"));
+    assert!(!failed.status.success());
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    let missing = keys.private.with_file_name("missing.key");
+    assert!(
+        stderr.contains(&format!(
+            "error: the key {} does not exist;",
+            missing.display()
+        )),
+        "{stderr}"
+    );
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!("error: `cargo xtask sign {repo}@sha256:"))
+            && last.ends_with(&format!(
+                " --key={} --no-tlog --insecure` failed",
+                missing.display()
+            )),
+        "{last}"
+    );
+    assert_eq!(
+        skopeo_tags(&repo),
+        Vec::<String>::new(),
+        "a failed signature must leave no tag"
+    );
+
+    let output = image(&keys.private);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    let digest = result["digest"].as_str().unwrap().to_owned();
+    assert_eq!(
+        result["tags"],
+        serde_json::json!([format!("sha-{}", &sha[..7]), "feature-login"])
+    );
+    let verified = cosign(&[
+        "verify",
+        "--key",
+        path(&keys.public),
+        "--insecure-ignore-tlog=true",
+        &format!("{repo}:feature-login"),
+    ]);
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    assert_eq!(predicate_types(&repo, &digest), [SIGNATURE_TYPE.to_owned()]);
+}
