@@ -569,14 +569,21 @@ fn next_link(header: &str) -> Option<String> {
     })
 }
 
+/// `user:GITHUB_TOKEN`, base64, as ghcr.io takes it in CI.
+pub fn github_token_auth() -> Option<String> {
+    let token = std::env::var("GITHUB_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())?;
+    let user = std::env::var("GITHUB_ACTOR").unwrap_or_else(|_| "token".to_owned());
+    Some(base64::engine::general_purpose::STANDARD.encode(format!("{user}:{token}")))
+}
+
 /// Basic credentials for `host`: GITHUB_TOKEN for ghcr.io, else the
 /// `auths` entry of ~/.docker/config.json (or $DOCKER_CONFIG/config.json).
 fn credentials(host: &str) -> Option<String> {
-    let engine = base64::engine::general_purpose::STANDARD;
     if host == "ghcr.io" {
-        if let Ok(token) = std::env::var("GITHUB_TOKEN") {
-            let user = std::env::var("GITHUB_ACTOR").unwrap_or_else(|_| "token".to_owned());
-            return Some(engine.encode(format!("{user}:{token}")));
+        if let Some(auth) = github_token_auth() {
+            return Some(auth);
         }
     }
     let dir = std::env::var_os("DOCKER_CONFIG")
