@@ -108,44 +108,12 @@ pub fn run_image(flags: &flags::Image) -> Result<()> {
         eprintln!("warning: {warning}");
     }
 
-    let mut report = PushReport::default();
-    let mut changes: Vec<TagChange> = Vec::new();
-    if let (true, Some(client)) = (flags.push, client.as_ref()) {
-        let repository = &target.repository;
-        // Read-only check first: a refused immutable tag must leave the
-        // registry exactly as it was.
-        steps.run("check tags", || {
-            push::plan_tags(client, repository, &tag_plan, &built.digest, flags.force).map(|_| ())
-        })?;
-        let mount_from = Reference::parse(&base)
-            .ok()
-            .filter(|b| b.host == target.host)
-            .map(|b| b.repository);
-        report = steps.run("push by digest", || {
-            push::push_layout(
-                client,
-                repository,
-                &Layout::open(&built.layout)?,
-                &built.digest,
-                mount_from.as_deref(),
-            )
-        })?;
-        if flags.sign {
-            let reference = format!("{}@{}", target.name(), built.digest);
-            let args =
-                subtask::signing_args("sign", &reference, &flags.signing, flags.registry.insecure);
-            steps.run("sign by digest", || {
-                subtask::run(&config.workspace_root, &args)
-            })?;
-        }
-        changes = steps.run("move tags", || {
-            let changes =
-                push::plan_tags(client, repository, &tag_plan, &built.digest, flags.force)?;
-            let index = Layout::open(&built.layout)?.read_blob(&built.digest)?;
-            push::apply_tags(client, repository, &changes, &index)?;
-            Ok(changes)
-        })?;
-    }
+    let (report, changes) = match (flags.push, client.as_ref()) {
+        (true, Some(client)) => publish(
+            &config, flags, client, &target, &base, &built, &tag_plan, &mut steps,
+        )?,
+        _ => Default::default(),
+    };
     print_result(flags.json, &repo, &built, &report, &changes);
     Ok(())
 }
@@ -305,46 +273,63 @@ fn run_buildx(
         buildx::built_from_layout(&Layout::open(&out)?, &buildx_base)
     })?;
 
-    // The same publication as the native builder: tags checked before any
-    // write, the layout pushed by digest, tags moved last.
-    let mut report = PushReport::default();
-    let mut changes: Vec<TagChange> = Vec::new();
-    if let Some(client) = client.as_ref() {
-        let repository = &target.repository;
-        steps.run("check tags", || {
-            push::plan_tags(client, repository, &tag_plan, &built.digest, flags.force).map(|_| ())
-        })?;
-        let mount_from = Reference::parse(base)
-            .ok()
-            .filter(|b| b.host == target.host)
-            .map(|b| b.repository);
-        report = steps.run("push by digest", || {
-            push::push_layout(
-                client,
-                repository,
-                &Layout::open(&built.layout)?,
-                &built.digest,
-                mount_from.as_deref(),
-            )
-        })?;
-        if flags.sign {
-            let reference = format!("{}@{}", target.name(), built.digest);
-            let args =
-                subtask::signing_args("sign", &reference, &flags.signing, flags.registry.insecure);
-            steps.run("sign by digest", || {
-                subtask::run(&config.workspace_root, &args)
-            })?;
-        }
-        changes = steps.run("move tags", || {
-            let changes =
-                push::plan_tags(client, repository, &tag_plan, &built.digest, flags.force)?;
-            let index = Layout::open(&built.layout)?.read_blob(&built.digest)?;
-            push::apply_tags(client, repository, &changes, &index)?;
-            Ok(changes)
-        })?;
-    }
+    // The same publication as the native builder.
+    let (report, changes) = match client.as_ref() {
+        Some(client) => publish(
+            config, flags, client, target, base, &built, &tag_plan, &mut steps,
+        )?,
+        None => Default::default(),
+    };
     print_result(flags.json, &repo, &built, &report, &changes);
     Ok(())
+}
+
+/// Publishes a built layout: tags checked before any write (a refused
+/// immutable tag leaves the registry as it was), the layout pushed by
+/// digest, with --sign signed by digest, and the tags moved last.
+#[allow(clippy::too_many_arguments)]
+fn publish(
+    config: &Config,
+    flags: &flags::Image,
+    client: &Client,
+    target: &Reference,
+    base: &str,
+    built: &Built,
+    tag_plan: &[(String, bool)],
+    steps: &mut Steps,
+) -> Result<(PushReport, Vec<TagChange>)> {
+    let repository = &target.repository;
+    steps.run("check tags", || {
+        push::plan_tags(client, repository, tag_plan, &built.digest, flags.force).map(|_| ())
+    })?;
+    let mount_from = Reference::parse(base)
+        .ok()
+        .filter(|b| b.host == target.host)
+        .map(|b| b.repository);
+    let report = steps.run("push by digest", || {
+        push::push_layout(
+            client,
+            repository,
+            &Layout::open(&built.layout)?,
+            &built.digest,
+            mount_from.as_deref(),
+        )
+    })?;
+    if flags.sign {
+        let reference = format!("{}@{}", target.name(), built.digest);
+        let args =
+            subtask::signing_args("sign", &reference, &flags.signing, flags.registry.insecure);
+        steps.run("sign by digest", || {
+            subtask::run(&config.workspace_root, &args)
+        })?;
+    }
+    let changes = steps.run("move tags", || {
+        let changes = push::plan_tags(client, repository, tag_plan, &built.digest, flags.force)?;
+        let index = Layout::open(&built.layout)?.read_blob(&built.digest)?;
+        push::apply_tags(client, repository, &changes, &index)?;
+        Ok(changes)
+    })?;
+    Ok((report, changes))
 }
 
 /// The configured base, pinned to its digest when the config has one.
