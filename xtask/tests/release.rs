@@ -7,6 +7,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use support::{run, run_ok, seed_base, skopeo_tags, tag_digests, tool, Registry};
@@ -147,8 +148,9 @@ fn file_names(dir: &Path) -> Vec<String> {
 
 #[test]
 fn releases_v0_1_0_then_v0_2_0_then_maintenance_v0_1_1_with_faults_on_the_way() {
-    let registry = Registry::start();
-    let (base, _) = seed_base(&registry, "base");
+    let registry = Arc::new(Mutex::new(Registry::start()));
+    let (base, _) = seed_base(&registry.lock().unwrap(), "base");
+    let host = registry.lock().unwrap().host();
     let ws = clone_workspace();
     let keys = tempfile::tempdir().unwrap();
     run_ok(
@@ -161,7 +163,7 @@ fn releases_v0_1_0_then_v0_2_0_then_maintenance_v0_1_1_with_faults_on_the_way() 
     let key = key.to_str().unwrap();
     let version = support::server_version();
     let tag = format!("v{version}");
-    let repo = registry.repo("app");
+    let repo = format!("{host}/app");
     let sha_tag = format!("sha-{}", &ws.head[..7]);
     let common = ["--push", "--insecure", "--image", &repo, "--base", &base];
 
@@ -173,6 +175,70 @@ fn releases_v0_1_0_then_v0_2_0_then_maintenance_v0_1_1_with_faults_on_the_way() 
         &format!("{repo}:latest"),
     ]));
     let old_latest = tag_digests(&repo)["latest"].clone();
+
+    // 0a. The registry dies as the first manifest arrives: a clear error,
+    //     and no tag moved.
+    let proxy = support::KillingProxy::start(registry.clone(), "PUT /v2/app/manifests/sha256:");
+    let proxied = format!("127.0.0.1:{}", proxy.port);
+    let crashed = ws.release(&[
+        &tag,
+        "--push",
+        "--insecure",
+        "--image",
+        &format!("{proxied}/app"),
+        "--base",
+        &base.replace(&host, &proxied),
+        "--key",
+        key,
+        "--no-tlog",
+    ]);
+    let stderr = String::from_utf8_lossy(&crashed.stderr);
+    assert_eq!(crashed.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("[3/8] image, pushed by digest, untagged: failed after")
+            && stderr
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .starts_with("error: cannot push manifest sha256:"),
+        "{stderr}"
+    );
+    drop(proxy);
+    registry.lock().unwrap().restart();
+    assert_eq!(skopeo_tags(&repo), ["latest"]);
+    assert_eq!(tag_digests(&repo)["latest"], old_latest);
+
+    // 0b. cosign is missing (HOME without ~/go/bin, PATH without it): the
+    //     image is pushed by digest, no tag moves, and the error says how to
+    //     install it.
+    let bare_home = tempfile::tempdir().unwrap();
+    let real_home = std::env::var("HOME").unwrap();
+    let path: Vec<String> = std::env::var("PATH")
+        .unwrap()
+        .split(':')
+        .filter(|d| !d.ends_with("/go/bin"))
+        .map(str::to_owned)
+        .collect();
+    let mut args = common.to_vec();
+    args.extend([&tag as &str, "--key", key, "--no-tlog"]);
+    let no_cosign = run(Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .current_dir(&ws.path)
+        .arg("release")
+        .args(&args)
+        .env("COSIGN_PASSWORD", PASSWORD)
+        .env("HOME", bare_home.path())
+        .env("CARGO_HOME", format!("{real_home}/.cargo"))
+        .env("RUSTUP_HOME", format!("{real_home}/.rustup"))
+        .env("PATH", path.join(":"))
+        .env_remove("GOBIN"));
+    let stderr = String::from_utf8_lossy(&no_cosign.stderr);
+    assert_eq!(no_cosign.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: cosign not found: run `cargo xtask setup` (go install github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3)"),
+        "{stderr}"
+    );
+    assert_eq!(skopeo_tags(&repo), ["latest"]);
+    assert_eq!(tag_digests(&repo)["latest"], old_latest);
 
     // 1. Signing fails (the key is not there): the image was pushed by
     //    digest, but no tag moved.
