@@ -525,7 +525,7 @@ fn measure_healthcheck(
     // of what is measured; hyperfine then splits the command like a shell.
     let probe = format!(
         "{} healthcheck --url http://127.0.0.1:{port}/healthz",
-        shell_quote(server.as_str())
+        crate::tools::shell_quote(server.as_str())
     );
     let shown = format!(
         "{} healthcheck --url http://127.0.0.1:{port}/healthz",
@@ -563,17 +563,6 @@ fn measure_healthcheck(
         target_ms: HEALTHCHECK_TARGET_MS,
         ok: median_ms <= HEALTHCHECK_TARGET_MS,
     })
-}
-
-fn shell_quote(word: &str) -> String {
-    if word
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"/._-+".contains(&b))
-    {
-        word.to_owned()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
 }
 
 fn measure_load(
@@ -853,9 +842,12 @@ Transfer/sec:      2.52MB
     #[test]
     fn quotes_paths_for_hyperfine() {
         assert_eq!(
-            shell_quote("/w/target/release/server"),
+            crate::tools::shell_quote("/w/target/release/server"),
             "/w/target/release/server"
         );
-        assert_eq!(shell_quote("/my dir/it's"), r"'/my dir/it'\''s'");
+        assert_eq!(
+            crate::tools::shell_quote("/my dir/it's"),
+            r"'/my dir/it'\''s'"
+        );
     }
 }

@@ -146,22 +146,7 @@ pub fn args(config: &Config, source: &Source, options: &BuildxOptions<'_>) -> Ve
 
 /// `docker …` as one line that a POSIX shell reads back as the same argv.
 pub fn command_line(args: &[String]) -> String {
-    std::iter::once("docker".to_owned())
-        .chain(args.iter().map(|a| shell_quote(a)))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn shell_quote(arg: &str) -> String {
-    let plain = !arg.is_empty()
-        && arg
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-./:=,@%+".contains(&b));
-    if plain {
-        arg.to_owned()
-    } else {
-        format!("'{}'", arg.replace('\'', r"'\''"))
-    }
+    crate::tools::command_line("docker", args)
 }
 
 /// The docker CLI with the buildx plugin, or an error that says how to get
@@ -281,14 +266,6 @@ pub fn describe_base(base: &BuildxBase) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quoting_round_trips_through_a_shell() {
-        assert_eq!(shell_quote("--build-arg=A=b"), "--build-arg=A=b");
-        assert_eq!(shell_quote("a b"), "'a b'");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
-        assert_eq!(shell_quote(""), "''");
-    }
 
     #[test]
     fn a_layout_base_is_refused() {

@@ -320,6 +320,14 @@ impl Options {
     }
 
     fn verifier_args(&self, args: &mut Vec<String>) -> Result<()> {
+        self.trust_args(args)?;
+        self.registry_args(args);
+        Ok(())
+    }
+
+    /// Whom a verification trusts, and whether it needs a log entry: the
+    /// same for images and for blobs.
+    fn trust_args(&self, args: &mut Vec<String>) -> Result<()> {
         match &self.identity {
             Identity::Key(key) => args.push(format!("--key={key}")),
             Identity::Keyless => {
@@ -334,7 +342,6 @@ impl Options {
         if self.ignore_tlog {
             args.push("--insecure-ignore-tlog=true".into());
         }
-        self.registry_args(args);
         Ok(())
     }
 
@@ -380,20 +387,7 @@ impl Options {
 
     pub fn verify_blob(&self, file: &str, bundle: &str) -> Result<Vec<String>> {
         let mut args = vec!["verify-blob".into()];
-        match &self.identity {
-            Identity::Key(key) => args.push(format!("--key={key}")),
-            Identity::Keyless => {
-                let regexp = self
-                    .identity_regexp
-                    .as_ref()
-                    .context("keyless verification needs the release workflow identity")?;
-                args.push(format!("--certificate-identity-regexp={regexp}"));
-                args.push(format!("--certificate-oidc-issuer={GITHUB_OIDC_ISSUER}"));
-            }
-        }
-        if self.ignore_tlog {
-            args.push("--insecure-ignore-tlog=true".into());
-        }
+        self.trust_args(&mut args)?;
         args.push(format!("--bundle={bundle}"));
         args.push(file.into());
         Ok(args)
@@ -411,22 +405,7 @@ impl Options {
 /// A command line for people: each argument quoted where a shell would
 /// need it. Only for printing; commands never run through a shell.
 pub fn display(args: &[String]) -> String {
-    std::iter::once("cosign".to_owned())
-        .chain(args.iter().map(|a| shell_quote(a)))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn shell_quote(arg: &str) -> String {
-    let plain = !arg.is_empty()
-        && arg
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c));
-    if plain {
-        arg.to_owned()
-    } else {
-        format!("'{}'", arg.replace('\'', "'\\''"))
-    }
+    crate::tools::command_line("cosign", args)
 }
 
 /// The image being signed, attested or verified, resolved once.

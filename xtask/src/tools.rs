@@ -109,6 +109,28 @@ pub fn find_opt(name: &str) -> Option<PathBuf> {
     which::which_in(name, Some(augmented_path()), std::env::current_dir().ok()?).ok()
 }
 
+/// `program args…` as one line that a POSIX shell reads back as the same
+/// argv. Only for printing plans and hints: commands never run through a
+/// shell.
+pub fn command_line(program: &str, args: &[String]) -> String {
+    std::iter::once(program.to_owned())
+        .chain(args.iter().map(|a| shell_quote(a)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn shell_quote(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-./:=,@%+".contains(&b));
+    if plain {
+        arg.to_owned()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
 impl Tool {
     /// The tool's path, or an error that says how to install it.
     pub fn find(&self) -> Result<PathBuf> {
@@ -116,5 +138,22 @@ impl Tool {
             Some(path) => Ok(path),
             None => bail!("{} not found: {}", self.name, self.install_hint),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{command_line, shell_quote};
+
+    #[test]
+    fn quoting_round_trips_through_a_shell() {
+        assert_eq!(shell_quote("--build-arg=A=b"), "--build-arg=A=b");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(
+            command_line("docker", &["build".into(), "a b".into()]),
+            "docker build 'a b'"
+        );
     }
 }
