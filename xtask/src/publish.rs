@@ -22,16 +22,8 @@ use crate::{subtask, tags};
 pub fn run_image(flags: &flags::Image) -> Result<()> {
     let config = Config::load()?;
     let platforms = dist::select_platforms(&config, &flags.platforms)?;
-    let repo = flags
-        .registry
-        .image
-        .clone()
-        .unwrap_or_else(|| config.image.clone());
-    let target = Reference::parse(&repo)?;
-    let base = flags
-        .base
-        .clone()
-        .unwrap_or_else(|| configured_base(&config));
+    let (repo, target) = repository(&config, &flags.registry)?;
+    let base = base_or_configured(&config, flags.base.as_deref());
     let version = config.version.to_string();
     let out = flags
         .out
@@ -74,24 +66,7 @@ pub fn run_image(flags: &flags::Image) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        if flags.push {
-            println!("  push blobs, platform manifests and the index by digest to {repo}");
-            if flags.sign {
-                let args = subtask::signing_args(
-                    "sign",
-                    &format!("{repo}@<index digest>"),
-                    &flags.signing,
-                    flags.registry.insecure,
-                );
-                println!("  cargo xtask {}", args.join(" "));
-            }
-            for (tag, immutable) in &tag_plan {
-                println!(
-                    "  tag {repo}:{tag}{}",
-                    if *immutable { " (immutable)" } else { "" }
-                );
-            }
-        }
+        print_publish_plan(flags, &repo, &tag_plan);
         return Ok(());
     }
 
@@ -241,24 +216,7 @@ fn run_buildx(
             source.epoch,
             buildx::command_line(&args)
         );
-        if flags.push {
-            println!("  push blobs, platform manifests and the index by digest to {repo}");
-            if flags.sign {
-                let args = subtask::signing_args(
-                    "sign",
-                    &format!("{repo}@<index digest>"),
-                    &flags.signing,
-                    flags.registry.insecure,
-                );
-                println!("  cargo xtask {}", args.join(" "));
-            }
-            for (tag, immutable) in &tag_plan {
-                println!(
-                    "  tag {repo}:{tag}{}",
-                    if *immutable { " (immutable)" } else { "" }
-                );
-            }
-        }
+        print_publish_plan(flags, &repo, &tag_plan);
         return Ok(());
     }
     let docker = docker.context("docker was not looked up")?;
@@ -330,6 +288,44 @@ fn publish(
         Ok(changes)
     })?;
     Ok((report, changes))
+}
+
+/// What `--push` would do after the build, for the dry run.
+fn print_publish_plan(flags: &flags::Image, repo: &str, tag_plan: &[(String, bool)]) {
+    if !flags.push {
+        return;
+    }
+    println!("  push blobs, platform manifests and the index by digest to {repo}");
+    if flags.sign {
+        let args = subtask::signing_args(
+            "sign",
+            &format!("{repo}@<index digest>"),
+            &flags.signing,
+            flags.registry.insecure,
+        );
+        println!("  cargo xtask {}", args.join(" "));
+    }
+    for (tag, immutable) in tag_plan {
+        println!(
+            "  tag {repo}:{tag}{}",
+            if *immutable { " (immutable)" } else { "" }
+        );
+    }
+}
+
+/// The repository to push to: `--image`, else the configured one.
+pub fn repository(config: &Config, registry: &flags::RegistryArgs) -> Result<(String, Reference)> {
+    let repo = registry
+        .image
+        .clone()
+        .unwrap_or_else(|| config.image.clone());
+    let target = Reference::parse(&repo)?;
+    Ok((repo, target))
+}
+
+/// `--base`, else the configured base (pinned when the config pins it).
+pub fn base_or_configured(config: &Config, base: Option<&str>) -> String {
+    base.map_or_else(|| configured_base(config), str::to_owned)
 }
 
 /// The configured base, pinned to its digest when the config has one.

@@ -36,16 +36,8 @@ const ATTESTED: &str = "attest";
 
 pub fn run(flags: &flags::Release) -> Result<()> {
     let config = Config::load()?;
-    let repo = flags
-        .registry
-        .image
-        .clone()
-        .unwrap_or_else(|| config.image.clone());
-    let target = Reference::parse(&repo)?;
-    let base = flags
-        .base
-        .clone()
-        .unwrap_or_else(|| publish::configured_base(&config));
+    let (_, target) = publish::repository(&config, &flags.registry)?;
+    let base = publish::base_or_configured(&config, flags.base.as_deref());
     let release = Release {
         config: &config,
         flags,
