@@ -25,6 +25,9 @@ const APT_PACKAGES: &[&str] = &[
     "libstd-rust-web-dev:arm64",
     "wrk",
     "hyperfine",
+    // Used by the commands in docs/, which xtask/tests/doc_commands.rs runs.
+    "jq",
+    "gnupg",
 ];
 
 /// PyPI packages, pinned, with the command each provides.
@@ -158,6 +161,12 @@ fn missing_apt_packages(sh: &Shell) -> Result<Vec<&'static str>> {
         if !status.contains("install ok installed") {
             missing.push(*package);
         }
+    }
+    // The docker CLI (for `docker compose config` and the docs' docker
+    // commands) is often installed outside apt; Debian's comes with an
+    // engine that is installed but never started here.
+    if tools::find_opt("docker").is_none() {
+        missing.push("docker.io");
     }
     Ok(missing)
 }
