@@ -466,7 +466,7 @@ fn set_up() -> Bed {
     std::fs::set_permissions(&gnupg, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     // `git tag -s` signs with this throw-away key.
     run_ok(
-        Command::new("gpg")
+        Command::new(tool("gpg"))
             .env("GNUPGHOME", &gnupg)
             .args(["--batch", "--passphrase", "", "--quick-gen-key"])
             .arg(format!("Doc Test <{GPG_IDENTITY_EMAIL}>"))
@@ -488,8 +488,8 @@ fn set_up() -> Bed {
 }
 
 /// A page's working directory: a clone of the workspace, with the test key
-/// pair if the page uses one, and for git commands a bare `origin` and a
-/// signing key of its own.
+/// pair if the page uses one, a bare `origin` of its own, and the identity
+/// of the test's GPG key.
 fn clone_for(bed: &Bed, page: &str, text: &str) -> PathBuf {
     let name = page.trim_end_matches(".md");
     let clone = bed.scratch.path().join(name);
@@ -786,7 +786,7 @@ fn every_command_in_docs_runs_as_documented() {
             ));
         }
     }
-    let _ = Command::new("gpgconf")
+    let _ = Command::new(tool("gpgconf"))
         .args(["--kill", "all"])
         .env("GNUPGHOME", gnupg_home(&bed))
         .output();
