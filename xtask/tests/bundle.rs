@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{json, Value};
-use support::{head_sha, run, run_ok, seed_base, skopeo_raw, tag_digests, tool, Registry};
+use support::{head_sha, run, run_ok, seed_base, tag_digests, tool, Registry};
 
 const PASSWORD: &str = "bundle-test-password";
 
@@ -66,18 +66,7 @@ fn push_and_sign(registry: &Registry) -> Signed {
     );
     let image: Value = serde_json::from_str(&out).expect("image --json printed JSON");
     let index = image["digest"].as_str().unwrap().to_owned();
-    let raw = skopeo_raw(&format!("{}@{index}", registry.repo("app")));
-    let platforms: BTreeMap<String, String> = raw["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                m["platform"]["architecture"].as_str().unwrap().to_owned(),
-                m["digest"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let platforms = support::platform_digests(&format!("{}@{index}", registry.repo("app")));
     assert_eq!(
         platforms.keys().collect::<Vec<_>>(),
         ["amd64", "arm64"],

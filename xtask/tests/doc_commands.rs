@@ -26,7 +26,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -441,18 +441,7 @@ fn set_up() -> Bed {
             .arg(&key)
             .args(["--no-tlog", "--insecure"]),
     );
-    let platforms: BTreeMap<String, String> = skopeo_raw(&format!("{repository}@{index}"))
-        ["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                m["platform"]["architecture"].as_str().unwrap().to_owned(),
-                m["digest"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let platforms = support::platform_digests(&format!("{repository}@{index}"));
 
     // No credentials of the user's, but the user's CLI plugins (compose).
     let docker_config = scratch.path().join("docker-config");
@@ -629,18 +618,7 @@ fn run_in_page(bed: &Bed, state: &Path, command: &str, answer_yes: bool) -> Ran 
         )
         .env("DOCKER_CONFIG", bed.scratch.path().join("docker-config"))
         .env("GNUPGHOME", gnupg_home(bed));
-    for name in [
-        "GITHUB_ACTIONS",
-        "GITHUB_EVENT_NAME",
-        "GITHUB_EVENT_PATH",
-        "GITHUB_REF",
-        "GITHUB_REF_NAME",
-        "GITHUB_REF_TYPE",
-        "GITHUB_SHA",
-        "GITHUB_TOKEN",
-        "ACTIONS_ID_TOKEN_REQUEST_URL",
-        "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
-    ] {
+    for name in support::GITHUB_ACTIONS_ENV {
         shell.env_remove(name);
     }
     let output = run(&mut shell);

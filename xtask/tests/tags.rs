@@ -18,14 +18,7 @@ const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 fn tags(args: &[&str]) -> Command {
     let mut command = support::xtask();
     command.arg("tags").args(args);
-    for var in [
-        "GITHUB_EVENT_NAME",
-        "GITHUB_EVENT_PATH",
-        "GITHUB_REF",
-        "GITHUB_REF_NAME",
-        "GITHUB_REF_TYPE",
-        "GITHUB_SHA",
-    ] {
+    for var in support::GITHUB_ACTIONS_ENV {
         command.env_remove(var);
     }
     command

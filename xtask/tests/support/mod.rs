@@ -420,6 +420,37 @@ pub fn skopeo_raw(reference: &str) -> serde_json::Value {
     serde_json::from_str(&out).expect("skopeo printed JSON")
 }
 
+/// The platform manifests of a multi-arch index, by architecture
+/// (`amd64`, `arm64`), as skopeo sees them.
+pub fn platform_digests(reference: &str) -> std::collections::BTreeMap<String, String> {
+    skopeo_raw(reference)["manifests"]
+        .as_array()
+        .expect("an index has manifests")
+        .iter()
+        .map(|m| {
+            (
+                m["platform"]["architecture"].as_str().unwrap().to_owned(),
+                m["digest"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The variables through which GitHub Actions tells the xtasks what is
+/// being built; tests remove them so that they run the same anywhere.
+pub const GITHUB_ACTIONS_ENV: &[&str] = &[
+    "GITHUB_ACTIONS",
+    "GITHUB_EVENT_NAME",
+    "GITHUB_EVENT_PATH",
+    "GITHUB_REF",
+    "GITHUB_REF_NAME",
+    "GITHUB_REF_TYPE",
+    "GITHUB_SHA",
+    "GITHUB_TOKEN",
+    "ACTIONS_ID_TOKEN_REQUEST_URL",
+    "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+];
+
 /// The tags of a repository, sorted, as skopeo sees them; empty when the
 /// repository does not exist.
 pub fn skopeo_tags(repo: &str) -> Vec<String> {
