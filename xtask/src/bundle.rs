@@ -225,12 +225,7 @@ fn collect(
         }
         return Ok(());
     }
-    let config = document.get("config").into_iter();
-    let layers = document["layers"].as_array().into_iter().flatten();
-    for blob in config.chain(layers) {
-        let blob = blob["digest"]
-            .as_str()
-            .with_context(|| format!("a blob of manifest {digest} has no digest"))?;
+    for blob in blob_digests(&document, digest)? {
         if !blobs.contains_key(blob) {
             let bytes = client
                 .get_blob(repo, blob)
@@ -450,6 +445,20 @@ fn load(flags: &flags::Bundle, reference: &Reference, archive: &Utf8Path) -> Res
 }
 
 /// Pushes a manifest after everything it refers to, children first.
+/// The config and layer digests of an image manifest.
+fn blob_digests<'a>(document: &'a Value, digest: &str) -> Result<Vec<&'a str>> {
+    let config = document.get("config").into_iter();
+    let layers = document["layers"].as_array().into_iter().flatten();
+    config
+        .chain(layers)
+        .map(|blob| {
+            blob["digest"]
+                .as_str()
+                .with_context(|| format!("a blob of manifest {digest} has no digest"))
+        })
+        .collect()
+}
+
 fn push_tree(
     client: &Client,
     repo: &str,
@@ -471,12 +480,7 @@ fn push_tree(
             push_tree(client, repo, child_digest, child_type, blobs)?;
         }
     } else {
-        let config = document.get("config").into_iter();
-        let layers = document["layers"].as_array().into_iter().flatten();
-        for blob in config.chain(layers) {
-            let blob = blob["digest"]
-                .as_str()
-                .with_context(|| format!("a blob of manifest {digest} has no digest"))?;
+        for blob in blob_digests(&document, digest)? {
             if client.blob_exists(repo, blob)? {
                 continue;
             }
