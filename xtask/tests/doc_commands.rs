@@ -591,23 +591,12 @@ fn run_in_page(bed: &Bed, state: &Path, command: &str, answer_yes: bool) -> Ran 
     // A prune asks before it connects; "y" makes it go as far as it can.
     let stdin = if answer_yes { "exec < <(echo y)\n" } else { "" };
     let script = format!("set -o pipefail\nsource \"$DOC_STATE\"\n{stdin}{command}{shown}\n");
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let mut path: Vec<PathBuf> = vec![
-        home.join("go/bin"),
-        home.join(".local/bin"),
-        home.join(".cargo/bin"),
-    ];
-    path.extend(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    ));
     let mut shell = Command::new("timeout");
     shell
         .args(["--kill-after=10", "600", "bash", "-c", &script])
         .current_dir(&bed.cwd)
         .env("DOC_STATE", state)
-        .env("PATH", std::env::join_paths(path).unwrap())
+        .env("PATH", std::env::join_paths(support::tool_path()).unwrap())
         .env("COSIGN_PASSWORD", PASSWORD)
         .env(
             "DOCKER_HOST",

@@ -213,18 +213,7 @@ fn skopeo_config(reference: &str, arch: &str) -> Value {
 /// GNU tar lists them, and the sha256 of its bytes.
 fn server_in_last_layer(reference: &str, arch: &str, work: &Path) -> (String, String) {
     std::fs::create_dir_all(work).unwrap();
-    let layout = work.join(format!("layout-{arch}"));
-    run_ok(
-        Command::new(tool("skopeo"))
-            .args([
-                "copy",
-                "--src-tls-verify=false",
-                "--override-arch",
-                arch,
-                &format!("docker://{reference}"),
-            ])
-            .arg(format!("oci:{}:img", layout.display())),
-    );
+    let layout = support::copy_platform_to_layout(reference, arch, work);
     let index: Value =
         serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
     let blob = |digest: &str| layout.join("blobs/sha256").join(&digest[7..]);

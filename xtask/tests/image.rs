@@ -189,18 +189,7 @@ fn platform_digest(index: &Value, arch: &str) -> String {
 
 /// Unpacks one platform with skopeo and umoci into a rootfs.
 fn unpack(reference: &str, arch: &str, dir: &std::path::Path) -> std::path::PathBuf {
-    let layout = dir.join(format!("layout-{arch}"));
-    run_ok(
-        Command::new(tool("skopeo"))
-            .args([
-                "copy",
-                "--src-tls-verify=false",
-                "--override-arch",
-                arch,
-                &format!("docker://{reference}"),
-            ])
-            .arg(format!("oci:{}:img", layout.display())),
-    );
+    let layout = support::copy_platform_to_layout(reference, arch, dir);
     let bundle = dir.join(format!("bundle-{arch}"));
     run_ok(
         Command::new(tool("umoci"))

@@ -13,6 +13,17 @@ use std::time::{Duration, Instant};
 /// The path of a required tool, looked up on PATH and where `go install`,
 /// `cargo install` and pip put binaries.
 pub fn tool(name: &str) -> PathBuf {
+    tool_path()
+        .iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("required tool `{name}` is not installed: run `cargo xtask setup`")
+        })
+}
+
+/// PATH, then where `go install`, `cargo install` and pip put binaries.
+pub fn tool_path() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
@@ -24,12 +35,7 @@ pub fn tool(name: &str) -> PathBuf {
             home.join(".local/bin"),
         ]);
     }
-    dirs.iter()
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("required tool `{name}` is not installed: run `cargo xtask setup`")
-        })
+    dirs
 }
 
 /// A free TCP port on 127.0.0.1. The port is released before it is used,
@@ -418,6 +424,24 @@ pub fn skopeo_raw(reference: &str) -> serde_json::Value {
         &format!("docker://{reference}"),
     ]));
     serde_json::from_str(&out).expect("skopeo printed JSON")
+}
+
+/// One platform of `reference` copied by skopeo into the OCI layout
+/// `dir/layout-ARCH`, tagged `img`; returns the layout's path.
+pub fn copy_platform_to_layout(reference: &str, arch: &str, dir: &Path) -> PathBuf {
+    let layout = dir.join(format!("layout-{arch}"));
+    run_ok(
+        Command::new(tool("skopeo"))
+            .args([
+                "copy",
+                "--src-tls-verify=false",
+                "--override-arch",
+                arch,
+                &format!("docker://{reference}"),
+            ])
+            .arg(format!("oci:{}:img", layout.display())),
+    );
+    layout
 }
 
 /// The platform manifests of a multi-arch index, by architecture
