@@ -1,5 +1,7 @@
 //! `server version` and the configuration errors of `server serve`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod support;
 
 use std::net::TcpListener;

@@ -1,6 +1,8 @@
 //! `server healthcheck` against the real server, against nothing, and
 //! against a listener that accepts and never answers.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod support;
 
 use std::io::Read;

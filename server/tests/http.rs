@@ -1,6 +1,8 @@
 //! The HTTP endpoints, metrics, request logs and slow-client timeouts of the
 //! real server binary.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod support;
 
 use std::io::{Read, Write};

@@ -5,6 +5,8 @@
 //! answering, so a request whose body is still being sent is a real
 //! in-flight request: the client decides when it finishes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod support;
 
 use std::io::Write;

@@ -9,15 +9,19 @@
 use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 
-use crate::config::Config;
-use crate::cosign::{Subject, REVISION};
+use serde::Serialize;
+
 use crate::flags;
-use crate::image::{BASE_DIGEST, BASE_NAME};
-use crate::progress::Steps;
-use crate::provenance::{self, ProvenanceInput};
-use crate::sbom;
-use crate::sign::Session;
-use crate::source::Source;
+use crate::oci::subject::Subject;
+use crate::oci::{BASE_DIGEST, BASE_NAME, CREATED, REVISION};
+use crate::supply_chain::cosign::SigningArgs;
+use crate::supply_chain::provenance::{self, ProvenanceInput};
+use crate::supply_chain::sbom;
+use crate::supply_chain::session::Session;
+use crate::support::config::Config;
+use crate::support::fs::write_atomically;
+use crate::support::progress::{Nest, Steps};
+use crate::support::source::Source;
 
 /// One `cosign attest` call.
 #[derive(Debug, Clone)]
@@ -30,25 +34,83 @@ pub struct Attestation {
     pub predicate: Utf8PathBuf,
 }
 
+/// What to attest, and how.
+#[derive(Debug, Clone)]
+pub struct AttestOptions {
+    /// IMAGE@sha256:… or IMAGE:TAG; a tag is resolved to a digest once.
+    pub reference: String,
+    pub signing: SigningArgs,
+    pub insecure: bool,
+    /// Print the plan and the exact commands; attach nothing.
+    pub dry_run: bool,
+}
+
+/// What `attest --json` prints.
+#[derive(Debug, Serialize)]
+pub struct Attested {
+    pub image: String,
+    pub digest: String,
+    pub attestations: Vec<AttestedOne>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AttestedOne {
+    pub subject: String,
+    pub digest: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub predicate: Utf8PathBuf,
+}
+
 pub fn run(flags: &flags::Attest) -> Result<()> {
     let config = Config::load()?;
     let source = Source::detect(&config.workspace_root)?;
-    let mut steps = Steps::new(3);
+    let options = AttestOptions {
+        reference: flags.reference.clone(),
+        signing: flags.signing.clone(),
+        insecure: flags.registry.insecure,
+        dry_run: flags.dry_run,
+    };
+    let Some(attested) = attest(&config, &source, &options, &Nest::top())? else {
+        return Ok(());
+    };
+    if flags.json {
+        println!("{}", serde_json::to_string_pretty(&attested)?);
+        return Ok(());
+    }
+    println!("{}@{}", attested.image, attested.digest);
+    eprintln!(
+        "attached {} attestations; predicates are under {}",
+        attested.attestations.len(),
+        config.relative(&config.target_dir.join("attest"))
+    );
+    Ok(())
+}
+
+/// Writes the predicates and attaches each, one at a time. None in a dry
+/// run, which prints its plan on stdout instead.
+pub fn attest(
+    config: &Config,
+    source: &Source,
+    options: &AttestOptions,
+    nest: &Nest,
+) -> Result<Option<Attested>> {
+    let mut steps = Steps::within(nest, 3);
     let session = Session::open(
-        &config,
-        &flags.reference,
-        &flags.signing,
-        flags.insecure,
-        flags.dry_run,
+        config,
+        &options.reference,
+        &options.signing,
+        options.insecure,
+        options.dry_run,
         &mut steps,
     )?;
     let subject = &session.subject;
-    check_source(subject, &source)?;
+    check_source(subject, source)?;
     let build_command = build_command(subject);
     let out_root = config.target_dir.join("attest");
     let plan = plan(subject, &out_root);
 
-    if flags.dry_run {
+    if options.dry_run {
         session.print_plan_header(&format!(
             "attest {} platform(s) and the index of {}",
             subject.platforms.len(),
@@ -64,11 +126,11 @@ pub fn run(flags: &flags::Attest) -> Result<()> {
                 session.display(&attest_args(&session, subject, attestation))
             );
         }
-        return Ok(());
+        return Ok(None);
     }
 
     steps.run("write the SBOMs and the provenance", || {
-        write_predicates(&config, &source, subject, &build_command, &out_root)
+        write_predicates(config, source, subject, &build_command, &out_root)
     })?;
     session.write_signing_config()?;
     let cosign = session.cosign()?;
@@ -96,14 +158,19 @@ pub fn run(flags: &flags::Attest) -> Result<()> {
             Ok(())
         },
     )?;
-    println!("{}", subject.by_digest(&subject.digest));
-    eprintln!(
-        "attached {} attestations in {:.1}s; predicates are under {}",
-        plan.len(),
-        steps.total_elapsed().as_secs_f64(),
-        config.relative(&out_root)
-    );
-    Ok(())
+    Ok(Some(Attested {
+        image: subject.name.clone(),
+        digest: subject.digest.clone(),
+        attestations: plan
+            .into_iter()
+            .map(|a| AttestedOne {
+                subject: a.subject,
+                digest: a.digest,
+                kind: a.kind,
+                predicate: a.predicate,
+            })
+            .collect(),
+    }))
 }
 
 fn attest_args(session: &Session, subject: &Subject, attestation: &Attestation) -> Vec<String> {
@@ -204,7 +271,7 @@ fn write_json(path: &Utf8Path, value: &serde_json::Value) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
     }
-    crate::cosign::write_atomically(path, &serde_json::to_vec_pretty(value)?)
+    write_atomically(path, &serde_json::to_vec_pretty(value)?)
 }
 
 /// The SBOMs and the provenance describe this checkout; attaching them to
@@ -222,7 +289,7 @@ fn check_source(subject: &Subject, source: &Source) -> Result<()> {
                 source.sha
             );
         }
-        if let Some(created) = platform.label("org.opencontainers.image.created") {
+        if let Some(created) = platform.label(CREATED) {
             if created != source.created() {
                 bail!(
                     "{} of {} was built with SOURCE_DATE_EPOCH at {created}, but this run has {}; set SOURCE_DATE_EPOCH to the value the image was built with",

@@ -26,11 +26,12 @@ use camino::Utf8PathBuf;
 use serde::Serialize;
 use xshell::{cmd, Shell};
 
-use crate::config::{Config, Platform};
 use crate::flags::{self, Strategy};
-use crate::git::Git;
-use crate::progress::Steps;
-use crate::tools::{self, Tool};
+use crate::support::config::{Config, Platform};
+use crate::support::elf::Elf;
+use crate::support::git::Git;
+use crate::support::progress::Steps;
+use crate::support::tools::{self, Tool};
 
 const WRK: Tool = Tool {
     name: "wrk",
@@ -286,7 +287,7 @@ fn measure_size(
         );
         (release_binary.clone(), false)
     } else {
-        crate::dist::build(config, &[amd64], Strategy::Auto, true, false)?;
+        crate::build::binaries::build(config, &[amd64], Strategy::Auto, true, false)?;
         commands.push("cargo xtask dist --platform linux/amd64".to_owned());
         (dist_binary, true)
     };
@@ -317,40 +318,6 @@ fn warn_if_stale(config: &Config, binary: &Utf8PathBuf) {
             config.relative(binary)
         ),
         _ => {}
-    }
-}
-
-/// What the size figure needs to know about an ELF64 little-endian file.
-struct Elf {
-    has_interpreter: bool,
-    has_symtab: bool,
-}
-
-impl Elf {
-    fn parse(bytes: &[u8]) -> Option<Elf> {
-        const PT_INTERP: u32 = 3;
-        const SHT_SYMTAB: u32 = 2;
-        if bytes.get(..6)? != b"\x7fELF\x02\x01" {
-            return None;
-        }
-        let u16_at = |at: usize| Some(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?));
-        let u32_at = |at: usize| Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
-        let u64_at =
-            |at: usize| Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?) as usize);
-        let (phoff, phentsize, phnum) = (u64_at(0x20)?, u16_at(0x36)?, u16_at(0x38)?);
-        let (shoff, shentsize, shnum) = (u64_at(0x28)?, u16_at(0x3a)?, u16_at(0x3c)?);
-        let mut has_interpreter = false;
-        for i in 0..usize::from(phnum) {
-            has_interpreter |= u32_at(phoff + i * usize::from(phentsize))? == PT_INTERP;
-        }
-        let mut has_symtab = false;
-        for i in 0..usize::from(shnum) {
-            has_symtab |= u32_at(shoff + i * usize::from(shentsize) + 4)? == SHT_SYMTAB;
-        }
-        Some(Elf {
-            has_interpreter,
-            has_symtab,
-        })
     }
 }
 
@@ -525,7 +492,7 @@ fn measure_healthcheck(
     // of what is measured; hyperfine then splits the command like a shell.
     let probe = format!(
         "{} healthcheck --url http://127.0.0.1:{port}/healthz",
-        crate::tools::shell_quote(server.as_str())
+        crate::support::tools::shell_quote(server.as_str())
     );
     let shown = format!(
         "{} healthcheck --url http://127.0.0.1:{port}/healthz",
@@ -842,11 +809,11 @@ Transfer/sec:      2.52MB
     #[test]
     fn quotes_paths_for_hyperfine() {
         assert_eq!(
-            crate::tools::shell_quote("/w/target/release/server"),
+            crate::support::tools::shell_quote("/w/target/release/server"),
             "/w/target/release/server"
         );
         assert_eq!(
-            crate::tools::shell_quote("/my dir/it's"),
+            crate::support::tools::shell_quote("/my dir/it's"),
             r"'/my dir/it'\''s'"
         );
     }

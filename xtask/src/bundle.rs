@@ -19,11 +19,11 @@ use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::Value;
 
-use crate::config::Config;
 use crate::flags;
+use crate::oci::client::{Client, Reference};
 use crate::oci::{self, Descriptor};
-use crate::progress::Steps;
-use crate::registry::{Client, Reference};
+use crate::support::config::Config;
+use crate::support::progress::Steps;
 
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// The full name containerd (and so `docker load` with the containerd image
@@ -67,7 +67,7 @@ pub fn run(flags: &flags::Bundle) -> Result<()> {
         return load(flags, &reference, &out);
     }
     let mut steps = Steps::new(if flags.dry_run { 3 } else { 4 });
-    let client = Client::new(&reference.host, flags.registry.insecure)?;
+    let client = Client::new(&reference.host, flags.registry.transport.insecure)?;
     let repo = reference.repository.clone();
     let index_digest = steps.run(&format!("resolve {image}:{}", flags.version), || {
         client
@@ -295,7 +295,7 @@ fn write_archive(plan: &Plan, out: &Utf8Path) -> Result<String> {
         .with_context(|| format!("cannot write {partial}"))?;
     drop(writer);
     let bytes = std::fs::read(&partial).with_context(|| format!("cannot read {partial}"))?;
-    let sha256 = crate::archive::sha256_hex(&bytes);
+    let sha256 = crate::support::archive::sha256_hex(&bytes);
     std::fs::rename(&partial, out).with_context(|| format!("cannot write {out}"))?;
     let file_name = out.file_name().unwrap_or(out.as_str());
     let sum = Utf8PathBuf::from(format!("{out}.sha256"));
@@ -418,7 +418,7 @@ fn load(flags: &flags::Bundle, reference: &Reference, archive: &Utf8Path) -> Res
         }
         return Ok(());
     }
-    let client = Client::new(&reference.host, flags.registry.insecure)?;
+    let client = Client::new(&reference.host, flags.registry.transport.insecure)?;
     steps.run("push manifests and blobs by digest", || {
         for r in &ordered {
             push_tree(&client, repo, &r.digest, &r.media_type, &blobs)?;

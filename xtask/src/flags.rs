@@ -3,6 +3,9 @@
 use camino::Utf8PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use crate::build::binaries::Strategy;
+pub use crate::supply_chain::cosign::SigningArgs;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "cargo xtask",
@@ -64,13 +67,21 @@ pub struct Test {
     pub cargo_test_args: Vec<String>,
 }
 
-/// Where the image goes: shared by every command that talks to a registry.
+/// Where the image goes: shared by every command that pushes to the
+/// configured repository.
 #[derive(Debug, Args, Clone, Default)]
 pub struct RegistryArgs {
     /// The image repository, overriding `image` in [workspace.metadata.release].
     #[arg(long, value_name = "REPOSITORY")]
     pub image: Option<String>,
-    /// Allow plain HTTP, for a registry on loopback.
+    #[command(flatten)]
+    pub transport: Transport,
+}
+
+/// How to reach a registry: shared by every command that talks to one.
+#[derive(Debug, Args, Clone, Default)]
+pub struct Transport {
+    /// Allow plain HTTP, only to a registry on loopback.
     #[arg(long)]
     pub insecure: bool,
 }
@@ -105,15 +116,6 @@ pub struct Tags {
     /// Print one JSON object: {"tags": [...], ...}.
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Strategy {
-    /// cargo-zigbuild, then cross, then cargo with the target's linker.
-    Auto,
-    Cargo,
-    Zigbuild,
-    Cross,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -202,27 +204,20 @@ pub struct Sbom {
     pub json: bool,
 }
 
-/// Signing and verification options shared by sign, attest, verify and release.
-#[derive(Debug, Args, Clone, Default)]
-pub struct SigningArgs {
-    /// The private key (sign, attest) or public key (verify); `env://` and KMS URIs pass through to cosign.
-    #[arg(long)]
-    pub key: Option<String>,
-    /// Sign without a transparency log, and verify with --insecure-ignore-tlog=true.
-    #[arg(long)]
-    pub no_tlog: bool,
-}
-
 #[derive(Debug, Args, Clone)]
 pub struct Sign {
     /// IMAGE@sha256:… or IMAGE:TAG; a tag is resolved to a digest once.
     pub reference: String,
     #[command(flatten)]
     pub signing: SigningArgs,
-    #[arg(long)]
-    pub insecure: bool,
+    #[command(flatten)]
+    pub registry: Transport,
+    /// Print the plan and the exact cosign commands; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -231,10 +226,14 @@ pub struct Attest {
     pub reference: String,
     #[command(flatten)]
     pub signing: SigningArgs,
-    #[arg(long)]
-    pub insecure: bool,
+    #[command(flatten)]
+    pub registry: Transport,
+    /// Print the plan and the exact cosign commands; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -243,9 +242,10 @@ pub struct Verify {
     pub reference: String,
     #[command(flatten)]
     pub signing: SigningArgs,
-    #[arg(long)]
-    pub insecure: bool,
-    /// Also pull every platform, unpack it and run `/server version --json`.
+    #[command(flatten)]
+    pub registry: Transport,
+    /// After every signature and attestation check passed: pull every
+    /// platform, unpack it safely and run `/server version --json`, isolated.
     #[arg(long)]
     pub run: bool,
     /// The version `/server version --json` must report, with --run (default: Cargo.toml's).

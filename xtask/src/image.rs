@@ -1,426 +1,383 @@
-//! `cargo xtask image`: the multi-arch OCI image, assembled natively (no
-//! daemon) from target/dist/ and the base image, or built with buildx.
+//! `cargo xtask image`: build the multi-arch layout (natively, or with
+//! buildx), then with --push publish it: tags checked before any write, the
+//! layout pushed by digest, with --sign signed by digest, and the tags moved
+//! last, exact first and floating last.
 
-use std::collections::BTreeMap;
-
-use anyhow::{bail, Context, Result};
-use camino::{Utf8Path, Utf8PathBuf};
+use anyhow::{format_err, Context, Result};
+use camino::Utf8PathBuf;
 use serde::Serialize;
-use serde_json::{json, Value};
 
-use crate::archive::{self, Entry};
-use crate::config::{Config, Platform};
-use crate::dist::{self, Dist};
-use crate::flags::{self, Strategy};
-use crate::oci::{self, Descriptor, Index, Layout, Manifest, PlatformSpec};
-use crate::source::Source;
+use crate::build::assemble::{self, Built, Options};
+use crate::build::base::{self, Bases};
+use crate::build::binaries::{self, Strategy};
+use crate::build::buildx::{self, BuildxOptions};
+use crate::flags::{self, Builder};
+use crate::oci::client::{Client, Reference};
+use crate::oci::push::{self, PushReport, TagChange};
+use crate::oci::{reference, Layout};
+use crate::sign::{self, SignOptions};
+use crate::supply_chain::cosign;
+use crate::support::config::{Config, Platform};
+use crate::support::progress::Steps;
+use crate::support::source::Source;
+use crate::tags;
 
-/// The label and annotation keys set on every image.
-pub const BASE_NAME: &str = "org.opencontainers.image.base.name";
-pub const BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
-
-/// Where the base image comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BaseSource {
-    Scratch,
-    Layout(Utf8PathBuf),
-    Registry(String),
-}
-
-impl BaseSource {
-    /// `scratch`, an existing directory holding an OCI layout, or a registry
-    /// reference.
-    pub fn parse(base: &str) -> BaseSource {
-        if base == "scratch" {
-            BaseSource::Scratch
-        } else if let Some(path) = base.strip_prefix("oci:") {
-            BaseSource::Layout(path.into())
-        } else if Utf8Path::new(base).join("oci-layout").is_file() {
-            BaseSource::Layout(base.into())
-        } else {
-            BaseSource::Registry(base.to_owned())
-        }
-    }
-}
-
-/// The base image for one platform, with its blobs copied into our layout.
-#[derive(Debug, Clone)]
-pub struct Base {
-    /// What the user named: `scratch`, a path, or a reference.
-    pub name: String,
-    /// The digest of what `name` resolved to (an index for a multi-platform
-    /// base); None for scratch.
-    pub digest: Option<String>,
-    /// The platform manifest's digest; None for scratch.
-    pub platform_digest: Option<String>,
-    pub config: Value,
-    pub layers: Vec<Descriptor>,
-}
-
-/// The result of an image build.
-#[derive(Debug, Clone, Serialize)]
-pub struct Built {
-    pub layout: Utf8PathBuf,
+/// What `image --json` prints.
+#[derive(Debug, Serialize)]
+pub struct ImageOutput {
+    pub image: String,
     pub digest: String,
-    pub size: u64,
-    pub platforms: Vec<BuiltPlatform>,
-    pub base_name: String,
-    pub base_digest: Option<String>,
+    pub platforms: Vec<PlatformOutput>,
+    /// The tags set, exact first and floating last.
+    pub tags: Vec<String>,
+    pub layout: Utf8PathBuf,
+    pub push: PushReport,
+    pub tag_changes: Vec<TagChange>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct BuiltPlatform {
+#[derive(Debug, Serialize)]
+pub struct PlatformOutput {
     pub platform: String,
     pub digest: String,
-    pub config_digest: String,
-    pub layer_digest: String,
-    pub base_digest: Option<String>,
-    pub size: u64,
-}
-
-pub struct Options<'a> {
-    pub platforms: Vec<Platform>,
-    pub base: String,
-    pub out: Utf8PathBuf,
-    pub version: &'a str,
-    /// Fetches base images from registries.
-    pub fetcher: &'a dyn BaseFetcher,
-}
-
-/// Resolves a registry base for one platform into our layout. Implemented
-/// over the registry client; a trait so that assembly does not depend on
-/// the network.
-pub trait BaseFetcher {
-    fn fetch(&self, reference: &str, platform: &Platform, layout: &Layout) -> Result<Base>;
 }
 
 pub fn run(flags: &flags::Image) -> Result<()> {
-    crate::publish::run_image(flags)
-}
+    let config = Config::load()?;
+    let platforms = binaries::select_platforms(&config, &flags.platforms)?;
+    let target = reference::target(&config, flags.registry.image.as_deref())?;
+    let repo = target.name();
+    let base = base::chosen(&config, flags.base.as_deref());
+    let version = config.version.to_string();
+    let out = flags
+        .out
+        .clone()
+        .unwrap_or_else(|| config.target_dir.join("image/oci"));
 
-/// Builds the binaries if needed, then assembles the image.
-pub fn build(config: &Config, options: &Options<'_>) -> Result<(Dist, Built)> {
-    let dist = dist::build(config, &options.platforms, Strategy::Auto, true, false)?;
-    let built = assemble(config, &dist, options)?;
-    Ok((dist, built))
-}
-
-/// Writes the OCI layout: one manifest per platform, then the index.
-pub fn assemble(config: &Config, dist: &Dist, options: &Options<'_>) -> Result<Built> {
-    let layout = Layout::create(&options.out)?;
-    let source = &dist.source;
-    let mut descriptors = Vec::new();
-    let mut platforms = Vec::new();
-    let mut index_base: Option<(String, Option<String>)> = None;
-    for platform in &options.platforms {
-        let base = resolve_base(&options.base, platform, &layout, options.fetcher)?;
-        let binary_path = dist.binary(config, platform)?;
-        let binary =
-            std::fs::read(&binary_path).with_context(|| format!("cannot read {binary_path}"))?;
-        let layer = archive::tar_gz(
-            &[Entry {
-                path: &config.binary,
-                data: &binary,
-                mode: 0o755,
-            }],
-            source.epoch,
-        )?;
-        let layer_descriptor = layout.write_blob(oci::LAYER_GZIP, &layer.gz)?;
-
-        let labels = labels(config, source, options.version, &base);
-        let image_config = image_config(
-            config,
-            platform,
-            source,
-            &base,
-            &labels,
-            &format!("sha256:{}", layer.tar_sha256),
-        )?;
-        let config_descriptor =
-            layout.write_blob(oci::CONFIG, &oci::canonical_json(&image_config)?)?;
-
-        let mut layers = base.layers.clone();
-        layers.push(layer_descriptor.clone());
-        let manifest = Manifest {
-            schema_version: 2,
-            media_type: Some(oci::MANIFEST.to_owned()),
-            config: config_descriptor.clone(),
-            layers,
-            annotations: Some(labels.clone()),
-        };
-        let mut manifest_descriptor =
-            layout.write_blob(oci::MANIFEST, &oci::canonical_json(&manifest)?)?;
-        manifest_descriptor.platform = Some(PlatformSpec {
-            architecture: platform.arch.clone(),
-            os: platform.os.clone(),
-            variant: None,
-        });
-        platforms.push(BuiltPlatform {
-            platform: platform.to_string(),
-            digest: manifest_descriptor.digest.clone(),
-            config_digest: config_descriptor.digest.clone(),
-            layer_digest: layer_descriptor.digest.clone(),
-            base_digest: base.platform_digest.clone(),
-            size: manifest.layers.iter().map(|l| l.size).sum::<u64>() + config_descriptor.size,
-        });
-        descriptors.push(manifest_descriptor);
-        index_base.get_or_insert((base.name.clone(), base.digest.clone()));
+    if flags.builder == Builder::Buildx {
+        return run_buildx(&config, flags, &platforms, &base, &version, &target);
     }
-    let (base_name, base_digest) =
-        index_base.context("no platforms to build; configure at least one")?;
 
-    let mut index_annotations = BTreeMap::new();
-    for (key, value) in labels_without_base(config, source, options.version) {
-        index_annotations.insert(key, value);
-    }
-    index_annotations.insert(BASE_NAME.to_owned(), base_name.clone());
-    if let Some(digest) = &base_digest {
-        index_annotations.insert(BASE_DIGEST.to_owned(), digest.clone());
-    }
-    let index = Index {
-        schema_version: 2,
-        media_type: Some(oci::INDEX.to_owned()),
-        manifests: descriptors,
-        annotations: Some(index_annotations),
-    };
-    let index_descriptor = layout.write_blob(oci::INDEX, &oci::canonical_json(&index)?)?;
-    let mut top = index_descriptor.clone();
-    top.annotations = Some(BTreeMap::from([(
-        "org.opencontainers.image.ref.name".to_owned(),
-        format!("v{}", options.version),
-    )]));
-    layout.write_index(&Index {
-        schema_version: 2,
-        media_type: Some(oci::INDEX.to_owned()),
-        manifests: vec![top],
-        annotations: None,
-    })?;
-    remove_unreferenced_blobs(&layout)?;
-
-    Ok(Built {
-        layout: layout.dir.clone(),
-        digest: index_descriptor.digest,
-        size: index_descriptor.size,
-        platforms,
-        base_name,
-        base_digest,
-    })
-}
-
-fn resolve_base(
-    base: &str,
-    platform: &Platform,
-    layout: &Layout,
-    fetcher: &dyn BaseFetcher,
-) -> Result<Base> {
-    match BaseSource::parse(base) {
-        BaseSource::Scratch => Ok(Base {
-            name: "scratch".to_owned(),
-            digest: None,
-            platform_digest: None,
-            config: json!({"architecture": platform.arch, "os": platform.os, "config": {}, "rootfs": {"type": "layers", "diff_ids": []}}),
-            layers: Vec::new(),
-        }),
-        BaseSource::Layout(dir) => base_from_layout(&dir, platform, layout),
-        BaseSource::Registry(reference) => fetcher.fetch(&reference, platform, layout),
-    }
-}
-
-/// A base image from a local OCI layout: its only image, or the one for
-/// `platform` when it is an index.
-fn base_from_layout(dir: &Utf8Path, platform: &Platform, into: &Layout) -> Result<Base> {
-    let source = Layout::open(dir)?;
-    let top = source.index()?;
-    let entry = match top.manifests.as_slice() {
-        [only] => only.clone(),
-        [] => bail!("the base layout {dir} holds no image"),
-        _ => bail!("the base layout {dir} holds {} images; keep one, or name the base by registry reference", top.manifests.len()),
-    };
-    let (digest, manifest_bytes) = if oci::is_index(&entry.media_type) {
-        let index: Index = source.read_json(&entry.digest)?;
-        let chosen = select_platform(&index, platform)
-            .with_context(|| format!("the base layout {dir} has no {platform} image"))?;
-        (
-            Some(entry.digest.clone()),
-            source.read_blob(&chosen.digest)?,
-        )
+    let client = if flags.push || base::needs_registry(&base) {
+        Some(Client::new(
+            &target.host,
+            flags.registry.transport.insecure,
+        )?)
     } else {
-        (Some(entry.digest.clone()), source.read_blob(&entry.digest)?)
+        None
     };
-    let platform_digest = oci::digest_of(&manifest_bytes);
-    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
-        .with_context(|| format!("the base manifest in {dir} is invalid"))?;
-    let config: Value = source.read_json(&manifest.config.digest)?;
-    for layer in &manifest.layers {
-        if !into.has_blob(&layer.digest) {
-            into.write_blob(&layer.media_type, &source.read_blob(&layer.digest)?)?;
-        }
-    }
-    check_base_platform(&config, platform, dir.as_str())?;
-    Ok(Base {
-        name: dir.to_string(),
-        digest,
-        platform_digest: Some(platform_digest),
-        config,
-        layers: manifest.layers.into_iter().map(normalize_layer).collect(),
-    })
-}
-
-/// The entry of an index for `platform`, ignoring attestation entries.
-pub fn select_platform<'a>(index: &'a Index, platform: &Platform) -> Option<&'a Descriptor> {
-    index.manifests.iter().find(|m| {
-        m.platform
+    let mut steps = Steps::new(if flags.push {
+        5 + usize::from(flags.sign)
+    } else {
+        2
+    });
+    let tag_plan = if flags.push && !flags.no_tags {
+        let client = client
             .as_ref()
-            .is_some_and(|p| p.os == platform.os && p.architecture == platform.arch)
+            .context("a registry client is needed to push")?;
+        let source = Source::detect(&config.workspace_root)?;
+        steps.run("compute tags", || {
+            tags::plan_for_build(&config, &flags.build, &source, &target, client)
+        })?
+    } else {
+        Vec::new()
+    };
+
+    if flags.dry_run {
+        println!("plan for {repo}:");
+        println!(
+            "  build {} on {base} into {out}",
+            platforms
+                .iter()
+                .map(Platform::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        print_publish_plan(flags, &repo, &tag_plan);
+        return Ok(());
+    }
+
+    let bases = Bases::new(&base, flags.registry.transport.insecure);
+    let options = Options {
+        platforms,
+        bases: &bases,
+        out,
+        version: &version,
+    };
+    let (_, built) = steps.run("build the image", || assemble::build(&config, &options))?;
+
+    let published = match (flags.push, client.as_ref()) {
+        (true, Some(client)) => Some(publish(
+            &config, flags, client, &target, &base, &built, &tag_plan, &mut steps,
+        )?),
+        _ => None,
+    };
+    finish(flags, &repo, &built, published)
+}
+
+fn print_result(
+    as_json: bool,
+    repo: &str,
+    built: &Built,
+    report: PushReport,
+    changes: Vec<TagChange>,
+    verify: Option<String>,
+) -> Result<()> {
+    if as_json {
+        let output = ImageOutput {
+            image: repo.to_owned(),
+            digest: built.digest.clone(),
+            platforms: built
+                .platforms
+                .iter()
+                .map(|p| PlatformOutput {
+                    platform: p.platform.clone(),
+                    digest: p.digest.clone(),
+                })
+                .collect(),
+            tags: changes.iter().map(|c| c.tag.clone()).collect(),
+            layout: built.layout.clone(),
+            push: report,
+            tag_changes: changes,
+        };
+        println!("{}", serde_json::to_string(&output)?);
+        return Ok(());
+    }
+    println!("{}", built.digest);
+    for platform in &built.platforms {
+        eprintln!(
+            "  {}  {}  ({} bytes compressed)",
+            platform.platform, platform.digest, platform.size
+        );
+    }
+    for change in &changes {
+        let before = change.before.as_deref().unwrap_or("nothing");
+        eprintln!("  {repo}:{} -> {} (was {before})", change.tag, change.after);
+    }
+    if !changes.is_empty() {
+        eprintln!(
+            "  pushed {} blobs, mounted {}, skipped {} already present",
+            report.uploaded.len(),
+            report.mounted.len(),
+            report.skipped.len()
+        );
+    }
+    if let Some(verify) = verify {
+        eprintln!("verify with: {verify}");
+    }
+    Ok(())
+}
+
+fn run_buildx(
+    config: &Config,
+    flags: &flags::Image,
+    platforms: &[Platform],
+    base: &str,
+    version: &str,
+    target: &Reference,
+) -> Result<()> {
+    let repo = target.name();
+    let out = flags
+        .out
+        .clone()
+        .unwrap_or_else(|| buildx::default_out(config));
+    buildx::check_dist_location(config)?;
+    // Before anything slow, so that a machine without buildx learns it at once.
+    let docker = if flags.dry_run {
+        None
+    } else {
+        Some(buildx::find_docker_buildx()?)
+    };
+    let source = Source::detect(&config.workspace_root)?;
+    let client = if flags.push {
+        Some(Client::new(
+            &target.host,
+            flags.registry.transport.insecure,
+        )?)
+    } else {
+        None
+    };
+    let mut steps = Steps::new(
+        3 + if flags.push {
+            3 + usize::from(!flags.no_tags) + usize::from(flags.sign)
+        } else {
+            0
+        },
+    );
+    let (buildx_base, warning) = steps.run("resolve the base", || {
+        buildx::resolve_base(base, flags.registry.transport.insecure)
+    })?;
+    if let Some(warning) = warning {
+        eprintln!("warning: {warning}");
+    }
+    let tag_plan = match (&client, flags.no_tags) {
+        (Some(client), false) => steps.run("compute tags", || {
+            tags::plan_for_build(config, &flags.build, &source, target, client)
+        })?,
+        _ => Vec::new(),
+    };
+    let options = BuildxOptions {
+        platforms,
+        base: &buildx_base,
+        version,
+        out: &out,
+    };
+    let args = buildx::args(config, &source, &options);
+
+    if flags.dry_run {
+        println!("plan for {repo} (builder buildx):");
+        println!(
+            "  build {} on {} into {out}",
+            platforms
+                .iter()
+                .map(Platform::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            buildx::describe_base(&buildx_base)
+        );
+        println!(
+            "  SOURCE_DATE_EPOCH={} {}",
+            source.epoch,
+            buildx::command_line(&args)
+        );
+        print_publish_plan(flags, &repo, &tag_plan);
+        return Ok(());
+    }
+    let docker = docker.context("docker was not looked up")?;
+    let docker = Utf8PathBuf::from_path_buf(docker)
+        .map_err(|p| format_err!("the docker path {} is not UTF-8", p.display()))?;
+
+    steps.run("build the binaries", || {
+        binaries::build(config, platforms, Strategy::Auto, true, false).map(|_| ())
+    })?;
+    let built = steps.run("docker buildx build", || {
+        buildx::build(&docker, config, &source, &options)?;
+        buildx::built_from_layout(&Layout::open(&out)?, &buildx_base)
+    })?;
+
+    // The same publication as the native builder.
+    let published = match client.as_ref() {
+        Some(client) => Some(publish(
+            config, flags, client, target, base, &built, &tag_plan, &mut steps,
+        )?),
+        None => None,
+    };
+    finish(flags, &repo, &built, published)
+}
+
+/// Publishes a built layout: tags checked before any write (a refused
+/// immutable tag leaves the registry as it was), the layout pushed by
+/// digest, with --sign signed by digest, and the tags moved last.
+#[allow(clippy::too_many_arguments)]
+fn publish(
+    config: &Config,
+    flags: &flags::Image,
+    client: &Client,
+    target: &Reference,
+    base: &str,
+    built: &Built,
+    tag_plan: &[(String, bool)],
+    steps: &mut Steps,
+) -> Result<Published> {
+    let repository = &target.repository;
+    steps.run("check tags", || {
+        push::plan_tags(client, repository, tag_plan, &built.digest, flags.force).map(|_| ())
+    })?;
+    let mount_from = Reference::parse(base)
+        .ok()
+        .filter(|b| b.host == target.host)
+        .map(|b| b.repository);
+    let layout = Layout::open(&built.layout)?;
+    let report = steps.run("push by digest", || {
+        push::push_layout(
+            client,
+            repository,
+            &layout,
+            &built.digest,
+            mount_from.as_deref(),
+        )
+    })?;
+    let mut verify = None;
+    if flags.sign {
+        let options = SignOptions {
+            reference: format!("{}@{}", target.name(), built.digest),
+            signing: flags.signing.clone(),
+            insecure: flags.registry.transport.insecure,
+            dry_run: false,
+        };
+        let signed = steps.run_nested("sign by digest", |nest| {
+            sign::sign(config, &options, nest).map_err(|err| subtask_failed("sign", &options, err))
+        })?;
+        verify = signed.map(|s| s.verify);
+    }
+    let changes = steps.run("move tags", || {
+        push::move_tags(
+            client,
+            repository,
+            tag_plan,
+            &layout,
+            &built.digest,
+            flags.force,
+        )
+    })?;
+    Ok(Published {
+        report,
+        changes,
+        verify,
     })
 }
 
-pub fn check_base_platform(config: &Value, platform: &Platform, name: &str) -> Result<()> {
-    let arch = config["architecture"].as_str().unwrap_or("");
-    let os = config["os"].as_str().unwrap_or("");
-    if arch != platform.arch || os != platform.os {
-        bail!("the base {name} is {os}/{arch}, not {platform}; use a multi-platform base or one built for {platform}");
-    }
-    Ok(())
+/// What a push did.
+struct Published {
+    report: PushReport,
+    changes: Vec<TagChange>,
+    /// How to verify the signatures, when the image was signed.
+    verify: Option<String>,
 }
 
-/// Docker media types become their OCI twins: same bytes, same digests.
-pub fn normalize_layer(mut layer: Descriptor) -> Descriptor {
-    if layer.media_type == oci::DOCKER_LAYER_GZIP {
-        layer.media_type = oci::LAYER_GZIP.to_owned();
-    }
-    layer.platform = None;
-    layer
-}
-
-fn labels_without_base(
-    config: &Config,
-    source: &Source,
-    version: &str,
-) -> BTreeMap<String, String> {
-    let mut labels = BTreeMap::new();
-    let mut set = |key: &str, value: &str| {
-        if !value.is_empty() {
-            labels.insert(format!("org.opencontainers.image.{key}"), value.to_owned());
-        }
+fn finish(
+    flags: &flags::Image,
+    repo: &str,
+    built: &Built,
+    published: Option<Published>,
+) -> Result<()> {
+    let (report, changes, verify) = match published {
+        Some(p) => (p.report, p.changes, p.verify),
+        None => Default::default(),
     };
-    set("source", &config.repository);
-    set("revision", &source.sha);
-    set("version", version);
-    set("created", &source.created());
-    set("title", &config.binary);
-    set("description", &config.description);
-    set("licenses", &config.license);
-    labels
+    print_result(flags.json, repo, built, report, changes, verify)
 }
 
-fn labels(
-    config: &Config,
-    source: &Source,
-    version: &str,
-    base: &Base,
-) -> BTreeMap<String, String> {
-    let mut labels = labels_without_base(config, source, version);
-    labels.insert(BASE_NAME.to_owned(), base.name.clone());
-    if let Some(digest) = &base.digest {
-        labels.insert(BASE_DIGEST.to_owned(), digest.clone());
-    }
-    labels
+/// A signing step inside another task failed: its own error is shown as it
+/// would be alone, and the task fails naming the command that retries it.
+pub fn subtask_failed(task: &str, options: &SignOptions, err: anyhow::Error) -> anyhow::Error {
+    eprintln!("error: {err:#}");
+    format_err!(
+        "`{}` failed",
+        cosign::xtask_signing_command(task, &options.reference, &options.signing, options.insecure)
+    )
 }
 
-/// The base's config with our entrypoint, user, port, healthcheck, labels
-/// and layer on top.
-fn image_config(
-    config: &Config,
-    platform: &Platform,
-    source: &Source,
-    base: &Base,
-    labels: &BTreeMap<String, String>,
-    diff_id: &str,
-) -> Result<Value> {
-    let mut image = base.config.clone();
-    let object = image
-        .as_object_mut()
-        .context("the base image config is not a JSON object")?;
-    object.insert("architecture".into(), json!(platform.arch));
-    object.insert("os".into(), json!(platform.os));
-    object.insert("created".into(), json!(source.created()));
-    let entrypoint = format!("/{}", config.binary);
-    let runtime = object.entry("config").or_insert_with(|| json!({}));
-    let runtime = runtime
-        .as_object_mut()
-        .context("the base image config has a non-object `config`")?;
-    runtime.insert("Entrypoint".into(), json!([entrypoint]));
-    // A base's Cmd would become arguments to our entrypoint.
-    runtime.remove("Cmd");
-    runtime.insert("User".into(), json!("65532:65532"));
-    runtime.insert("ExposedPorts".into(), json!({"8080/tcp": {}}));
-    runtime.insert(
-        "Healthcheck".into(),
-        json!({
-            "Test": ["CMD", entrypoint, "healthcheck"],
-            "Interval": 30_000_000_000u64,
-            "Timeout": 3_000_000_000u64,
-            "StartPeriod": 5_000_000_000u64,
-            "Retries": 3
-        }),
-    );
-    let mut all_labels: BTreeMap<String, Value> = runtime
-        .get("Labels")
-        .and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-        .unwrap_or_default();
-    for (key, value) in labels {
-        all_labels.insert(key.clone(), json!(value));
+/// What `--push` would do after the build, for the dry run.
+fn print_publish_plan(flags: &flags::Image, repo: &str, tag_plan: &[(String, bool)]) {
+    if !flags.push {
+        return;
     }
-    runtime.insert("Labels".into(), json!(all_labels));
-
-    let rootfs = object
-        .entry("rootfs")
-        .or_insert_with(|| json!({"type": "layers", "diff_ids": []}));
-    let diff_ids = rootfs
-        .get_mut("diff_ids")
-        .and_then(Value::as_array_mut)
-        .context("the base image config has no rootfs.diff_ids")?;
-    diff_ids.push(json!(diff_id));
-    let history = object.entry("history").or_insert_with(|| json!([]));
-    if let Some(history) = history.as_array_mut() {
-        history.push(json!({
-            "created": source.created(),
-            "created_by": format!("cargo xtask image: COPY {} {entrypoint}", config.binary),
-            "comment": "the static server binary from cargo xtask dist"
-        }));
+    println!("  push blobs, platform manifests and the index by digest to {repo}");
+    if flags.sign {
+        println!(
+            "  {}",
+            cosign::xtask_signing_command(
+                "sign",
+                &format!("{repo}@<index digest>"),
+                &flags.signing,
+                flags.registry.transport.insecure,
+            )
+        );
     }
-    Ok(image)
-}
-
-/// Keeps the layout to what its index references, so that it does not grow
-/// with every build.
-fn remove_unreferenced_blobs(layout: &Layout) -> Result<()> {
-    let mut keep = std::collections::HashSet::new();
-    let mut pending: Vec<Descriptor> = layout.index()?.manifests;
-    while let Some(descriptor) = pending.pop() {
-        if !keep.insert(descriptor.digest.clone()) {
-            continue;
-        }
-        if oci::is_index(&descriptor.media_type) {
-            pending.extend(layout.read_json::<Index>(&descriptor.digest)?.manifests);
-        } else if descriptor.media_type == oci::MANIFEST
-            || descriptor.media_type == oci::DOCKER_MANIFEST
-        {
-            let manifest: Manifest = layout.read_json(&descriptor.digest)?;
-            keep.insert(manifest.config.digest.clone());
-            keep.extend(manifest.layers.into_iter().map(|l| l.digest));
-        }
+    for (tag, immutable) in tag_plan {
+        println!(
+            "  tag {repo}:{tag}{}",
+            if *immutable { " (immutable)" } else { "" }
+        );
     }
-    let blobs = layout.dir.join("blobs/sha256");
-    for entry in std::fs::read_dir(&blobs).with_context(|| format!("cannot list {blobs}"))? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !keep.contains(&format!("sha256:{name}")) {
-            std::fs::remove_file(entry.path())
-                .with_context(|| format!("cannot remove {blobs}/{name}"))?;
-        }
-    }
-    Ok(())
 }

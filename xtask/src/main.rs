@@ -1,46 +1,12 @@
-//! `cargo xtask`: takes the server from source to a signed, attested,
-//! multi-arch image. This file only parses flags and dispatches; each task
-//! lives in its own module with one `run` entry.
-
-// Library functions land before the tasks that call them; this goes once
-// every task is wired up.
-#![allow(dead_code)]
-
-mod archive;
-mod attest;
-mod bench;
-mod buildx;
-mod bundle;
-mod config;
-mod cosign;
-mod dist;
-mod flags;
-mod git;
-mod image;
-mod oci;
-mod pin_base;
-mod preflight;
-mod progress;
-mod provenance;
-mod publish;
-mod push;
-mod registry;
-mod release;
-mod sbom;
-mod setup;
-mod sign;
-mod source;
-mod subtask;
-mod tags;
-mod test;
-mod tools;
-mod verify;
+//! `cargo xtask`: parses the flags and dispatches to the task's `run`.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-
-use flags::Command;
+use xtask::flags::{self, Command};
+use xtask::{
+    attest, bench, bundle, dist, image, pin_base, release, sbom, setup, sign, tags, test, verify,
+};
 
 fn main() -> ExitCode {
     let flags = flags::Xtask::parse();

@@ -4,9 +4,9 @@
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::Config;
 use crate::flags;
-use crate::registry::{Client, Reference};
+use crate::oci::client::{Client, Reference};
+use crate::support::config::Config;
 
 pub fn run(flags: &flags::PinBase) -> Result<()> {
     let config = Config::load()?;

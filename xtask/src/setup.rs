@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
 use crate::flags;
-use crate::tools::{
+use crate::support::tools::{
     self, ACTIONLINT_VERSION, CARGO_AUDITABLE_VERSION, COSIGN_VERSION, CRANE_VERSION,
 };
 

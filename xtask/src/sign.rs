@@ -2,186 +2,128 @@
 //! which signs the index and every platform manifest it lists.
 
 use anyhow::Result;
-use camino::Utf8PathBuf;
+use serde::Serialize;
 
-use crate::config::Config;
-use crate::cosign::{self, Cosign, Identity, Subject};
-use crate::flags::{self, SigningArgs};
-use crate::progress::Steps;
+use crate::flags;
+use crate::oci::subject::Subject;
+use crate::supply_chain::cosign::{self, Identity, SigningArgs};
+use crate::supply_chain::session::Session;
+use crate::support::config::Config;
+use crate::support::progress::{Nest, Steps};
+
+/// What to sign, and how.
+#[derive(Debug, Clone)]
+pub struct SignOptions {
+    /// IMAGE@sha256:… or IMAGE:TAG; a tag is resolved to a digest once.
+    pub reference: String,
+    pub signing: SigningArgs,
+    pub insecure: bool,
+    /// Print the plan and the exact command; sign nothing.
+    pub dry_run: bool,
+}
+
+/// What `sign --json` prints.
+#[derive(Debug, Serialize)]
+pub struct Signed {
+    pub image: String,
+    pub digest: String,
+    pub platforms: Vec<SignedPlatform>,
+    /// The command that checks the signatures.
+    pub verify: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SignedPlatform {
+    pub platform: String,
+    pub digest: String,
+}
 
 pub fn run(flags: &flags::Sign) -> Result<()> {
     let config = Config::load()?;
-    let mut steps = Steps::new(2);
+    let options = SignOptions {
+        reference: flags.reference.clone(),
+        signing: flags.signing.clone(),
+        insecure: flags.registry.insecure,
+        dry_run: flags.dry_run,
+    };
+    let Some(signed) = sign(&config, &options, &Nest::top())? else {
+        return Ok(());
+    };
+    if flags.json {
+        println!("{}", serde_json::to_string_pretty(&signed)?);
+        return Ok(());
+    }
+    println!("{}@{}", signed.image, signed.digest);
+    for platform in &signed.platforms {
+        eprintln!("  signed {}  {}", platform.platform, platform.digest);
+    }
+    eprintln!("verify with: {}", signed.verify);
+    Ok(())
+}
+
+/// Signs the index and every platform by digest. None in a dry run, which
+/// prints its plan on stdout instead.
+pub fn sign(config: &Config, options: &SignOptions, nest: &Nest) -> Result<Option<Signed>> {
+    let mut steps = Steps::within(nest, 2);
     let session = Session::open(
-        &config,
-        &flags.reference,
-        &flags.signing,
-        flags.insecure,
-        flags.dry_run,
+        config,
+        &options.reference,
+        &options.signing,
+        options.insecure,
+        options.dry_run,
         &mut steps,
     )?;
     let subject = &session.subject;
     let args = session.options.sign(&subject.by_digest(&subject.digest));
-    if flags.dry_run {
+    if options.dry_run {
         session.print_plan_header(&format!(
             "sign {} and its {} platform manifest(s), recursively",
             subject.by_digest(&subject.digest),
             subject.platforms.len()
         ));
         println!("{}", session.display(&args));
-        return Ok(());
+        return Ok(None);
     }
     session.write_signing_config()?;
     steps.run("sign the index and every platform manifest", || {
         session.cosign()?.run_ok(&args).map(drop)
     })?;
-    println!("{}", subject.by_digest(&subject.digest));
-    for platform in &subject.platforms {
-        eprintln!("  signed {}  {}", platform.platform, platform.digest);
-    }
-    eprintln!("signed in {:.1}s", steps.total_elapsed().as_secs_f64());
-    eprintln!(
-        "verify with: {}",
-        verify_hint(flags.insecure, &session, subject)
-    );
-    Ok(())
+    Ok(Some(Signed {
+        image: subject.name.clone(),
+        digest: subject.digest.clone(),
+        platforms: subject
+            .platforms
+            .iter()
+            .map(|p| SignedPlatform {
+                platform: p.platform.to_string(),
+                digest: p.digest.clone(),
+            })
+            .collect(),
+        verify: verify_hint(options, &session, subject),
+    }))
 }
 
-fn verify_hint(insecure: bool, session: &Session, subject: &Subject) -> String {
-    let mut hint = format!("cargo xtask verify {}", subject.by_digest(&subject.digest));
-    if let Identity::Key(key) = &session.options.identity {
-        hint.push_str(&format!(" --key {}", public_key_hint(key)));
-    }
-    if session.options.signing_config.is_some() {
-        hint.push_str(" --no-tlog");
-    }
-    if insecure {
-        hint.push_str(" --insecure");
-    }
-    hint
-}
-
-/// `cosign.pub` for `cosign.key`: what generate-key-pair writes.
-fn public_key_hint(key: &str) -> String {
-    match key.strip_suffix(".key") {
-        Some(stem) if !key.contains("://") => format!("{stem}.pub"),
-        _ => "<public key>".to_owned(),
-    }
-}
-
-/// What sign and attest share: cosign at the pinned version, the signing
-/// options, and the image resolved once to its digests.
-pub struct Session {
-    cosign: Option<Cosign>,
-    cosign_for_plan: String,
-    pub options: cosign::Options,
-    pub subject: Subject,
-    signing_config: Option<Utf8PathBuf>,
-}
-
-impl Session {
-    /// Checks the identity and cosign before touching the registry, so that
-    /// a missing key or a wrong cosign fails at once. A dry run only warns
-    /// about cosign.
-    pub fn open(
-        config: &Config,
-        reference: &str,
-        signing: &SigningArgs,
-        insecure: bool,
-        dry_run: bool,
-        steps: &mut Steps,
-    ) -> Result<Session> {
-        let identity = cosign::signing_identity(signing)?;
-        let (cosign, cosign_for_plan) = if dry_run {
-            (None, cosign::for_plan())
-        } else {
-            cosign::check_password(&identity)?;
-            let cosign = Cosign::find()?;
-            let shown = cosign.path.display().to_string();
-            (Some(cosign), shown)
-        };
-        let client = cosign::client_for(reference, insecure)?;
-        let subject = steps.run("resolve the image", || Subject::resolve(reference, &client))?;
-        if let Some(tag) = &subject.resolved_from_tag {
-            eprintln!(
-                "{}:{tag} is {}; everything from here works on that digest",
-                subject.name, subject.digest
-            );
-        }
-        let signing_config = signing
-            .no_tlog
-            .then(|| cosign::work_dir(&config.target_dir).join("signing-config-no-tlog.json"));
-        Ok(Session {
-            cosign,
-            cosign_for_plan,
-            options: cosign::Options {
-                identity,
-                signing_config: signing_config.clone(),
-                ignore_tlog: signing.no_tlog,
-                insecure,
-                identity_regexp: None,
-            },
-            subject,
-            signing_config,
-        })
-    }
-
-    pub fn cosign(&self) -> Result<&Cosign> {
-        self.cosign
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("cosign is not run in a dry run"))
-    }
-
-    /// Writes the no-tlog signing config where the options point.
-    pub fn write_signing_config(&self) -> Result<()> {
-        if let Some(path) = &self.signing_config {
-            if let Some(dir) = path.parent() {
-                cosign::write_no_tlog_signing_config(dir)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// A command as it will run, with the cosign path found.
-    pub fn display(&self, args: &[String]) -> String {
-        let line = cosign::display(args);
-        match line.strip_prefix("cosign") {
-            Some(rest) if self.cosign_for_plan != "cosign" => {
-                format!("{}{rest}", self.cosign_for_plan)
-            }
-            _ => line,
-        }
-    }
-
-    /// The lines before a dry run's commands, as shell comments so that the
-    /// output can be pasted.
-    pub fn print_plan_header(&self, what: &str) {
-        let subject = &self.subject;
-        println!("# plan: {what}");
-        if let Some(tag) = &subject.resolved_from_tag {
-            println!("# {}:{tag} resolved to {}", subject.name, subject.digest);
-        }
-        for platform in &subject.platforms {
-            println!("#   {}  {}", platform.platform, platform.digest);
-        }
-        match &self.options.identity {
-            Identity::Key(key) => println!("# signing with the key {key}"),
-            Identity::Keyless => println!("# signing keyless with the GitHub Actions OIDC token"),
-        }
-        if let Some(path) = &self.signing_config {
-            println!(
-                "# writes {path} (no Fulcio, no Rekor, no timestamp authority): {}",
-                cosign::no_tlog_signing_config()
-            );
-        }
-    }
+fn verify_hint(options: &SignOptions, session: &Session, subject: &Subject) -> String {
+    let identity = match &session.options.identity {
+        Identity::Key(key) => Identity::Key(cosign::public_key_hint(key)),
+        Identity::Keyless => Identity::Keyless,
+    };
+    cosign::xtask_verify_command(
+        &subject.by_digest(&subject.digest),
+        &identity,
+        session.options.signing_config.is_some(),
+        options.insecure,
+        false,
+    )
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::supply_chain::cosign::public_key_hint;
+
     #[test]
     fn public_key_next_to_the_private_key() {
-        assert_eq!(super::public_key_hint("/k/cosign.key"), "/k/cosign.pub");
-        assert_eq!(super::public_key_hint("env://KEY"), "<public key>");
+        assert_eq!(public_key_hint("/k/cosign.key"), "/k/cosign.pub");
+        assert_eq!(public_key_hint("env://KEY"), "<public key>");
     }
 }

@@ -7,11 +7,11 @@ use semver::Version;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::config::Config;
 use crate::flags::{self, BuildRef};
-use crate::git::{self, Git};
-use crate::registry::{Client, Reference};
-use crate::source::Source;
+use crate::oci::client::{Client, Reference};
+use crate::support::config::Config;
+use crate::support::git::{self, Git};
+use crate::support::source::Source;
 
 /// What is being built.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,7 +238,7 @@ pub fn branch_tag(name: &str) -> Result<String> {
     if tag.len() <= MAX_TAG {
         return Ok(tag);
     }
-    let hash = &crate::archive::sha256_hex(name.as_bytes())[..8];
+    let hash = &crate::support::archive::sha256_hex(name.as_bytes())[..8];
     // ASCII only by now, so any byte index is a character boundary.
     Ok(format!("{}-{hash}", &tag[..MAX_TAG - 1 - hash.len()]))
 }
@@ -454,7 +454,7 @@ pub fn run(flags: &flags::Tags) -> Result<()> {
         (Build::Release(_), None) => {
             let image = flags.registry.image.as_deref().unwrap_or(&config.image);
             let target = Reference::parse(image)?;
-            let client = Client::new(&target.host, flags.registry.insecure)?;
+            let client = Client::new(&target.host, flags.registry.transport.insecure)?;
             published(None, &target, Some(&client))?
         }
         // Branch and pull request tags do not depend on the registry.
@@ -813,7 +813,7 @@ mod tests {
         let long_b = format!("feature/{}b", "a".repeat(191));
         assert_eq!(long_a.len(), 200);
         let (tag_a, tag_b) = (branch_tag(&long_a).unwrap(), branch_tag(&long_b).unwrap());
-        let hash_a = &crate::archive::sha256_hex(long_a.as_bytes())[..8];
+        let hash_a = &crate::support::archive::sha256_hex(long_a.as_bytes())[..8];
         assert_eq!(tag_a, format!("feature-{}-{hash_a}", "a".repeat(111)));
         assert_eq!(tag_a.len(), 128);
         assert_eq!(tag_b.len(), 128);

@@ -3,8 +3,9 @@
 use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::config::Config;
-use crate::{flags, setup, tools};
+use crate::support::config::Config;
+use crate::support::tools;
+use crate::{flags, setup};
 
 pub fn run(flags: &flags::Test) -> Result<()> {
     if !flags.no_setup {

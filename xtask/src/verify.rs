@@ -12,13 +12,14 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use xshell::{cmd, Shell};
 
-use crate::config::Config;
-use crate::cosign::{self, Cosign, Identity, PlatformImage, Subject, REVISION};
 use crate::flags;
-use crate::oci;
-use crate::progress::Steps;
-use crate::registry::Client;
-use crate::tools;
+use crate::oci::client::Client;
+use crate::oci::subject::{client_for, PlatformImage, Subject};
+use crate::oci::{self, REVISION};
+use crate::supply_chain::cosign::{self, Cosign, Identity, SigningArgs};
+use crate::support::config::Config;
+use crate::support::progress::{Nest, Steps};
+use crate::support::tools;
 
 pub const CYCLONEDX_PREDICATE: &str = "https://cyclonedx.org/bom";
 pub const SLSA_V1_PREDICATE: &str = "https://slsa.dev/provenance/v1";
@@ -56,31 +57,139 @@ impl Check {
     }
 }
 
+/// What to verify, and whom to trust.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// IMAGE@sha256:… or IMAGE:TAG; a tag is resolved to a digest once.
+    pub reference: String,
+    /// The public key; None trusts the release workflow's keyless identity.
+    pub signing: SigningArgs,
+    pub insecure: bool,
+    /// After every other check passed: run each platform's server.
+    pub run: bool,
+    /// The version the image must be (default: Cargo.toml's).
+    pub expect_version: Option<String>,
+}
+
+/// What `verify --json` prints.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub image: String,
+    pub digest: String,
+    pub resolved_from_tag: Option<String>,
+    pub identity: Value,
+    pub tlog: bool,
+    pub platforms: Vec<Value>,
+    pub checks: Vec<Check>,
+    pub passed: bool,
+}
+
+impl Report {
+    /// The checks that failed, named.
+    pub fn failures(&self) -> Vec<String> {
+        self.checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(Check::name)
+            .collect()
+    }
+
+    /// The checks as a table, one line each.
+    pub fn table(&self) -> String {
+        let mut out = format!("{}@{}\n", self.image, self.digest);
+        if let Some(tag) = &self.resolved_from_tag {
+            out.push_str(&format!("(resolved from the tag {tag})\n"));
+        }
+        let width = self
+            .checks
+            .iter()
+            .map(|c| c.subject.len())
+            .max()
+            .unwrap_or(5)
+            .max(7);
+        out.push_str(&format!(
+            "{:<6} {:<11} {:<width$} DETAIL\n",
+            "RESULT", "CHECK", "SUBJECT"
+        ));
+        for check in &self.checks {
+            out.push_str(&format!(
+                "{:<6} {:<11} {:<width$} {}\n",
+                if check.ok { "PASS" } else { "FAIL" },
+                check.check,
+                check.subject,
+                check.detail
+            ));
+        }
+        out
+    }
+
+    /// An error naming every failed check, if any failed.
+    pub fn into_result(self) -> Result<Report> {
+        let failed = self.failures();
+        if !failed.is_empty() {
+            bail!(
+                "verification of {}@{} failed: {}",
+                self.image,
+                self.digest,
+                failed.join(", ")
+            );
+        }
+        Ok(self)
+    }
+}
+
 pub fn run(flags: &flags::Verify) -> Result<()> {
     let config = Config::load()?;
-    let identity = cosign::verifying_identity(&flags.signing)?;
+    let options = VerifyOptions {
+        reference: flags.reference.clone(),
+        signing: flags.signing.clone(),
+        insecure: flags.registry.insecure,
+        run: flags.run,
+        expect_version: flags.expect_version.clone(),
+    };
+    let started = std::time::Instant::now();
+    let report = verify(&config, &options, &Nest::top())?;
+    if flags.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    let report = report.into_result()?;
+    eprintln!(
+        "all {} checks passed in {:.1}s",
+        report.checks.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Runs every check and returns them all, passed or not; an error only
+/// when verification could not run at all. With `run`, nothing from the
+/// image is executed unless every signature and attestation check passed.
+pub fn verify(config: &Config, options: &VerifyOptions, nest: &Nest) -> Result<Report> {
+    let identity = cosign::verifying_identity(&options.signing)?;
     let identity_regexp = match identity {
         Identity::Keyless => Some(cosign::release_identity_regexp(&config.repository)?),
         Identity::Key(_) => None,
     };
     let cosign = Cosign::find()?;
-    let options = cosign::Options {
+    let cosign_options = cosign::Options {
         identity: identity.clone(),
         signing_config: None,
-        ignore_tlog: flags.signing.no_tlog,
-        insecure: flags.insecure,
+        ignore_tlog: options.signing.no_tlog,
+        insecure: options.insecure,
         identity_regexp,
     };
-    let expected_version = flags
+    let expected_version = options
         .expect_version
         .as_deref()
         .map(|v| v.strip_prefix('v').unwrap_or(v).to_owned())
         .unwrap_or_else(|| config.version.to_string());
 
-    let mut steps = Steps::new(if flags.run { 4 } else { 3 });
-    let client = cosign::client_for(&flags.reference, flags.insecure)?;
+    let mut steps = Steps::within(nest, if options.run { 4 } else { 3 });
+    let client = client_for(&options.reference, options.insecure)?;
     let subject = steps.run("resolve the image", || {
-        Subject::resolve(&flags.reference, &client)
+        Subject::resolve(&options.reference, &client)
     })?;
     let mut checks = Vec::new();
     steps.run("verify the signatures", || {
@@ -96,7 +205,7 @@ pub fn run(flags: &flags::Verify) -> Result<()> {
             targets[0].0 = subject.platforms[0].platform.to_string();
         }
         for (name, digest) in targets {
-            let result = verify_signature(&cosign, &options, &subject, &digest);
+            let result = verify_signature(&cosign, &cosign_options, &subject, &digest);
             checks.push(Check::new("signature", &name, &digest, result));
         }
         Ok(())
@@ -104,18 +213,39 @@ pub fn run(flags: &flags::Verify) -> Result<()> {
     steps.run("verify the attestations", || {
         for platform in &subject.platforms {
             let name = platform.platform.to_string();
-            let result = verify_sbom(&cosign, &options, &subject, platform, &expected_version);
+            let result = verify_sbom(
+                &cosign,
+                &cosign_options,
+                &subject,
+                platform,
+                &expected_version,
+            );
             checks.push(Check::new("sbom", &name, &platform.digest, result));
-            let result = verify_provenance(&cosign, &options, &subject, &platform.digest);
+            let result = verify_provenance(&cosign, &cosign_options, &subject, &platform.digest);
             checks.push(Check::new("provenance", &name, &platform.digest, result));
         }
         if subject.is_index {
-            let result = verify_provenance(&cosign, &options, &subject, &subject.digest);
+            let result = verify_provenance(&cosign, &cosign_options, &subject, &subject.digest);
             checks.push(Check::new("provenance", "index", &subject.digest, result));
         }
         Ok(())
     })?;
-    if flags.run {
+    let unverified: Vec<String> = checks.iter().filter(|c| !c.ok).map(Check::name).collect();
+    if options.run && !unverified.is_empty() {
+        // Never run what is not proven: the binary would run as the caller.
+        eprintln!(
+            "not running any platform's server: {} did not pass",
+            unverified.join(", ")
+        );
+        checks.push(Check::new(
+            "run",
+            "all",
+            &subject.digest,
+            Err(anyhow::format_err!(
+                "not run: the signature and attestation checks did not all pass"
+            )),
+        ));
+    } else if options.run {
         steps.run("run each platform's server", || {
             for platform in &subject.platforms {
                 // Per process: two verifications of one digest must not
@@ -125,14 +255,8 @@ pub fn run(flags: &flags::Verify) -> Result<()> {
                     platform.digest.trim_start_matches("sha256:"),
                     std::process::id()
                 ));
-                let result = run_platform(
-                    &config,
-                    &client,
-                    &subject,
-                    platform,
-                    &expected_version,
-                    &dir,
-                );
+                let result =
+                    run_platform(config, &client, &subject, platform, &expected_version, &dir);
                 // The rootfs is only needed for the run.
                 let _ = std::fs::remove_dir_all(&dir);
                 checks.push(Check::new(
@@ -146,70 +270,27 @@ pub fn run(flags: &flags::Verify) -> Result<()> {
         })?;
     }
 
-    let failed: Vec<String> = checks.iter().filter(|c| !c.ok).map(Check::name).collect();
-    if flags.json {
-        let report = json!({
-            "image": subject.name,
-            "digest": subject.digest,
-            "resolved_from_tag": subject.resolved_from_tag,
-            "identity": match &identity {
-                Identity::Key(key) => json!({"key": key}),
-                Identity::Keyless => json!({
-                    "certificate_identity_regexp": options.identity_regexp,
-                    "certificate_oidc_issuer": cosign::GITHUB_OIDC_ISSUER,
-                }),
-            },
-            "tlog": !flags.signing.no_tlog,
-            "platforms": subject.platforms.iter().map(|p| json!({
-                "platform": p.platform.to_string(),
-                "digest": p.digest,
-            })).collect::<Vec<_>>(),
-            "checks": checks,
-            "passed": failed.is_empty(),
-        });
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_table(&subject, &checks);
-    }
-    if !failed.is_empty() {
-        bail!(
-            "verification of {} failed: {}",
-            subject.by_digest(&subject.digest),
-            failed.join(", ")
-        );
-    }
-    eprintln!(
-        "all {} checks passed in {:.1}s",
-        checks.len(),
-        steps.total_elapsed().as_secs_f64()
-    );
-    Ok(())
-}
-
-fn print_table(subject: &Subject, checks: &[Check]) {
-    println!("{}", subject.by_digest(&subject.digest));
-    if let Some(tag) = &subject.resolved_from_tag {
-        println!("(resolved from the tag {tag})");
-    }
-    let width = checks
-        .iter()
-        .map(|c| c.subject.len())
-        .max()
-        .unwrap_or(5)
-        .max(7);
-    println!(
-        "{:<6} {:<11} {:<width$} DETAIL",
-        "RESULT", "CHECK", "SUBJECT"
-    );
-    for check in checks {
-        println!(
-            "{:<6} {:<11} {:<width$} {}",
-            if check.ok { "PASS" } else { "FAIL" },
-            check.check,
-            check.subject,
-            check.detail
-        );
-    }
+    let passed = checks.iter().all(|c| c.ok);
+    Ok(Report {
+        image: subject.name.clone(),
+        digest: subject.digest.clone(),
+        resolved_from_tag: subject.resolved_from_tag.clone(),
+        identity: match &identity {
+            Identity::Key(key) => json!({"key": key}),
+            Identity::Keyless => json!({
+                "certificate_identity_regexp": cosign_options.identity_regexp,
+                "certificate_oidc_issuer": cosign::GITHUB_OIDC_ISSUER,
+            }),
+        },
+        tlog: !options.signing.no_tlog,
+        platforms: subject
+            .platforms
+            .iter()
+            .map(|p| json!({"platform": p.platform.to_string(), "digest": p.digest}))
+            .collect(),
+        checks,
+        passed,
+    })
 }
 
 fn verify_signature(

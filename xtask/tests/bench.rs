@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: that it runs and reports every figure. The figures
 //! themselves are not asserted: a benchmark is not a test.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod support;
 
 use support::{head_sha, run, xtask};

@@ -3,6 +3,8 @@
 //! exactly the skopeo commands docs/operations.md gives, and verify on B
 //! with cosign. Every check is made by tools this project did not write.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod support;
 
 use std::collections::BTreeMap;

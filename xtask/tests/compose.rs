@@ -2,6 +2,8 @@
 //! accept docker-compose.yml, and the hardening of issue 8 is checked on
 //! the configuration compose itself resolved, not on the YAML text.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod support;
 
 use std::collections::BTreeSet;

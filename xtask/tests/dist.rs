@@ -1,5 +1,7 @@
 //! `cargo xtask dist` against the real toolchains, qemu and syft.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod support;
 
 use std::path::Path;

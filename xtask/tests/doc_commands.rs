@@ -24,6 +24,8 @@
 //! made without a transparency log are verified with `--no-tlog` or
 //! `--insecure-ignore-tlog=true`. Nothing else about a command changes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod support;
 
 use std::collections::BTreeSet;

@@ -3,6 +3,8 @@
 //! tar, and compared with the native builder. Also `--builder buildx`:
 //! its exact command, its errors, and its publication of what buildx wrote.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod support;
 
 use std::collections::BTreeMap;

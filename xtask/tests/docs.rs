@@ -7,6 +7,8 @@
 //! name, not for words: a name in a comment or inside an error message does
 //! not count, and a literal inside `env!(…)` is a compile-time value.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,6 +1,8 @@
 //! `cargo xtask pin-base` against the real registry, in a temporary clone so
 //! that the workspace's own Cargo.toml is never rewritten.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod support;
 
 use std::path::Path;

@@ -2,6 +2,8 @@
 //! test in its own clone of this workspace with one thing broken, against a
 //! real registry.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod support;
 
 use std::path::PathBuf;

@@ -1,5 +1,7 @@
 //! The registry test helper itself: it starts, answers, and stops.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod support;
 
 use support::{http_status, tool, Registry};

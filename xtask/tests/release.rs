@@ -3,6 +3,8 @@
 //! One test on purpose: the clone's cold dist build is paid once, and the
 //! scenarios run in the order a maintainer would meet them.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod support;
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,8 @@
 //! `cargo xtask sbom` against the official schemas (offline, with
 //! check-jsonschema), Cargo.lock, and what syft reads from the binaries.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -2,6 +2,8 @@
 //! the real cosign, with keys generated here; checked with cosign, crane
 //! and skopeo directly, not only through our own code.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod support;
 
 use std::path::{Path, PathBuf};

@@ -2,6 +2,8 @@
 //! DESIGN.md §3, the GitHub Actions context, and the published tags read
 //! from a real registry, paginated.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -3,6 +3,8 @@
 //! `cargo xtask` call, releases one at a time. Each rule is also shown to
 //! catch a mutated workflow.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod support;
 
 use std::path::{Path, PathBuf};

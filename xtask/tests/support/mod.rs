@@ -10,32 +10,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The path of a required tool, looked up on PATH and where `go install`,
-/// `cargo install` and pip put binaries.
+/// The path of a required tool, found as the xtask finds it: on PATH and
+/// where `go install`, `cargo install` and pip put binaries.
 pub fn tool(name: &str) -> PathBuf {
-    tool_path()
-        .iter()
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("required tool `{name}` is not installed: run `cargo xtask setup`")
-        })
+    xtask::support::tools::find_opt(name).unwrap_or_else(|| {
+        panic!("required tool `{name}` is not installed: run `cargo xtask setup`")
+    })
 }
 
 /// PATH, then where `go install`, `cargo install` and pip put binaries.
 pub fn tool_path() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("HOME") {
-        let home = PathBuf::from(home);
-        dirs.extend([
-            home.join("go/bin"),
-            home.join(".cargo/bin"),
-            home.join(".local/bin"),
-        ]);
-    }
-    dirs
+    std::env::split_paths(&xtask::support::tools::augmented_path()).collect()
 }
 
 /// A free TCP port on 127.0.0.1. The port is released before it is used,
@@ -514,18 +499,5 @@ pub fn tag_digests(repo: &str) -> std::collections::BTreeMap<String, String> {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    let out = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            child.stdin.take().expect("stdin").write_all(bytes)?;
-            child.wait_with_output()
-        })
-        .expect("sha256sum runs");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
+    xtask::support::archive::sha256_hex(bytes)
 }

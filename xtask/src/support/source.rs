@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use camino::Utf8Path;
 
-use crate::git::Git;
+use crate::support::git::Git;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {

@@ -4,8 +4,8 @@
 
 use anyhow::{bail, Context, Result};
 
+use crate::oci::client::Client;
 use crate::oci::{self, Index, Layout, Manifest};
-use crate::registry::Client;
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct PushReport {
@@ -165,4 +165,21 @@ pub fn apply_tags(
             .with_context(|| format!("cannot set tag {repo}:{}", change.tag))?;
     }
     Ok(())
+}
+
+/// The commit point of a publication: re-reads every tag right before it
+/// moves (refusing an immutable one that moved meanwhile), then points them
+/// at the pushed index, exact tags first and floating tags last.
+pub fn move_tags(
+    client: &Client,
+    repo: &str,
+    tags: &[(String, bool)],
+    layout: &Layout,
+    index_digest: &str,
+    force: bool,
+) -> Result<Vec<TagChange>> {
+    let changes = plan_tags(client, repo, tags, index_digest, force)?;
+    let index = layout.read_blob(index_digest)?;
+    apply_tags(client, repo, &changes, &index)?;
+    Ok(changes)
 }

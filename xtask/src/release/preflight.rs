@@ -17,11 +17,11 @@ use semver::Version;
 use serde::Serialize;
 use xshell::{cmd, Shell};
 
-use crate::config::Config;
-use crate::git::Git;
-use crate::registry::{Client, Reference};
+use crate::oci::client::{Client, Reference};
+use crate::support::config::Config;
+use crate::support::git::Git;
+use crate::support::tools;
 use crate::tags;
-use crate::tools;
 
 /// The result of a preflight that passed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

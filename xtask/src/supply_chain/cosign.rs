@@ -11,7 +11,6 @@
 //! (the referrers tag schema). Adding one rewrites that index, which is why
 //! writes to one repository run one after another.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -19,15 +18,8 @@ use camino::{Utf8Path, Utf8PathBuf};
 use serde::Deserialize;
 use xshell::{cmd, Shell};
 
-use crate::config::Platform;
-use crate::flags::SigningArgs;
-use crate::image::{BASE_DIGEST, BASE_NAME};
-use crate::oci::{self, Index, Manifest};
-use crate::registry::{Client, Reference};
-use crate::tools::{COSIGN, COSIGN_VERSION};
-
-pub const REVISION: &str = "org.opencontainers.image.revision";
-pub const VERSION: &str = "org.opencontainers.image.version";
+use crate::support::process;
+use crate::support::tools::{COSIGN, COSIGN_VERSION};
 
 /// The issuer of GitHub Actions OIDC tokens, which Fulcio writes into the
 /// certificate of a keyless signature.
@@ -35,6 +27,17 @@ pub const GITHUB_OIDC_ISSUER: &str = "https://token.actions.githubusercontent.co
 
 /// The media type of a Sigstore signing config, as cosign v3 reads it.
 pub const SIGNING_CONFIG_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.signingconfig.v0.2+json";
+
+/// Signing and verification options shared by sign, attest, verify and release.
+#[derive(Debug, clap::Args, Clone, Default)]
+pub struct SigningArgs {
+    /// The private key (sign, attest) or public key (verify); `env://` and KMS URIs pass through to cosign.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Sign without a transparency log, and verify with --insecure-ignore-tlog=true.
+    #[arg(long)]
+    pub no_tlog: bool,
+}
 
 /// The cosign binary, checked to be the pinned version.
 #[derive(Debug, Clone)]
@@ -59,29 +62,34 @@ impl Cosign {
         Ok(Cosign { path })
     }
 
-    /// Runs cosign with `args`; stdout is returned, stderr is passed through
-    /// unless `quiet`. On failure, the error carries cosign's last error line.
+    /// Runs cosign with `args`; stdout is returned. Unless `quiet`, its
+    /// stderr streams live under the current step; it is kept either way,
+    /// for the error line.
     pub fn run(&self, args: &[String], quiet: bool) -> Result<CosignOutput> {
-        let sh = Shell::new()?;
-        let program = &self.path;
-        let mut command = cmd!(sh, "{program} {args...}");
+        let mut command = duct::cmd(&self.path, args);
         if let Some(dir) = ghcr_docker_config()? {
             command = command.env("DOCKER_CONFIG", dir);
         }
-        let output = command
-            .quiet()
-            .ignore_status()
-            .output()
-            .with_context(|| format!("cannot run {}", program.display()))?;
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        if !quiet && !stderr.trim().is_empty() {
-            eprint!("{stderr}");
-        }
+        let what = self.path.display().to_string();
+        let finished = if quiet {
+            let output = command
+                .stdout_capture()
+                .stderr_capture()
+                .unchecked()
+                .run()
+                .with_context(|| format!("cannot run {what}"))?;
+            process::Finished {
+                success: output.status.success(),
+                stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            }
+        } else {
+            process::stream_stderr(command, &what)?
+        };
         Ok(CosignOutput {
-            success: output.status.success(),
-            stdout,
-            stderr,
+            success: finished.success,
+            stdout: finished.stdout,
+            stderr: finished.stderr,
         })
     }
 
@@ -104,19 +112,7 @@ pub struct CosignOutput {
 impl CosignOutput {
     /// cosign's own explanation: its `Error:` line, else its last line.
     pub fn error_line(&self) -> String {
-        let lines: Vec<&str> = self
-            .stderr
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
-        lines
-            .iter()
-            .find_map(|l| l.strip_prefix("Error: "))
-            .or(lines.last().copied())
-            .unwrap_or("no output")
-            .trim_end_matches([':', ' '])
-            .to_owned()
+        process::error_line(&self.stderr)
     }
 }
 
@@ -271,19 +267,11 @@ pub fn no_tlog_signing_config() -> serde_json::Value {
 pub fn write_no_tlog_signing_config(dir: &Utf8Path) -> Result<Utf8PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
     let path = dir.join("signing-config-no-tlog.json");
-    write_atomically(
+    crate::support::fs::write_atomically(
         &path,
         &serde_json::to_vec_pretty(&no_tlog_signing_config())?,
     )?;
     Ok(path)
-}
-
-/// Writes through a temporary file and a rename, so that a concurrent run
-/// (or cosign reading it) never sees a half-written file.
-pub fn write_atomically(path: &Utf8Path, bytes: &[u8]) -> Result<()> {
-    let partial = Utf8PathBuf::from(format!("{path}.{}.partial", std::process::id()));
-    std::fs::write(&partial, bytes).with_context(|| format!("cannot write {partial}"))?;
-    std::fs::rename(&partial, path).with_context(|| format!("cannot write {path}"))
 }
 
 /// The options every cosign call of one run shares.
@@ -402,168 +390,69 @@ impl Options {
     }
 }
 
+/// `cargo xtask verify` as a user types it, trusting what signed: the
+/// public key's file, or the release workflow's identity (no flag). The one
+/// place every printed verify command comes from.
+pub fn xtask_verify_command(
+    reference: &str,
+    identity: &Identity,
+    no_tlog: bool,
+    insecure: bool,
+    run: bool,
+) -> String {
+    let mut command = format!("cargo xtask verify {reference}");
+    if run {
+        command.push_str(" --run");
+    }
+    if let Identity::Key(key) = identity {
+        command.push_str(&format!(
+            " --key {}",
+            crate::support::tools::shell_quote(key)
+        ));
+    }
+    if no_tlog {
+        command.push_str(" --no-tlog");
+    }
+    if insecure {
+        command.push_str(" --insecure");
+    }
+    command
+}
+
+/// `cargo xtask sign` (or attest) as a user would type it to redo one
+/// step of a larger task by hand.
+pub fn xtask_signing_command(
+    task: &str,
+    reference: &str,
+    signing: &SigningArgs,
+    insecure: bool,
+) -> String {
+    let mut command = format!("cargo xtask {task} {reference}");
+    if let Some(key) = &signing.key {
+        command.push_str(&format!(" --key={key}"));
+    }
+    if signing.no_tlog {
+        command.push_str(" --no-tlog");
+    }
+    if insecure {
+        command.push_str(" --insecure");
+    }
+    command
+}
+
+/// The public key a user verifies with, for a private key: `cosign.pub` for
+/// `cosign.key` (what generate-key-pair writes).
+pub fn public_key_hint(key: &str) -> String {
+    match key.strip_suffix(".key") {
+        Some(stem) if !key.contains("://") => format!("{stem}.pub"),
+        _ => "<public key>".to_owned(),
+    }
+}
+
 /// A command line for people: each argument quoted where a shell would
 /// need it. Only for printing; commands never run through a shell.
 pub fn display(args: &[String]) -> String {
-    crate::tools::command_line("cosign", args)
-}
-
-/// The image being signed, attested or verified, resolved once.
-#[derive(Debug, Clone)]
-pub struct Subject {
-    /// `host/repository`.
-    pub name: String,
-    pub reference: Reference,
-    /// The tag the reference named, if it named one and no digest.
-    pub resolved_from_tag: Option<String>,
-    /// The digest of the index (or of the only manifest).
-    pub digest: String,
-    pub is_index: bool,
-    pub annotations: BTreeMap<String, String>,
-    pub platforms: Vec<PlatformImage>,
-}
-
-#[derive(Debug, Clone)]
-pub struct PlatformImage {
-    pub platform: Platform,
-    pub digest: String,
-    pub manifest: Manifest,
-    /// The image config's `config.Labels`.
-    pub labels: BTreeMap<String, String>,
-}
-
-impl PlatformImage {
-    pub fn label(&self, key: &str) -> Option<&str> {
-        self.labels.get(key).map(String::as_str)
-    }
-
-    pub fn base_name(&self) -> &str {
-        self.label(BASE_NAME).unwrap_or("unknown")
-    }
-
-    pub fn base_digest(&self) -> Option<&str> {
-        self.label(BASE_DIGEST)
-    }
-}
-
-impl Subject {
-    /// `host/repository@digest`.
-    pub fn by_digest(&self, digest: &str) -> String {
-        format!("{}@{digest}", self.name)
-    }
-
-    pub fn annotation(&self, key: &str) -> Option<&str> {
-        self.annotations.get(key).map(String::as_str)
-    }
-
-    /// Resolves `text` (IMAGE@sha256:… or IMAGE:TAG) once, and reads the
-    /// index and every platform's manifest and config by digest.
-    pub fn resolve(text: &str, client: &Client) -> Result<Subject> {
-        let reference = Reference::parse(text)?;
-        let repository = &reference.repository;
-        let (digest, resolved_from_tag) = match (&reference.digest, &reference.tag) {
-            (Some(digest), _) => (digest.clone(), None),
-            (None, Some(tag)) => {
-                let digest = client.manifest_digest(repository, tag)?.with_context(|| {
-                    format!("{text} does not exist; push it first with `cargo xtask image --push`")
-                })?;
-                (digest, Some(tag.clone()))
-            }
-            (None, None) => bail!(
-                "{text} names neither a tag nor a digest; use IMAGE@sha256:… (best) or IMAGE:TAG"
-            ),
-        };
-        let (media_type, bytes) = client
-            .get_manifest(repository, &digest)?
-            .with_context(|| format!("{}@{digest} does not exist", reference.name()))?;
-        let mut platforms = Vec::new();
-        let (is_index, annotations) = if oci::is_index(&media_type) {
-            let index: Index = serde_json::from_slice(&bytes)
-                .with_context(|| format!("the index {digest} is not valid JSON"))?;
-            for entry in &index.manifests {
-                // Entries without a platform, or `unknown/unknown` ones
-                // (buildx attestations), are not images to run.
-                let Some(spec) = entry.platform.as_ref().filter(|p| p.os != "unknown") else {
-                    continue;
-                };
-                let platform: Platform = format!("{}/{}", spec.os, spec.architecture)
-                    .parse()
-                    .with_context(|| format!("the index {digest} lists {}", entry.digest))?;
-                platforms.push(read_platform(client, repository, &entry.digest, platform)?);
-            }
-            (true, index.annotations.unwrap_or_default())
-        } else {
-            let manifest: Manifest = serde_json::from_slice(&bytes)
-                .with_context(|| format!("the manifest {digest} is not valid JSON"))?;
-            let config = read_config(client, repository, &manifest)?;
-            let platform: Platform = format!(
-                "{}/{}",
-                config["os"].as_str().unwrap_or_default(),
-                config["architecture"].as_str().unwrap_or_default()
-            )
-            .parse()
-            .with_context(|| format!("the image {digest}"))?;
-            platforms.push(read_platform(client, repository, &digest, platform)?);
-            (false, manifest.annotations.unwrap_or_default())
-        };
-        if platforms.is_empty() {
-            bail!("{}@{digest} lists no platform image", reference.name());
-        }
-        Ok(Subject {
-            name: reference.name(),
-            reference,
-            resolved_from_tag,
-            digest,
-            is_index,
-            annotations,
-            platforms,
-        })
-    }
-}
-
-fn read_config(
-    client: &Client,
-    repository: &str,
-    manifest: &Manifest,
-) -> Result<serde_json::Value> {
-    serde_json::from_slice(&client.get_blob(repository, &manifest.config.digest)?)
-        .with_context(|| format!("the image config {} is not JSON", manifest.config.digest))
-}
-
-fn read_platform(
-    client: &Client,
-    repository: &str,
-    digest: &str,
-    platform: Platform,
-) -> Result<PlatformImage> {
-    let (_, bytes) = client.get_manifest(repository, digest)?.with_context(|| {
-        format!("the {platform} manifest {digest} is missing from {repository}")
-    })?;
-    let manifest: Manifest = serde_json::from_slice(&bytes)
-        .with_context(|| format!("the {platform} manifest {digest} is not valid JSON"))?;
-    let config = read_config(client, repository, &manifest)?;
-    let labels = config["config"]["Labels"]
-        .as_object()
-        .map(|labels| {
-            labels
-                .iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok(PlatformImage {
-        platform,
-        digest: digest.to_owned(),
-        manifest,
-        labels,
-    })
-}
-
-/// The registry client for a reference: plain HTTP only with --insecure,
-/// only on loopback.
-pub fn client_for(text: &str, insecure: bool) -> Result<Client> {
-    let reference = Reference::parse(text)?;
-    Client::new(&reference.host, insecure)
+    crate::support::tools::command_line("cosign", args)
 }
 
 /// `target/cosign`, where generated cosign inputs go.
@@ -577,7 +466,7 @@ pub fn work_dir(target_dir: &Utf8Path) -> Utf8PathBuf {
 /// config with the ghcr.io entry added to the user's own. None when there is
 /// no GITHUB_TOKEN, or DOCKER_CONFIG is set already.
 fn ghcr_docker_config() -> Result<Option<PathBuf>> {
-    let Some(auth) = crate::registry::github_token_auth() else {
+    let Some(auth) = crate::oci::auth::github_token_auth() else {
         return Ok(None);
     };
     if std::env::var_os("DOCKER_CONFIG").is_some() {

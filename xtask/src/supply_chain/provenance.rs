@@ -9,16 +9,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::config::{is_digest, Config, Platform};
-use crate::sbom::{self, Crate, CrateSource};
-use crate::source::{rfc3339_utc, Source};
+use crate::supply_chain::sbom::{self, Crate, CrateSource};
+use crate::support::config::{is_digest, Config, Platform};
+use crate::support::source::{rfc3339_utc, Source};
 
 /// The anchor, in the repository's docs, that defines our build type.
 const BUILD_TYPE_DOC: &str = "blob/main/docs/sbom-and-provenance.md#build-type-v1";
 
 pub struct ProvenanceInput<'a> {
     pub config: &'a Config,
-    /// crate::source::Source: sha + SOURCE_DATE_EPOCH
+    /// crate::support::source::Source: sha + SOURCE_DATE_EPOCH
     pub source: &'a Source,
     /// None for the index
     pub platform: Option<&'a Platform>,

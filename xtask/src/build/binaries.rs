@@ -1,0 +1,508 @@
+//! Cross-compiling the server: static, stripped, reproducible binaries for
+//! every configured platform, with archives, SHA256SUMS and dist.json
+//! under target/dist/.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use camino::{Utf8Path, Utf8PathBuf};
+use serde::{Deserialize, Serialize};
+use xshell::{cmd, Shell};
+
+use crate::support::archive::{self, Entry};
+use crate::support::config::{Config, Platform};
+use crate::support::elf::Elf;
+use crate::support::fs::write_if_changed;
+use crate::support::progress::Steps;
+use crate::support::source::Source;
+use crate::support::tools;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// How to cross-compile.
+pub enum Strategy {
+    /// cargo-zigbuild, then cross, then cargo with the target's linker.
+    Auto,
+    Cargo,
+    Zigbuild,
+    Cross,
+}
+
+/// What an artifact of dist is.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ArtifactKind {
+    /// The static binary the image carries.
+    Binary,
+    /// `server-<platform>.tar.gz`, a release asset.
+    Archive,
+}
+
+/// One line of dist.json.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Artifact {
+    pub platform: String,
+    pub target: String,
+    pub kind: ArtifactKind,
+    /// Relative to the workspace root.
+    pub path: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dist {
+    pub source: Source,
+    pub version: String,
+    pub artifacts: Vec<Artifact>,
+}
+
+impl Dist {
+    /// The binary built for `platform`, as an absolute path.
+    pub fn binary(&self, config: &Config, platform: &Platform) -> Result<Utf8PathBuf> {
+        self.artifacts
+            .iter()
+            .find(|a| a.kind == ArtifactKind::Binary && a.platform == platform.to_string())
+            .map(|a| config.workspace_root.join(&a.path))
+            .with_context(|| format!("dist has no binary for {platform}; run `cargo xtask dist --platform {platform}`"))
+    }
+}
+
+/// The platforms named on the command line, or the configured ones.
+pub fn select_platforms(config: &Config, requested: &[String]) -> Result<Vec<Platform>> {
+    if requested.is_empty() {
+        return Ok(config.platforms.clone());
+    }
+    requested.iter().map(|p| p.parse()).collect()
+}
+
+/// The exact build command per platform, for plans and dry runs.
+pub fn build_commands(config: &Config, platforms: &[Platform]) -> Result<Vec<String>> {
+    let source = Source::detect(&config.workspace_root)?;
+    platforms
+        .iter()
+        .map(|platform| {
+            BuildPlan::new(config, platform, Strategy::Auto).map(|p| p.describe(config, &source))
+        })
+        .collect()
+}
+
+/// Builds, archives and verifies; returns what is in target/dist/.
+pub fn build(
+    config: &Config,
+    platforms: &[Platform],
+    strategy: Strategy,
+    verify: bool,
+    dry_run: bool,
+) -> Result<Dist> {
+    let source = Source::detect(&config.workspace_root)?;
+    let version = config.version.to_string();
+    let dist_dir = config.dist_dir();
+    let sh = Shell::new()?;
+    sh.change_dir(&config.workspace_root);
+    sh.set_var("PATH", tools::augmented_path());
+
+    let mut steps = Steps::new(platforms.len() * if verify { 3 } else { 2 } + 1);
+    let mut artifacts = Vec::new();
+    for platform in platforms {
+        let triple = platform.triple();
+        steps.run(&format!("{platform}: build {triple}"), || {
+            let plan = BuildPlan::new(config, platform, strategy)?;
+            if dry_run {
+                println!("{}", plan.describe(config, &source));
+                return Ok(());
+            }
+            plan.command(&sh, config, &source)
+                .run()
+                .with_context(|| format!("building {triple} failed; see the cargo output above"))
+        })?;
+        if dry_run {
+            continue;
+        }
+        let binary = steps.run(&format!("{platform}: archive"), || {
+            let built = config
+                .target_dir
+                .join(triple)
+                .join("release")
+                .join(&config.binary);
+            let binary = dist_dir.join(platform.slug()).join(&config.binary);
+            let bytes = std::fs::read(&built)
+                .with_context(|| format!("cannot read the built binary {built}"))?;
+            write_if_changed(&binary, &bytes, 0o755)?;
+            let folder = format!("{}-{version}-{}", config.binary, platform.slug());
+            let entry_path = format!("{folder}/{}", config.binary);
+            let archive = archive::tar_gz(
+                &[Entry {
+                    path: &entry_path,
+                    data: &bytes,
+                    mode: 0o755,
+                }],
+                source.epoch,
+            )?;
+            let archive_path = dist_dir.join(format!("{folder}.tar.gz"));
+            write_if_changed(&archive_path, &archive.gz, 0o644)?;
+            for (kind, path, data) in [
+                (ArtifactKind::Binary, &binary, &bytes),
+                (ArtifactKind::Archive, &archive_path, &archive.gz),
+            ] {
+                artifacts.push(Artifact {
+                    platform: platform.to_string(),
+                    target: triple.to_owned(),
+                    kind,
+                    path: config.relative(path).to_string(),
+                    sha256: archive::sha256_hex(data),
+                    size: data.len() as u64,
+                });
+            }
+            Ok(binary)
+        })?;
+        if verify {
+            steps.run(&format!("{platform}: verify"), || {
+                verify_binary(&sh, &binary, platform, &version, &source)
+            })?;
+        }
+    }
+    if dry_run {
+        return Ok(Dist {
+            source,
+            version,
+            artifacts,
+        });
+    }
+    steps.run("write SHA256SUMS and dist.json", || {
+        write_manifests(config, &artifacts)
+    })?;
+    Ok(Dist {
+        source,
+        version,
+        artifacts,
+    })
+}
+
+fn write_manifests(config: &Config, artifacts: &[Artifact]) -> Result<()> {
+    let dist_dir = config.dist_dir();
+    let mut sums = String::new();
+    for artifact in artifacts {
+        let path = config.workspace_root.join(&artifact.path);
+        let name = path.strip_prefix(&dist_dir).unwrap_or(&path);
+        sums.push_str(&format!("{}  {name}\n", artifact.sha256));
+    }
+    write_if_changed(&dist_dir.join("SHA256SUMS"), sums.as_bytes(), 0o644)?;
+    let json = serde_json::to_string_pretty(artifacts)? + "\n";
+    write_if_changed(&dist_dir.join("dist.json"), json.as_bytes(), 0o644)?;
+    Ok(())
+}
+
+/// A rustc and the cargo that goes with it.
+#[derive(Debug, Clone)]
+pub struct Toolchain {
+    pub cargo: PathBuf,
+    pub rustc: PathBuf,
+    /// Where it came from, for messages.
+    pub origin: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Cargo,
+    Zigbuild,
+    Cross,
+}
+
+struct BuildPlan {
+    triple: &'static str,
+    toolchain: Toolchain,
+    method: Method,
+    linker: Option<String>,
+    auditable: bool,
+}
+
+impl BuildPlan {
+    fn new(config: &Config, platform: &Platform, strategy: Strategy) -> Result<BuildPlan> {
+        let triple = platform.triple();
+        let method = match strategy {
+            Strategy::Cargo => Method::Cargo,
+            Strategy::Zigbuild => Method::Zigbuild,
+            Strategy::Cross => Method::Cross,
+            Strategy::Auto if tools::find_opt("cargo-zigbuild").is_some() => Method::Zigbuild,
+            Strategy::Auto if tools::find_opt("cross").is_some() => Method::Cross,
+            Strategy::Auto => Method::Cargo,
+        };
+        // cross brings the target's std in its container image.
+        let toolchain = match method {
+            Method::Cross => default_toolchain(),
+            _ => select_toolchain(config, triple)?,
+        };
+        let linker = match method {
+            Method::Cargo if !platform.is_host() => Some(find_linker(config, platform)?),
+            _ => None,
+        };
+        // cross runs cargo inside a container where cargo-auditable is absent.
+        let auditable = method != Method::Cross;
+        if auditable {
+            tools::CARGO_AUDITABLE.find()?;
+        }
+        Ok(BuildPlan {
+            triple,
+            toolchain,
+            method,
+            linker,
+            auditable,
+        })
+    }
+
+    fn program_and_args(&self, config: &Config) -> (PathBuf, Vec<String>) {
+        let mut args: Vec<String> = Vec::new();
+        let program = match self.method {
+            Method::Cross => tools::find_opt("cross").unwrap_or_else(|| PathBuf::from("cross")),
+            _ => self.toolchain.cargo.clone(),
+        };
+        if self.auditable {
+            args.push("auditable".into());
+        }
+        args.push(match self.method {
+            Method::Zigbuild => "zigbuild".into(),
+            _ => "build".into(),
+        });
+        args.extend(
+            [
+                "--release",
+                "--locked",
+                "--package",
+                &config.package,
+                "--bin",
+                &config.binary,
+                "--target",
+                self.triple,
+            ]
+            .map(String::from),
+        );
+        (program, args)
+    }
+
+    fn env(&self, config: &Config, source: &Source) -> BTreeMap<String, String> {
+        let target_env = self.triple.to_uppercase().replace('-', "_");
+        let mut env = BTreeMap::new();
+        env.insert("RUSTC".into(), self.toolchain.rustc.display().to_string());
+        env.insert(
+            format!("CARGO_TARGET_{target_env}_RUSTFLAGS"),
+            rustflags(config).join(" "),
+        );
+        if let Some(linker) = &self.linker {
+            env.insert(format!("CARGO_TARGET_{target_env}_LINKER"), linker.clone());
+        }
+        env.insert("SERVER_BUILD_GIT_SHA".into(), source.sha.clone());
+        env.insert("SOURCE_DATE_EPOCH".into(), source.epoch.to_string());
+        env
+    }
+
+    fn command<'a>(&self, sh: &'a Shell, config: &Config, source: &Source) -> xshell::Cmd<'a> {
+        let (program, args) = self.program_and_args(config);
+        // Outside flags would make the bytes depend on the caller's shell.
+        cmd!(sh, "{program} {args...}")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .envs(self.env(config, source))
+    }
+
+    fn describe(&self, config: &Config, source: &Source) -> String {
+        let (program, args) = self.program_and_args(config);
+        let env: Vec<String> = self
+            .env(config, source)
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v:?}"))
+            .collect();
+        format!(
+            "# {} toolchain: {} ({})\n{} {} {}",
+            self.triple,
+            self.toolchain.rustc.display(),
+            self.toolchain.origin,
+            env.join(" "),
+            program.display(),
+            args.join(" ")
+        )
+    }
+}
+
+/// Static, and free of the paths of this checkout and this machine, so that
+/// a clone elsewhere gives the same bytes.
+fn rustflags(config: &Config) -> Vec<String> {
+    let mut flags = vec![
+        "-C".to_owned(),
+        "target-feature=+crt-static".to_owned(),
+        format!("--remap-path-prefix={}=/build", config.workspace_root),
+    ];
+    if let Some(cargo_home) = cargo_home() {
+        flags.push(format!(
+            "--remap-path-prefix={}=/cargo",
+            cargo_home.display()
+        ));
+    }
+    flags
+}
+
+fn cargo_home() -> Option<PathBuf> {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+}
+
+fn default_toolchain() -> Toolchain {
+    // Under `cargo xtask`, CARGO is the cargo that runs us.
+    let cargo = std::env::var_os("CARGO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("cargo"));
+    let rustc = std::env::var_os("RUSTC")
+        .map(PathBuf::from)
+        .or_else(|| tools::find_opt("rustc"))
+        .unwrap_or_else(|| PathBuf::from("rustc"));
+    Toolchain {
+        cargo,
+        rustc,
+        origin: "the default toolchain",
+    }
+}
+
+/// The toolchain for `triple`: the one named in the environment or the
+/// config, else the default one if its sysroot has the target's std, else
+/// the system one (Debian's rustc-web at /usr/bin) if it has.
+pub fn select_toolchain(config: &Config, triple: &str) -> Result<Toolchain> {
+    let target_env = triple.to_uppercase().replace('-', "_");
+    if let Ok(rustc) = std::env::var(format!("XTASK_RUSTC_{target_env}")) {
+        let rustc = PathBuf::from(rustc);
+        let cargo = std::env::var_os(format!("XTASK_CARGO_{target_env}"))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| rustc.with_file_name("cargo"));
+        let toolchain = Toolchain {
+            cargo,
+            rustc,
+            origin: "XTASK_RUSTC_<TARGET>",
+        };
+        return require_std(toolchain, triple);
+    }
+    if let Some(rustc) = config.toolchains.get(triple).and_then(|t| t.rustc.as_ref()) {
+        let rustc = PathBuf::from(rustc);
+        let cargo = config.toolchains[triple]
+            .cargo
+            .as_ref()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| rustc.with_file_name("cargo"));
+        let toolchain = Toolchain {
+            cargo,
+            rustc,
+            origin: "[workspace.metadata.release.toolchains]",
+        };
+        return require_std(toolchain, triple);
+    }
+    let candidates = [
+        default_toolchain(),
+        Toolchain {
+            cargo: "/usr/bin/cargo".into(),
+            rustc: "/usr/bin/rustc".into(),
+            origin: "the system toolchain",
+        },
+    ];
+    if let Some(found) = candidates.iter().find(|c| has_std(&c.rustc, triple)) {
+        return Ok(found.clone());
+    }
+    bail!(
+        "no installed toolchain has the standard library for {triple}: run `rustup target add {triple}`, install Debian's rustc-web with libstd-rust-web-dev for that architecture (`cargo xtask setup`), or build with `--strategy cross`"
+    )
+}
+
+fn require_std(toolchain: Toolchain, triple: &str) -> Result<Toolchain> {
+    if !has_std(&toolchain.rustc, triple) {
+        bail!(
+            "{} ({}) has no standard library for {triple}; point it at a toolchain that has one",
+            toolchain.rustc.display(),
+            toolchain.origin
+        );
+    }
+    Ok(toolchain)
+}
+
+fn has_std(rustc: &Path, triple: &str) -> bool {
+    let Ok(output) = std::process::Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+    else {
+        return false;
+    };
+    if !output.status.success() {
+        return false;
+    }
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    let lib = sysroot.join("lib/rustlib").join(triple).join("lib");
+    std::fs::read_dir(lib)
+        .map(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("libstd-"))
+        })
+        .unwrap_or(false)
+}
+
+fn find_linker(config: &Config, platform: &Platform) -> Result<String> {
+    let triple = platform.triple();
+    if let Some(configured) = config.toolchains.get(triple).and_then(|t| t.linker.clone()) {
+        return Ok(configured);
+    }
+    // `<triple>-gcc`, then the Debian/Ubuntu spelling without the vendor.
+    let candidates = [
+        format!("{triple}-gcc"),
+        format!("{}-linux-gnu-gcc", platform.machine()),
+    ];
+    for candidate in &candidates {
+        if let Some(path) = tools::find_opt(candidate) {
+            return Ok(path.display().to_string());
+        }
+    }
+    bail!(
+        "no linker for {triple}: install {} (`cargo xtask setup` installs gcc-{}-linux-gnu), or set linker in [workspace.metadata.release.toolchains.{triple}]",
+        candidates[1],
+        platform.machine()
+    )
+}
+
+/// Checks the ELF machine, static linking, and what the binary says it is.
+fn verify_binary(
+    sh: &Shell,
+    binary: &Utf8Path,
+    platform: &Platform,
+    version: &str,
+    source: &Source,
+) -> Result<()> {
+    let bytes = std::fs::read(binary).with_context(|| format!("cannot read {binary}"))?;
+    let elf = Elf::parse(&bytes).with_context(|| format!("{binary} is not an ELF executable"))?;
+    if elf.machine != platform.machine() {
+        bail!(
+            "{binary} is built for {}, not {platform} ({})",
+            elf.machine,
+            platform.machine()
+        );
+    }
+    if elf.has_interpreter {
+        bail!("{binary} is dynamically linked (it has a PT_INTERP program header); it must be static for a distroless image");
+    }
+    let output = if platform.is_host() {
+        cmd!(sh, "{binary} version --json").quiet().read()
+    } else {
+        let qemu = tools::find_opt(&format!("qemu-{}-static", platform.machine()))
+            .with_context(|| format!("qemu-{}-static not found: run `cargo xtask setup` (apt-get install qemu-user-static)", platform.machine()))?;
+        cmd!(sh, "{qemu} {binary} version --json").quiet().read()
+    }
+    .with_context(|| format!("cannot run `{binary} version --json`"))?;
+    let info: serde_json::Value = serde_json::from_str(&output)
+        .with_context(|| format!("`server version --json` printed invalid JSON: {output}"))?;
+    let (got_version, got_sha) = (
+        info["version"].as_str().unwrap_or(""),
+        info["git_sha"].as_str().unwrap_or(""),
+    );
+    if got_version != version || got_sha != source.sha {
+        bail!(
+            "{binary} reports version {got_version} at {got_sha}, expected {version} at {}",
+            source.sha
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! The release assets: archives, SHA256SUMS and its signature bundle, the
+//! per-platform SBOMs and provenance, the public key and the release
+//! notes; uploaded with `gh` when GITHUB_TOKEN is set.
+
+use anyhow::{Context, Result};
+use camino::{Utf8Path, Utf8PathBuf};
+use xshell::{cmd, Shell};
+
+use super::Release;
+use crate::build::assemble::Built;
+use crate::build::binaries::{self, ArtifactKind};
+use crate::release::preflight::Preflight;
+use crate::supply_chain::cosign::{self, Cosign, Identity};
+use crate::supply_chain::{provenance, sbom};
+use crate::support::config::Platform;
+use crate::support::source::Source;
+use crate::support::tools;
+
+impl Release<'_> {
+    /// Archives, SHA256SUMS and its signature bundle, per-platform SBOMs and
+    /// provenance, release notes; uploaded with `gh` when GITHUB_TOKEN is set.
+    pub(super) fn write_assets(
+        &self,
+        preflight: &Preflight,
+        out: &Utf8Path,
+        source: &Source,
+        built: &Built,
+        built_dist: &binaries::Dist,
+    ) -> Result<Vec<Utf8PathBuf>> {
+        let assets = out.join("assets");
+        std::fs::create_dir_all(&assets).with_context(|| format!("cannot create {assets}"))?;
+        let mut written = Vec::new();
+        let mut sums = String::new();
+        for artifact in built_dist
+            .artifacts
+            .iter()
+            .filter(|a| a.kind == ArtifactKind::Archive)
+        {
+            let from = self.config.workspace_root.join(&artifact.path);
+            let name = from
+                .file_name()
+                .with_context(|| format!("{from} has no file name"))?;
+            let to = assets.join(name);
+            std::fs::copy(&from, &to).with_context(|| format!("cannot copy {from} to {to}"))?;
+            sums.push_str(&format!("{}  {name}\n", artifact.sha256));
+            written.push(to);
+        }
+        let build_command = self.build_command(&preflight.tag);
+        for platform in &built.platforms {
+            let parsed: Platform = platform.platform.parse()?;
+            let files = sbom::write(self.config, &parsed, Some(&platform.digest), &assets)?;
+            written.push(files.cyclonedx);
+            written.push(files.spdx);
+            let predicate = provenance::predicate(&provenance::ProvenanceInput {
+                config: self.config,
+                source,
+                platform: Some(&parsed),
+                base_name: &built.base_name,
+                base_digest: platform.base_digest.as_deref(),
+                build_command: &build_command,
+            })?;
+            let path = assets.join(format!("provenance-{}.json", parsed.slug()));
+            let text = serde_json::to_string_pretty(&predicate)? + "\n";
+            std::fs::write(&path, text).with_context(|| format!("cannot write {path}"))?;
+            written.push(path);
+        }
+        let sums_path = assets.join("SHA256SUMS");
+        std::fs::write(&sums_path, &sums).with_context(|| format!("cannot write {sums_path}"))?;
+        written.push(sums_path.clone());
+        if let Some(bundle) = self.sign_checksums(&sums_path, &assets)? {
+            written.push(bundle);
+        }
+        let public = out.join("cosign.pub");
+        if self.flags.signing.key.is_some() && public.is_file() {
+            let to = assets.join("cosign.pub");
+            std::fs::copy(&public, &to).with_context(|| format!("cannot copy {public}"))?;
+            written.push(to);
+        }
+        let platforms: Vec<(String, String)> = built
+            .platforms
+            .iter()
+            .map(|p| (p.platform.clone(), p.digest.clone()))
+            .collect();
+        let notes = assets.join("release-notes.md");
+        std::fs::write(
+            &notes,
+            self.release_notes(&preflight.tag, &platforms, &built.digest)?,
+        )
+        .with_context(|| format!("cannot write {notes}"))?;
+
+        if self.flags.push && std::env::var_os("GITHUB_TOKEN").is_some() {
+            self.upload(preflight, &notes, &written)?;
+        }
+        written.push(notes);
+        Ok(written)
+    }
+
+    /// `cosign sign-blob` on SHA256SUMS, with the key, or keyless in CI.
+    /// Without either, the checksums stay unsigned and the notes say so.
+    pub(super) fn sign_checksums(
+        &self,
+        sums: &Utf8Path,
+        assets: &Utf8Path,
+    ) -> Result<Option<Utf8PathBuf>> {
+        let identity = match &self.flags.signing.key {
+            Some(key) => Identity::Key(key.clone()),
+            None if cosign::github_oidc_available() => Identity::Keyless,
+            None => {
+                eprintln!("note: SHA256SUMS is not signed: no --key and no GitHub OIDC token");
+                return Ok(None);
+            }
+        };
+        cosign::check_password(&identity)?;
+        let signing_config = if self.flags.signing.no_tlog {
+            Some(cosign::write_no_tlog_signing_config(&cosign::work_dir(
+                &self.config.target_dir,
+            ))?)
+        } else {
+            None
+        };
+        let options = cosign::Options {
+            identity,
+            signing_config,
+            ignore_tlog: self.flags.signing.no_tlog,
+            insecure: false,
+            identity_regexp: None,
+        };
+        let bundle = assets.join("SHA256SUMS.sigstore.json");
+        Cosign::find()?.run_ok(&options.sign_blob(sums, &bundle))?;
+        Ok(Some(bundle))
+    }
+
+    pub(super) fn upload(
+        &self,
+        preflight: &Preflight,
+        notes: &Utf8Path,
+        assets: &[Utf8PathBuf],
+    ) -> Result<()> {
+        let gh = tools::GH.find()?;
+        let sh = Shell::new()?;
+        sh.change_dir(&self.config.workspace_root);
+        let tag = &preflight.tag;
+        let prerelease = (!preflight.version.pre.is_empty()).then_some("--prerelease");
+        let exists = cmd!(sh, "{gh} release view {tag}")
+            .quiet()
+            .ignore_stdout()
+            .ignore_stderr()
+            .run()
+            .is_ok();
+        if exists {
+            cmd!(sh, "{gh} release upload {tag} --clobber {assets...}")
+                .run()
+                .with_context(|| format!("cannot upload the assets to GitHub release {tag}"))?;
+        } else {
+            cmd!(
+                sh,
+                "{gh} release create {tag} --verify-tag --title {tag} --notes-file {notes} {prerelease...} {assets...}"
+            )
+            .run()
+            .with_context(|| format!("cannot create GitHub release {tag}"))?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn build_command(&self, tag: &str) -> Vec<String> {
+        let mut command = vec!["cargo".into(), "xtask".into(), "release".into(), tag.into()];
+        if self.flags.push {
+            command.push("--push".into());
+        }
+        command
+    }
+
+    pub(super) fn release_notes(
+        &self,
+        tag: &str,
+        platforms: &[(String, String)],
+        digest: &str,
+    ) -> Result<String> {
+        let repo = &self.repo;
+        let mut notes = format!(
+            "## {tag}\n\nImage `{repo}:{tag}`, index digest `{digest}` (linux/amd64 and linux/arm64).\n\nPull it by digest:\n\n```sh\ndocker pull {repo}@{digest}\n```\n\nVerify its signature, SBOM and provenance:\n\n```sh\n"
+        );
+        for command in self.verify_commands(platforms, digest)? {
+            notes.push_str(&command);
+            notes.push('\n');
+        }
+        notes
+            .push_str("```\n\nVerify the downloaded archives:\n\n```sh\nsha256sum -c SHA256SUMS\n");
+        let verify_blob = self
+            .user_options()?
+            .verify_blob("SHA256SUMS", "SHA256SUMS.sigstore.json")?;
+        notes.push_str(&cosign::display(&verify_blob));
+        notes.push_str("\n```\n");
+        Ok(notes)
+    }
+}

@@ -1,0 +1,7 @@
+//! What is said about an image, and proven: cosign, the crate graph
+//! compiled into each binary, the SBOMs and the SLSA provenance.
+
+pub mod cosign;
+pub mod provenance;
+pub mod sbom;
+pub mod session;
