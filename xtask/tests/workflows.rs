@@ -22,7 +22,10 @@ const TOOLCHAIN_STEPS: &[&str] = &[
     "apt-get update -q && apt-get install -y -q --no-install-recommends python3-pip gh",
 ];
 
-const RELEASE_RUN: &str = "cargo xtask release ${{ github.ref_name }} --push";
+/// The tag reaches the release step through `env:` and a quoted shell
+/// variable, never expanded into the script (template injection).
+const RELEASE_RUN: &str = "cargo xtask release \"$VERSION\" --push";
+const RELEASE_VERSION: &str = "${{ github.ref_name }}";
 
 fn workflow_path(name: &str) -> PathBuf {
     support::workspace_root()
@@ -185,12 +188,17 @@ fn release_violations(text: &str) -> Vec<String> {
     if doc["concurrency"]["cancel-in-progress"].as_bool() != Some(false) {
         found.push("release.yml: a release in progress must never be cancelled".to_owned());
     }
-    let all_runs: Vec<String> = doc["jobs"]
+    let all_steps: Vec<&Yaml> = doc["jobs"]
         .as_hash()
-        .map(|jobs| jobs.values().flat_map(runs).collect())
+        .map(|jobs| jobs.values().flat_map(steps).collect())
         .unwrap_or_default();
-    if !all_runs.iter().any(|r| r == RELEASE_RUN) {
-        found.push(format!("release.yml: no step runs `{RELEASE_RUN}`"));
+    if !all_steps.iter().any(|s| {
+        str_of(&s["run"]).map(str::trim) == Some(RELEASE_RUN)
+            && str_of(&s["env"]["VERSION"]) == Some(RELEASE_VERSION)
+    }) {
+        found.push(format!(
+            "release.yml: no step runs `{RELEASE_RUN}` with env VERSION `{RELEASE_VERSION}`"
+        ));
     }
     found
 }
@@ -325,11 +333,15 @@ fn a_broken_workflow_is_caught() {
             ],
         ),
         (
-            release_violations(&mutate(&release, RELEASE_RUN, "cargo xtask release ${{ github.ref_name }}")),
+            release_violations(&mutate(&release, RELEASE_RUN, "cargo xtask release \"$VERSION\"")),
             vec![
                 "release.yml: job release is granted `packages: write` but does not need it".to_owned(),
-                "release.yml: no step runs `cargo xtask release ${{ github.ref_name }} --push`".to_owned(),
+                "release.yml: no step runs `cargo xtask release \"$VERSION\" --push` with env VERSION `${{ github.ref_name }}`".to_owned(),
             ],
+        ),
+        (
+            release_violations(&mutate(&release, "VERSION: ${{ github.ref_name }}", "VERSION: ${{ github.sha }}")),
+            vec!["release.yml: no step runs `cargo xtask release \"$VERSION\" --push` with env VERSION `${{ github.ref_name }}`".to_owned()],
         ),
         (
             ci_violations(&mutate(&ci, "      contents: read\n      packages: write\n", "      contents: write\n      packages: write\n")),
@@ -366,8 +378,8 @@ fn actionlint_passes_and_catches_a_bad_expression() {
         &broken,
         mutate(
             &read("release.yml"),
-            RELEASE_RUN,
-            "cargo xtask release ${{ github.ref_nmae }} --push",
+            "VERSION: ${{ github.ref_name }}",
+            "VERSION: ${{ github.ref_nmae }}",
         ),
     )
     .unwrap();
