@@ -1,13 +1,14 @@
-//! The GitHub workflows: actionlint, and the project's own rules read from
-//! the parsed YAML: pinned actions, least privilege per job, every step a
-//! `cargo xtask` call, releases one at a time. Each rule is also shown to
-//! catch a mutated workflow.
+//! The GitHub workflows: actionlint, zizmor, and the project's own rules
+//! read from the parsed YAML: pinned actions, least privilege per job, every
+//! step a `cargo xtask` call, releases one at a time. Each rule is also shown
+//! to catch a mutated workflow.
 
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use serde_json::Value;
 use support::{run, tool};
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -390,4 +391,54 @@ fn actionlint_passes_and_catches_a_bad_expression() {
         stdout.contains("property \"ref_nmae\" is not defined in object type"),
         "{stdout}"
     );
+}
+
+/// zizmor's exit status, the rule of each finding (from its JSON output),
+/// and what it printed, for `path`: a file or a directory of workflows,
+/// audited with the default persona.
+fn zizmor(path: &Path) -> (std::process::ExitStatus, Vec<String>, String) {
+    let output = run(Command::new(tool("zizmor"))
+        .args(["--offline", "--format", "json"])
+        .arg(path)
+        .current_dir(support::workspace_root()));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report = format!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let findings: Vec<Value> = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("zizmor printed no JSON array of findings ({e}):\n{report}"));
+    let rules = findings
+        .iter()
+        .map(|f| {
+            f["ident"]
+                .as_str()
+                .unwrap_or_else(|| panic!("a zizmor finding without an ident:\n{report}"))
+                .to_owned()
+        })
+        .collect();
+    (output.status, rules, report)
+}
+
+#[test]
+fn zizmor_finds_nothing() {
+    let (status, rules, report) = zizmor(&support::workspace_root().join(".github/workflows"));
+    assert_eq!(rules, Vec::<String>::new(), "zizmor:\n{report}");
+    assert!(status.success(), "zizmor exited with {status}:\n{report}");
+}
+
+#[test]
+fn zizmor_catches_a_template_injection() {
+    // The tag expanded into the script again, as release.yml once did.
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("release.yml");
+    std::fs::write(
+        &broken,
+        mutate(
+            &read("release.yml"),
+            RELEASE_RUN,
+            "cargo xtask release ${{ github.ref_name }} --push",
+        ),
+    )
+    .unwrap();
+    let (status, rules, report) = zizmor(&broken);
+    assert_eq!(rules, ["template-injection"], "zizmor:\n{report}");
+    assert!(!status.success(), "zizmor:\n{report}");
 }
