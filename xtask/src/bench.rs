@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: measures the server against the budgets of issue 2
+//! `cargo xtask bench`: measures the server against its budgets
 //! and prints a report, or JSON with `--json`.
 //!
 //! These are benchmarks, not tests: a missed target is reported, never an
@@ -42,7 +42,7 @@ const HYPERFINE: Tool = Tool {
     install_hint: "run `cargo xtask setup` (apt-get install hyperfine)",
 };
 
-/// The budgets from issue 2. "MB" is read as MiB, the stricter choice for
+/// The budgets the server is held to. "MB" is read as MiB, the stricter choice for
 /// RSS (reported by the kernel in KiB) and the one `ls -lh` shows.
 const SIZE_TARGET_BYTES: u64 = 4 * 1024 * 1024;
 const IDLE_RSS_TARGET_KIB: u64 = 6 * 1024;

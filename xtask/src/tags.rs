@@ -1,6 +1,6 @@
-//! The tag policy of DESIGN.md §3, and `cargo xtask tags`.
+//! The tag policy, and `cargo xtask tags`.
 //!
-//! Choices beyond §3 are documented in docs/tags.md.
+//! The policy and its choices are documented in docs/tags.md.
 
 use anyhow::{bail, Context, Result};
 use semver::Version;
@@ -214,7 +214,7 @@ const MAX_TAG: usize = 128;
 /// and given a short hash of the full branch name, so that two long names
 /// that share their first 119 characters still get two tags.
 ///
-/// Beyond §3: a branch whose tag would look like a policy tag (`latest`,
+/// Beyond the table: a branch whose tag would look like a policy tag (`latest`,
 /// `v<digit>…`, `sha-…`, `pr-…`) is prefixed with `branch-`, so that pushing
 /// a branch named `v1.2.3` or `latest` can never take over a release tag.
 pub fn branch_tag(name: &str) -> Result<String> {
@@ -504,7 +504,7 @@ mod tests {
         &'static [&'static str],
     );
 
-    /// One row per rule of DESIGN.md §3.
+    /// One row per rule of the policy in docs/tags.md.
     #[test]
     fn release_rows() {
         let rows: &[Row] = &[
@@ -779,7 +779,7 @@ mod tests {
             ("release/1.2", "release-1.2"),
             ("Feature_X.y-Z", "Feature_X.y-Z"),
             ("trailing/", "trailing-"),
-            // Beyond §3: branches never take a policy tag.
+            // Beyond the table: branches never take a policy tag.
             ("latest", "branch-latest"),
             ("/latest", "branch-latest"),
             ("v1.2.3", "branch-v1.2.3"),

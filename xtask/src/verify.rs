@@ -3,22 +3,23 @@
 //! provenance attestations of every platform and the index, and with --run
 //! that each platform's `/server` runs and reports the expected build.
 
-use std::io::Read;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use base64::Engine;
 use camino::{Utf8Path, Utf8PathBuf};
 use serde::Serialize;
 use serde_json::{json, Value};
-use xshell::{cmd, Shell};
 
 use crate::flags;
 use crate::oci::client::Client;
 use crate::oci::subject::{client_for, PlatformImage, Subject};
-use crate::oci::{self, REVISION};
+use crate::oci::unpack::{Limits, Unpacker};
+use crate::oci::REVISION;
 use crate::supply_chain::cosign::{self, Cosign, Identity, SigningArgs};
 use crate::support::config::Config;
 use crate::support::progress::{Nest, Steps};
+use crate::support::sandbox::{NetworkIsolation, Sandbox};
 use crate::support::tools;
 
 pub const CYCLONEDX_PREDICATE: &str = "https://cyclonedx.org/bom";
@@ -192,6 +193,11 @@ pub fn verify(config: &Config, options: &VerifyOptions, nest: &Nest) -> Result<R
         Subject::resolve(&options.reference, &client)
     })?;
     let mut checks = Vec::new();
+    // Whether cosign proved every signature and every attestation to come
+    // from the trusted identity. A statement that is signed but says
+    // something else (another version) is a failed check, not a lack of
+    // proof.
+    let mut proven = true;
     steps.run("verify the signatures", || {
         let mut targets = vec![("index".to_owned(), subject.digest.clone())];
         if subject.is_index {
@@ -206,6 +212,7 @@ pub fn verify(config: &Config, options: &VerifyOptions, nest: &Nest) -> Result<R
         }
         for (name, digest) in targets {
             let result = verify_signature(&cosign, &cosign_options, &subject, &digest);
+            proven &= result.is_ok();
             checks.push(Check::new("signature", &name, &digest, result));
         }
         Ok(())
@@ -219,20 +226,34 @@ pub fn verify(config: &Config, options: &VerifyOptions, nest: &Nest) -> Result<R
                 &subject,
                 platform,
                 &expected_version,
+                &mut proven,
             );
             checks.push(Check::new("sbom", &name, &platform.digest, result));
-            let result = verify_provenance(&cosign, &cosign_options, &subject, &platform.digest);
+            let result = verify_provenance(
+                &cosign,
+                &cosign_options,
+                &subject,
+                &platform.digest,
+                &mut proven,
+            );
             checks.push(Check::new("provenance", &name, &platform.digest, result));
         }
         if subject.is_index {
-            let result = verify_provenance(&cosign, &cosign_options, &subject, &subject.digest);
+            let result = verify_provenance(
+                &cosign,
+                &cosign_options,
+                &subject,
+                &subject.digest,
+                &mut proven,
+            );
             checks.push(Check::new("provenance", "index", &subject.digest, result));
         }
         Ok(())
     })?;
-    let unverified: Vec<String> = checks.iter().filter(|c| !c.ok).map(Check::name).collect();
-    if options.run && !unverified.is_empty() {
-        // Never run what is not proven: the binary would run as the caller.
+    if options.run && !proven {
+        // Never run what is not proven to come from the trusted signer: the
+        // binary would run on this machine, as the caller.
+        let unverified: Vec<String> = checks.iter().filter(|c| !c.ok).map(Check::name).collect();
         eprintln!(
             "not running any platform's server: {} did not pass",
             unverified.join(", ")
@@ -242,7 +263,7 @@ pub fn verify(config: &Config, options: &VerifyOptions, nest: &Nest) -> Result<R
             "all",
             &subject.digest,
             Err(anyhow::format_err!(
-                "not run: the signature and attestation checks did not all pass"
+                "not run: the image's signatures and attestations are not all proven to come from the trusted signer"
             )),
         ));
     } else if options.run {
@@ -394,8 +415,10 @@ fn verify_sbom(
     subject: &Subject,
     platform: &PlatformImage,
     expected_version: &str,
+    proven: &mut bool,
 ) -> Result<String> {
-    let statements = verified_statements(cosign, options, subject, &platform.digest, "cyclonedx")?;
+    let statements = verified_statements(cosign, options, subject, &platform.digest, "cyclonedx")
+        .inspect_err(|_| *proven = false)?;
     for statement in &statements {
         if statement["predicateType"] != CYCLONEDX_PREDICATE {
             bail!(
@@ -424,8 +447,10 @@ fn verify_provenance(
     options: &cosign::Options,
     subject: &Subject,
     digest: &str,
+    proven: &mut bool,
 ) -> Result<String> {
-    let statements = verified_statements(cosign, options, subject, digest, "slsaprovenance1")?;
+    let statements = verified_statements(cosign, options, subject, digest, "slsaprovenance1")
+        .inspect_err(|_| *proven = false)?;
     for statement in &statements {
         if statement["predicateType"] != SLSA_V1_PREDICATE {
             bail!(
@@ -440,8 +465,19 @@ fn verify_provenance(
     Ok(format!("SLSA v1 for {digest}, builder {builder}"))
 }
 
-/// Pulls one platform by digest, unpacks its layers into a rootfs, and runs
-/// its server's `version --json` (under QEMU for arm64 on another host).
+/// The most a verified image's layers may unpack to: the server image is a
+/// few MB, and a layer that inflates past this is an attack, not an image.
+const UNPACK_LIMITS: Limits = Limits {
+    max_total_bytes: 512 * 1024 * 1024,
+    max_entries: 100_000,
+};
+
+/// How long `/server version --json` may take, under qemu included.
+const RUN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Pulls one platform by digest, unpacks its layers safely into a rootfs,
+/// and runs its server's `version --json` in the sandbox (under QEMU for
+/// arm64 on another host). Called only after every check passed.
 fn run_platform(
     config: &Config,
     client: &Client,
@@ -455,29 +491,50 @@ fn run_platform(
         std::fs::remove_dir_all(&rootfs).with_context(|| format!("cannot clear {rootfs}"))?;
     }
     std::fs::create_dir_all(&rootfs).with_context(|| format!("cannot create {rootfs}"))?;
+    let mut unpacker = Unpacker::new(&rootfs, UNPACK_LIMITS)?;
     for layer in &platform.manifest.layers {
         let bytes = client.get_blob(&subject.reference.repository, &layer.digest)?;
-        unpack_layer(&bytes, &layer.media_type, &rootfs)
+        unpacker
+            .apply_layer(&bytes[..], &layer.media_type)
             .with_context(|| format!("cannot unpack layer {}", layer.digest))?;
     }
     let binary: Utf8PathBuf = rootfs.join(&config.binary);
-    if !binary.is_file() {
-        bail!("the image has no /{}", config.binary);
+    let is_file = std::fs::symlink_metadata(&binary).is_ok_and(|m| m.is_file());
+    if !is_file {
+        bail!("the image has no regular file /{}", config.binary);
     }
-    let sh = Shell::new()?;
-    let output = if platform.platform.is_host() {
-        cmd!(sh, "{binary} version --json").quiet().read()
+    let emulator = if platform.platform.is_host() {
+        None
     } else if platform.platform.arch == "arm64" {
-        let qemu = tools::QEMU_AARCH64.find()?;
-        cmd!(sh, "{qemu} {binary} version --json").quiet().read()
+        Some(tools::QEMU_AARCH64.find()?)
     } else {
         bail!(
             "cannot run a {} binary on this {} host",
             platform.platform,
             std::env::consts::ARCH
         )
+    };
+    let sandbox = Sandbox {
+        timeout: RUN_TIMEOUT,
+        emulator,
+    };
+    let (output, isolation) = sandbox
+        .run(&binary, &["version", "--json"])
+        .with_context(|| format!("/{} version --json failed", config.binary))?;
+    match isolation.network {
+        NetworkIsolation::Namespace => eprintln!(
+            "  {}: ran /{} in an empty directory, with no environment and no network, for at most {}s",
+            platform.platform,
+            config.binary,
+            RUN_TIMEOUT.as_secs()
+        ),
+        NetworkIsolation::None { why } => eprintln!(
+            "  {}: ran /{} in an empty directory, with no environment, for at most {}s; not isolated from the network: {why}",
+            platform.platform,
+            config.binary,
+            RUN_TIMEOUT.as_secs()
+        ),
     }
-    .with_context(|| format!("/{} version --json failed", config.binary))?;
     let info: Value = serde_json::from_str(&output).with_context(|| {
         format!(
             "/{} version --json printed something that is not JSON: {output}",
@@ -516,66 +573,4 @@ fn run_platform(
             " under qemu"
         }
     ))
-}
-
-/// Applies one layer to `rootfs`, with OCI whiteouts.
-fn unpack_layer(bytes: &[u8], media_type: &str, rootfs: &Utf8Path) -> Result<()> {
-    let reader: Box<dyn Read + '_> = match media_type {
-        oci::LAYER_GZIP | oci::DOCKER_LAYER_GZIP => Box::new(flate2::read::GzDecoder::new(bytes)),
-        "application/vnd.oci.image.layer.v1.tar" => Box::new(bytes),
-        other => bail!("layers of type {other} are not supported; only tar and tar+gzip"),
-    };
-    let mut archive = tar::Archive::new(reader);
-    for entry in archive
-        .entries()
-        .context("the layer is not a tar archive")?
-    {
-        let mut entry = entry.context("the layer is not a tar archive")?;
-        let path = entry
-            .path()
-            .context("a layer entry has no path")?
-            .into_owned();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if let Some(hidden) = name.strip_prefix(".wh.") {
-            let parent = safe_join(rootfs, path.parent().unwrap_or(std::path::Path::new("")))?;
-            if hidden == ".wh..opq" {
-                if parent.is_dir() {
-                    for child in std::fs::read_dir(&parent)? {
-                        remove_path(&child?.path())?;
-                    }
-                }
-            } else {
-                remove_path(&parent.join(hidden))?;
-            }
-            continue;
-        }
-        entry
-            .unpack_in(rootfs)
-            .with_context(|| format!("cannot unpack {}", path.display()))?;
-    }
-    Ok(())
-}
-
-fn safe_join(root: &Utf8Path, relative: &std::path::Path) -> Result<std::path::PathBuf> {
-    let mut path = root.as_std_path().to_path_buf();
-    for component in relative.components() {
-        match component {
-            std::path::Component::Normal(part) => path.push(part),
-            std::path::Component::CurDir | std::path::Component::RootDir => {}
-            _ => bail!("a layer entry escapes the rootfs: {}", relative.display()),
-        }
-    }
-    Ok(path)
-}
-
-fn remove_path(path: &std::path::Path) -> Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(_) => Ok(()),
-    }
-    .with_context(|| format!("cannot remove {}", path.display()))
 }

@@ -843,3 +843,108 @@ fn image_push_sign_signs_by_digest_before_tagging() {
     );
     assert_eq!(predicate_types(&repo, &digest), [SIGNATURE_TYPE.to_owned()]);
 }
+
+/// An unsigned image whose `/server` is a shell script that would leave a
+/// marker on the host: `verify --run` must refuse to run it, whatever the
+/// caller asked, and say why.
+#[test]
+fn verify_run_never_executes_an_unsigned_image() {
+    use xtask::oci::client::Client;
+    use xtask::oci::{self, Descriptor, Index, Layout, Manifest, PlatformSpec};
+    use xtask::support::archive::{tar_gz, Entry};
+
+    let registry = Registry::start();
+    let keys = generate_keys();
+    let sentinel = tempfile::tempdir().unwrap();
+    let marker = sentinel.path().join("ran");
+    let script = format!("#!/bin/sh\ntouch {}\necho '{{}}'\n", marker.display());
+    let layer = tar_gz(
+        &[Entry {
+            path: "server",
+            data: script.as_bytes(),
+            mode: 0o755,
+        }],
+        0,
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let layout = Layout::create(camino::Utf8Path::from_path(out.path()).unwrap()).unwrap();
+    let layer_descriptor = layout.write_blob(oci::LAYER_GZIP, &layer.gz).unwrap();
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Entrypoint": ["/server"]},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", layer.tar_sha256)]},
+    });
+    let config_descriptor = layout
+        .write_blob(oci::CONFIG, &oci::canonical_json(&config).unwrap())
+        .unwrap();
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(oci::MANIFEST.to_owned()),
+        config: config_descriptor,
+        layers: vec![layer_descriptor],
+        annotations: None,
+    };
+    let mut manifest_descriptor: Descriptor = layout
+        .write_blob(oci::MANIFEST, &oci::canonical_json(&manifest).unwrap())
+        .unwrap();
+    manifest_descriptor.platform = Some(PlatformSpec {
+        architecture: "amd64".into(),
+        os: "linux".into(),
+        variant: None,
+    });
+    let index = Index {
+        schema_version: 2,
+        media_type: Some(oci::INDEX.to_owned()),
+        manifests: vec![manifest_descriptor],
+        annotations: None,
+    };
+    let index_descriptor = layout
+        .write_blob(oci::INDEX, &oci::canonical_json(&index).unwrap())
+        .unwrap();
+    layout
+        .write_index(&Index {
+            schema_version: 2,
+            media_type: Some(oci::INDEX.to_owned()),
+            manifests: vec![index_descriptor.clone()],
+            annotations: None,
+        })
+        .unwrap();
+    let repo = registry.repo("hostile");
+    let reference = xtask::oci::client::Reference::parse(&repo).unwrap();
+    let client = Client::new(&reference.host, true).unwrap();
+    xtask::oci::push::push_layout(
+        &client,
+        &reference.repository,
+        &layout,
+        &index_descriptor.digest,
+        None,
+    )
+    .unwrap();
+
+    let target = format!("{repo}@{}", index_descriptor.digest);
+    let (error, table) = xtask_err(&[
+        "verify",
+        &target,
+        "--key",
+        path(&keys.public),
+        "--no-tlog",
+        "--insecure",
+        "--run",
+    ]);
+    assert_eq!(
+        error,
+        format!("error: verification of {target} failed: signature of index, signature of linux/amd64, sbom of linux/amd64, provenance of linux/amd64, provenance of index, run of all")
+    );
+    assert!(
+        table.lines().any(|l| l
+            == format!("FAIL   run         all         not run: the image's signatures and attestations are not all proven to come from the trusted signer")),
+        "{table}"
+    );
+    assert!(
+        !marker.exists(),
+        "the unsigned image's /server ran on the host"
+    );
+    assert_eq!(std::fs::read_dir(sentinel.path()).unwrap().count(), 0);
+}

@@ -9,6 +9,7 @@ pub mod push;
 pub mod reference;
 pub mod subject;
 mod types;
+pub mod unpack;
 
 pub use layout::Layout;
 pub use types::*;

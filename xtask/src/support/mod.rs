@@ -9,5 +9,6 @@ pub mod fs;
 pub mod git;
 pub mod process;
 pub mod progress;
+pub mod sandbox;
 pub mod source;
 pub mod tools;
