@@ -380,7 +380,7 @@ fn a_registry_crash_mid_push_fails_cleanly_and_a_rerun_completes() {
         .arg("--out")
         .arg(out.path()));
     assert!(
-        proxy.fired.load(std::sync::atomic::Ordering::SeqCst),
+        proxy.has_fired(),
         "the proxy never saw a manifest push; the push ended with {}:\n{}",
         failed.status,
         String::from_utf8_lossy(&failed.stderr)

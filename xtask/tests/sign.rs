@@ -939,7 +939,7 @@ fn verify_run_never_executes_an_unsigned_image() {
     );
     assert!(
         table.lines().any(|l| l
-            == format!("FAIL   run         all         not run: the image's signatures and attestations are not all proven to come from the trusted signer")),
+            == "FAIL   run         all         not run: the image's signatures and attestations are not all proven to come from the trusted signer"),
         "{table}"
     );
     assert!(

@@ -6,3 +6,4 @@ pub mod assemble;
 pub mod base;
 pub mod binaries;
 pub mod buildx;
+pub mod toolchain;

@@ -2,6 +2,8 @@
 //! compiled into each binary, the SBOMs and the SLSA provenance.
 
 pub mod cosign;
+pub mod crate_graph;
+pub mod identity;
 pub mod provenance;
 pub mod sbom;
 pub mod session;

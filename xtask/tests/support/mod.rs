@@ -394,6 +394,22 @@ impl KillingProxy {
     }
 }
 
+impl KillingProxy {
+    /// Whether the proxy killed the registry. The client sees its
+    /// connection drop while the proxy is still reaping the registry, so a
+    /// client that has already exited may be ahead of `fired` by a moment.
+    pub fn has_fired(&self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.fired.load(std::sync::atomic::Ordering::SeqCst) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
 impl Drop for KillingProxy {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -1,0 +1,185 @@
+//! The benchmark's figures: wrk's output parsed, and the report rendered
+//! against the budgets.
+
+use super::*;
+
+pub(super) fn parse_wrk(output: &str) -> Option<Load> {
+    let mut load = Load {
+        threads: 0,
+        connections: 0,
+        duration_s: 0,
+        requests: 0,
+        requests_per_sec: 0.0,
+        latency_p50_ms: 0.0,
+        latency_p99_ms: 0.0,
+        non_2xx: 0,
+        socket_errors: 0,
+        rss_peak_kib: 0,
+        rss_after_kib: 0,
+    };
+    let mut seen_rate = false;
+    for line in output.lines().map(str::trim) {
+        if let Some(rate) = line.strip_prefix("Requests/sec:") {
+            load.requests_per_sec = rate.trim().parse().ok()?;
+            seen_rate = true;
+        } else if let Some(value) = line.strip_prefix("50%") {
+            load.latency_p50_ms = wrk_duration_ms(value.trim())?;
+        } else if let Some(value) = line.strip_prefix("99%") {
+            load.latency_p99_ms = wrk_duration_ms(value.trim())?;
+        } else if let Some(count) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            load.non_2xx = count.trim().parse().ok()?;
+        } else if let Some(errors) = line.strip_prefix("Socket errors:") {
+            // "connect 0, read 1, write 0, timeout 0"
+            load.socket_errors = errors
+                .split(',')
+                .filter_map(|part| part.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum();
+        } else if let Some((requests, _)) = line.split_once(" requests in ") {
+            load.requests = requests.trim().parse().ok()?;
+        }
+    }
+    seen_rate.then_some(load)
+}
+
+/// wrk prints durations as `812.00us`, `1.31ms` or `1.02s`.
+fn wrk_duration_ms(text: &str) -> Option<f64> {
+    let (number, factor) = if let Some(n) = text.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        return None;
+    };
+    Some(number.parse::<f64>().ok()? * factor)
+}
+
+/// Median, min and max; sorts `values`.
+pub(super) fn summary(values: &mut [f64]) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        return (0.0, 0.0, 0.0);
+    }
+    let median = if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    };
+    (median, values[0], values[n - 1])
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "ok"
+    } else {
+        "MISSED"
+    }
+}
+
+fn mib(bytes: f64) -> String {
+    format!("{:.2} MiB", bytes / (1024.0 * 1024.0))
+}
+
+pub(super) fn render(report: &Report, settings: &Settings) -> String {
+    let short = report.git_sha.get(..7).unwrap_or(&report.git_sha);
+    let mut rows: Vec<(String, String, String, &str)> = Vec::new();
+    let size = &report.size;
+    rows.push((
+        format!(
+            "binary size ({}, {}, {})",
+            size.path,
+            if size.is_static {
+                "static"
+            } else {
+                "NOT static"
+            },
+            if size.stripped {
+                "stripped"
+            } else {
+                "NOT stripped"
+            }
+        ),
+        format!("{} ({} bytes)", mib(size.bytes as f64), size.bytes),
+        format!("<= {}", mib(size.target_bytes as f64)),
+        verdict(size.ok),
+    ));
+    rows.push((
+        "idle RSS".to_owned(),
+        mib(report.idle_rss.kib as f64 * 1024.0),
+        format!("<= {}", mib(report.idle_rss.target_kib as f64 * 1024.0)),
+        verdict(report.idle_rss.ok),
+    ));
+    let start = &report.start_to_healthy;
+    rows.push((
+        format!("start -> first 200 on /healthz (median of {})", start.runs),
+        format!(
+            "{:.1} ms (min {:.1}, max {:.1})",
+            start.median_ms, start.min_ms, start.max_ms
+        ),
+        format!("<= {:.0} ms", start.target_ms),
+        verdict(start.ok),
+    ));
+    let hc = &report.healthcheck;
+    rows.push((
+        format!("server healthcheck wall time (median of {})", hc.runs),
+        format!(
+            "{:.2} ms (min {:.2}, max {:.2})",
+            hc.median_ms, hc.min_ms, hc.max_ms
+        ),
+        format!("<= {:.0} ms", hc.target_ms),
+        verdict(hc.ok),
+    ));
+    let load = &report.load;
+    rows.push((
+        format!(
+            "/healthz throughput (wrk -t{} -c{} -d{}s)",
+            settings.wrk_threads, settings.wrk_connections, settings.wrk_seconds
+        ),
+        format!("{:.0} req/s", load.requests_per_sec),
+        String::new(),
+        "",
+    ));
+    rows.push((
+        "  latency p50 / p99; non-2xx; socket errors".to_owned(),
+        format!(
+            "{:.2} / {:.2} ms; {}; {}",
+            load.latency_p50_ms, load.latency_p99_ms, load.non_2xx, load.socket_errors
+        ),
+        String::new(),
+        "",
+    ));
+    rows.push((
+        "RSS under load (peak / after)".to_owned(),
+        format!(
+            "{} / {}",
+            mib(load.rss_peak_kib as f64 * 1024.0),
+            mib(load.rss_after_kib as f64 * 1024.0)
+        ),
+        String::new(),
+        "",
+    ));
+
+    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let figure_width = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+    let mut out = format!(
+        "server benchmark: {} at {short}{}\n",
+        report.server,
+        if report.quick {
+            " (--quick: smoke run, figures not comparable)"
+        } else {
+            ""
+        }
+    );
+    for (name, figure, target, verdict) in &rows {
+        let line = format!("  {name:width$}  {figure:figure_width$}  {target:10} {verdict}");
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out.push_str("commands:\n");
+    for command in &report.commands {
+        out.push_str(&format!("  {command}\n"));
+    }
+    out
+}
