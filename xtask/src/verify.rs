@@ -3,30 +3,23 @@
 //! provenance attestations of every platform and the index, and with --run
 //! that each platform's `/server` runs and reports the expected build.
 
-use std::time::Duration;
-
 use anyhow::{bail, Context, Result};
-use base64::Engine;
-use camino::{Utf8Path, Utf8PathBuf};
+use camino::Utf8Path;
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::flags;
 use crate::oci::client::Client;
+use crate::oci::run;
 use crate::oci::subject::{client_for, PlatformImage, Subject};
-use crate::oci::unpack::{Limits, Unpacker};
 use crate::oci::REVISION;
+use crate::supply_chain::claims::{verified_statements, verify_signature};
 use crate::supply_chain::cosign::{self, Cosign, Identity, SigningArgs};
 use crate::support::config::Config;
 use crate::support::progress::{Nest, Steps};
-use crate::support::sandbox::{NetworkIsolation, Sandbox};
-use crate::support::tools;
 
 pub const CYCLONEDX_PREDICATE: &str = "https://cyclonedx.org/bom";
 pub const SLSA_V1_PREDICATE: &str = "https://slsa.dev/provenance/v1";
-/// The `critical.type` of a claim made by `cosign sign`.
-pub const SIGNATURE_TYPE: &str = "https://sigstore.dev/cosign/sign/v1";
-
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
     /// `signature`, `sbom`, `provenance` or `run`.
@@ -314,101 +307,6 @@ pub fn verify(config: &Config, options: &VerifyOptions, nest: &Nest) -> Result<R
     })
 }
 
-fn verify_signature(
-    cosign: &Cosign,
-    options: &cosign::Options,
-    subject: &Subject,
-    digest: &str,
-) -> Result<String> {
-    let output = cosign.run(&options.verify(&subject.by_digest(digest))?, true)?;
-    if !output.success {
-        bail!(
-            "not signed by {}: {}",
-            trusted(options),
-            output.error_line()
-        );
-    }
-    // cosign v3 counts every bundle attached to the digest, attestations
-    // included, as a signature: only a claim of the signing type shows
-    // that the image itself was signed.
-    let claims: Vec<Value> = serde_json::from_str(output.stdout.trim())
-        .context("cosign verify printed something that is not its JSON claims")?;
-    let signatures = claims
-        .iter()
-        .filter(|c| {
-            c["critical"]["type"] == SIGNATURE_TYPE
-                && c["critical"]["image"]["docker-manifest-digest"] == digest
-        })
-        .count();
-    if signatures == 0 {
-        let types: Vec<&str> = claims
-            .iter()
-            .filter_map(|c| c["critical"]["type"].as_str())
-            .collect();
-        bail!(
-            "not signed by {}: cosign found only attestations ({}), no signature of {digest}",
-            trusted(options),
-            types.join(", ")
-        );
-    }
-    Ok(format!("{signatures} signature(s) by {}", trusted(options)))
-}
-
-fn trusted(options: &cosign::Options) -> String {
-    match &options.identity {
-        Identity::Key(key) => format!("the key {key}"),
-        Identity::Keyless => "the release workflow (release.yml on a v* tag)".to_owned(),
-    }
-}
-
-/// The in-toto statements cosign accepted for one predicate type.
-fn verified_statements(
-    cosign: &Cosign,
-    options: &cosign::Options,
-    subject: &Subject,
-    digest: &str,
-    kind: &str,
-) -> Result<Vec<Value>> {
-    let output = cosign.run(
-        &options.verify_attestation(&subject.by_digest(digest), kind)?,
-        true,
-    )?;
-    if !output.success {
-        bail!(
-            "no {kind} attestation by {}: {}",
-            trusted(options),
-            output.error_line()
-        );
-    }
-    let engine = base64::engine::general_purpose::STANDARD;
-    let mut statements = Vec::new();
-    for line in output.stdout.lines().filter(|l| !l.trim().is_empty()) {
-        let envelope: Value = serde_json::from_str(line)
-            .context("cosign verify-attestation printed a line that is not a DSSE envelope")?;
-        let payload = envelope["payload"]
-            .as_str()
-            .context("a DSSE envelope without a payload")?;
-        let statement: Value = serde_json::from_slice(
-            &engine
-                .decode(payload)
-                .context("a DSSE payload that is not base64")?,
-        )
-        .context("a DSSE payload that is not an in-toto statement")?;
-        let hex = digest.trim_start_matches("sha256:");
-        let names_digest = statement["subject"]
-            .as_array()
-            .is_some_and(|s| s.iter().any(|s| s["digest"]["sha256"] == hex));
-        if !names_digest {
-            bail!("a {kind} attestation whose subject is not {digest}");
-        }
-        statements.push(statement);
-    }
-    if statements.is_empty() {
-        bail!("cosign accepted no {kind} attestation for {digest}");
-    }
-    Ok(statements)
-}
-
 fn verify_sbom(
     cosign: &Cosign,
     options: &cosign::Options,
@@ -465,19 +363,9 @@ fn verify_provenance(
     Ok(format!("SLSA v1 for {digest}, builder {builder}"))
 }
 
-/// The most a verified image's layers may unpack to: the server image is a
-/// few MB, and a layer that inflates past this is an attack, not an image.
-const UNPACK_LIMITS: Limits = Limits {
-    max_total_bytes: 512 * 1024 * 1024,
-    max_entries: 100_000,
-};
-
-/// How long `/server version --json` may take, under qemu included.
-const RUN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Pulls one platform by digest, unpacks its layers safely into a rootfs,
-/// and runs its server's `version --json` in the sandbox (under QEMU for
-/// arm64 on another host). Called only after every check passed.
+/// Runs one platform's `/server version --json` from the registry, and
+/// checks that it is the build the image says it is. Called only once the
+/// image is proven to come from the trusted signer.
 fn run_platform(
     config: &Config,
     client: &Client,
@@ -486,55 +374,7 @@ fn run_platform(
     expected_version: &str,
     dir: &Utf8Path,
 ) -> Result<String> {
-    let rootfs = dir.join("rootfs");
-    if rootfs.exists() {
-        std::fs::remove_dir_all(&rootfs).with_context(|| format!("cannot clear {rootfs}"))?;
-    }
-    std::fs::create_dir_all(&rootfs).with_context(|| format!("cannot create {rootfs}"))?;
-    let mut unpacker = Unpacker::new(&rootfs, UNPACK_LIMITS)?;
-    for layer in &platform.manifest.layers {
-        let bytes = client.get_blob(&subject.reference.repository, &layer.digest)?;
-        unpacker
-            .apply_layer(&bytes[..], &layer.media_type)
-            .with_context(|| format!("cannot unpack layer {}", layer.digest))?;
-    }
-    let binary: Utf8PathBuf = rootfs.join(&config.binary);
-    let is_file = std::fs::symlink_metadata(&binary).is_ok_and(|m| m.is_file());
-    if !is_file {
-        bail!("the image has no regular file /{}", config.binary);
-    }
-    let emulator = if platform.platform.is_host() {
-        None
-    } else if platform.platform.arch == "arm64" {
-        Some(tools::QEMU_AARCH64.find()?)
-    } else {
-        bail!(
-            "cannot run a {} binary on this {} host",
-            platform.platform,
-            std::env::consts::ARCH
-        )
-    };
-    let sandbox = Sandbox {
-        timeout: RUN_TIMEOUT,
-        emulator,
-    };
-    let (output, isolation) = sandbox
-        .run(&binary, &["version", "--json"])
-        .with_context(|| format!("/{} version --json failed", config.binary))?;
-    match isolation.network {
-        NetworkIsolation::Namespace => eprintln!(
-            "  {}: ran /{} in an empty directory, with no environment and no network, for at most {}s",
-            platform.platform,
-            config.binary,
-            RUN_TIMEOUT.as_secs()
-        ),
-        NetworkIsolation::None { why } => eprintln!(
-            "  {}: ran /{} in an empty directory, with no environment, for at most {}s; not isolated from the network: {why}",
-            platform.platform,
-            config.binary,
-            RUN_TIMEOUT.as_secs()
-        ),
-    }
+    let output = run::version_json(config, client, subject, platform, dir)?;
     let info: Value = serde_json::from_str(&output).with_context(|| {
         format!(
             "/{} version --json printed something that is not JSON: {output}",

@@ -14,16 +14,11 @@
 //! - healthcheck: `server healthcheck` wall time, with hyperfine and no shell;
 //! - load: wrk on loopback against /healthz, with VmRSS sampled meanwhile.
 
+mod measure;
 mod report;
 
-use report::{parse_wrk, render, summary};
-
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use camino::Utf8PathBuf;
@@ -36,6 +31,9 @@ use crate::support::elf::Elf;
 use crate::support::git::Git;
 use crate::support::progress::Steps;
 use crate::support::tools::{self, Tool};
+
+use measure::{measure_healthcheck, measure_load, measure_start, rss_kib, RunningServer};
+use report::render;
 
 const WRK: Tool = Tool {
     name: "wrk",
@@ -52,9 +50,6 @@ const SIZE_TARGET_BYTES: u64 = 4 * 1024 * 1024;
 const IDLE_RSS_TARGET_KIB: u64 = 6 * 1024;
 const START_TARGET_MS: f64 = 50.0;
 const HEALTHCHECK_TARGET_MS: f64 = 10.0;
-
-/// Longer than any sane start: past this the server is broken, not slow.
-const START_GIVE_UP: Duration = Duration::from_secs(10);
 
 struct Settings {
     start_runs: usize,
@@ -325,263 +320,9 @@ fn warn_if_stale(config: &Config, binary: &Utf8PathBuf) {
     }
 }
 
-fn measure_start(server: &Utf8PathBuf, runs: usize) -> Result<StartToHealthy> {
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let port = free_port()?;
-        let started = Instant::now();
-        let mut child = spawn_server(server, port)?;
-        let result = wait_healthy(&mut child, port, started);
-        let _ = child.kill();
-        let _ = child.wait();
-        times.push(result?.as_secs_f64() * 1000.0);
-    }
-    let (median_ms, min_ms, max_ms) = summary(&mut times);
-    Ok(StartToHealthy {
-        runs,
-        median_ms,
-        min_ms,
-        max_ms,
-        target_ms: START_TARGET_MS,
-        ok: median_ms <= START_TARGET_MS,
-    })
-}
-
-/// Polls GET /healthz on fresh connections as fast as the kernel answers,
-/// and returns the time since `started` of the first 200.
-fn wait_healthy(child: &mut Child, port: u16, started: Instant) -> Result<Duration> {
-    loop {
-        if let Some(status) = child.try_wait()? {
-            bail!("the server exited with {status} before answering on 127.0.0.1:{port}");
-        }
-        if started.elapsed() > START_GIVE_UP {
-            bail!(
-                "the server did not answer 200 on 127.0.0.1:{port}/healthz within {}s",
-                START_GIVE_UP.as_secs()
-            );
-        }
-        if get_status(port, "/healthz") == Some(200) {
-            return Ok(started.elapsed());
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-}
-
-fn get_status(port: u16, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    stream.set_nodelay(true).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
-}
-
-fn spawn_server(server: &Utf8PathBuf, port: u16) -> Result<Child> {
-    // Only SERVER_ADDR: the figures are for the default configuration,
-    // whatever SERVER_* variables the caller's shell has.
-    let mut command = Command::new(server);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("SERVER_") {
-            command.env_remove(name);
-        }
-    }
-    command
-        .arg("serve")
-        .env("SERVER_ADDR", format!("127.0.0.1:{port}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("cannot start {server}"))
-}
-
-/// A loopback port the kernel has just handed out. It is released before
-/// the server binds it; a race would show as a failed start, not a wrong figure.
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// The server the idle, healthcheck and load figures are taken from;
-/// killed if the bench stops early.
-struct RunningServer {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl RunningServer {
-    fn start(server: &Utf8PathBuf) -> Result<RunningServer> {
-        let port = free_port()?;
-        let started = Instant::now();
-        let mut running = RunningServer {
-            child: Some(spawn_server(server, port)?),
-            port,
-        };
-        if let Some(child) = running.child.as_mut() {
-            wait_healthy(child, port, started)?;
-        }
-        Ok(running)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
-    /// SIGTERM, and a clean exit within the drain timeout, as in production.
-    fn stop(&mut self) -> Result<()> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        let pid = child.id().to_string();
-        let sh = Shell::new()?;
-        cmd!(sh, "kill -TERM {pid}").quiet().run()?;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                if !status.success() {
-                    bail!("the server exited with {status} after SIGTERM, not 0");
-                }
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("the server did not exit within 15s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for RunningServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn rss_kib(pid: u32) -> Result<u64> {
-    status_field_kib(pid, "VmRSS:")
-}
-
-fn status_field_kib(pid: u32, field: &str) -> Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.trim().strip_suffix("kB"))
-        .and_then(|kib| kib.trim().parse().ok())
-        .with_context(|| format!("no {field} line in {path}"))
-}
-
-fn measure_healthcheck(
-    sh: &Shell,
-    config: &Config,
-    hyperfine: &Path,
-    server: &Utf8PathBuf,
-    port: u16,
-    settings: &Settings,
-    commands: &mut Vec<String>,
-) -> Result<Healthcheck> {
-    let export = config.target_dir.join("bench").join("hyperfine.json");
-    std::fs::create_dir_all(export.parent().unwrap_or(&config.target_dir))?;
-    // `-N` runs the command without a shell, which would otherwise be most
-    // of what is measured; hyperfine then splits the command like a shell.
-    let probe = format!(
-        "{} healthcheck --url http://127.0.0.1:{port}/healthz",
-        crate::support::tools::shell_quote(server.as_str())
-    );
-    let shown = format!(
-        "{} healthcheck --url http://127.0.0.1:{port}/healthz",
-        config.relative(server)
-    );
-    let runs = settings.healthcheck_runs.to_string();
-    let warmup = settings.healthcheck_warmup.to_string();
-    cmd!(
-        sh,
-        "{hyperfine} -N --style none --warmup {warmup} --runs {runs} --export-json {export} {probe}"
-    )
-    .read()
-    .context("hyperfine failed: the healthcheck did not exit 0 against a healthy server")?;
-    commands.push(format!(
-        "hyperfine -N --warmup {warmup} --runs {runs} --export-json {} '{shown}'",
-        config.relative(&export)
-    ));
-    let text = std::fs::read_to_string(&export).with_context(|| format!("cannot read {export}"))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{export} is not JSON"))?;
-    let result = &json["results"][0];
-    let ms = |key: &str| -> Result<f64> {
-        result[key]
-            .as_f64()
-            .map(|secs| secs * 1000.0)
-            .with_context(|| format!("{export} has no results[0].{key}"))
-    };
-    let median_ms = ms("median")?;
-    Ok(Healthcheck {
-        runs: settings.healthcheck_runs,
-        median_ms,
-        mean_ms: ms("mean")?,
-        min_ms: ms("min")?,
-        max_ms: ms("max")?,
-        target_ms: HEALTHCHECK_TARGET_MS,
-        ok: median_ms <= HEALTHCHECK_TARGET_MS,
-    })
-}
-
-fn measure_load(
-    sh: &Shell,
-    wrk: &Path,
-    running: &RunningServer,
-    settings: &Settings,
-    commands: &mut Vec<String>,
-) -> Result<Load> {
-    let pid = running.pid();
-    let url = format!("http://127.0.0.1:{}/healthz", running.port);
-    let threads = format!("-t{}", settings.wrk_threads);
-    let connections = format!("-c{}", settings.wrk_connections);
-    let duration = format!("-d{}s", settings.wrk_seconds);
-    let done = AtomicBool::new(false);
-    let (output, rss_peak_kib) = std::thread::scope(|scope| {
-        let sampler = scope.spawn(|| {
-            let mut peak = 0;
-            while !done.load(Ordering::Relaxed) {
-                peak = peak.max(rss_kib(pid).unwrap_or(0));
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            peak
-        });
-        let output = cmd!(
-            sh,
-            "{wrk} {threads} {connections} {duration} --latency {url}"
-        )
-        .read();
-        done.store(true, Ordering::Relaxed);
-        (output, sampler.join().unwrap_or(0))
-    });
-    let output = output.context("wrk failed")?;
-    commands.push(format!(
-        "wrk {threads} {connections} {duration} --latency {url}"
-    ));
-    let mut load =
-        parse_wrk(&output).with_context(|| format!("cannot read the wrk report:\n{output}"))?;
-    load.threads = settings.wrk_threads;
-    load.connections = settings.wrk_connections;
-    load.duration_s = settings.wrk_seconds;
-    load.rss_peak_kib = rss_peak_kib;
-    load.rss_after_kib = rss_kib(pid)?;
-    Ok(load)
-}
-
 #[cfg(test)]
 mod tests {
+    use super::report::{parse_wrk, summary};
     use super::*;
 
     #[test]

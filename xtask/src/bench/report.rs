@@ -1,7 +1,7 @@
 //! The benchmark's figures: wrk's output parsed, and the report rendered
 //! against the budgets.
 
-use super::*;
+use super::{Load, Report, Settings};
 
 pub(super) fn parse_wrk(output: &str) -> Option<Load> {
     let mut load = Load {

@@ -7,6 +7,7 @@ pub mod client;
 mod layout;
 pub mod push;
 pub mod reference;
+pub mod run;
 pub mod subject;
 mod types;
 pub mod unpack;

@@ -1,6 +1,7 @@
 //! What is said about an image, and proven: cosign, the crate graph
 //! compiled into each binary, the SBOMs and the SLSA provenance.
 
+pub mod claims;
 pub mod cosign;
 pub mod crate_graph;
 pub mod identity;
