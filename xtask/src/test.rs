@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
 
 use crate::support::config::Config;
+use crate::support::progress::Steps;
 use crate::support::tools;
 use crate::{flags, setup};
 
@@ -18,13 +19,14 @@ pub fn run(flags: &flags::Test) -> Result<()> {
     let sh = Shell::new()?;
     sh.change_dir(&config.workspace_root);
     sh.set_var("PATH", tools::augmented_path());
+    let mut steps = Steps::new(4);
 
-    step("cargo fmt --check", || {
+    steps.run("cargo fmt --check", || {
         cmd!(sh, "cargo fmt --all -- --check")
             .run()
             .context("code is not formatted; run `cargo fmt --all`")
     })?;
-    step("cargo clippy", || {
+    steps.run("cargo clippy", || {
         cmd!(sh, "cargo clippy --workspace --all-targets -- -D warnings")
             .run()
             .context("clippy found problems")
@@ -32,26 +34,19 @@ pub fn run(flags: &flags::Test) -> Result<()> {
     // The server's integration tests start the release binary, the one that
     // ships, not the debug build.
     let package = &config.package;
-    step("cargo build --release -p server", || {
+    steps.run("cargo build --release -p server", || {
         cmd!(sh, "cargo build --release --package {package}")
             .run()
             .context("release build failed")
     })?;
     let server_binary = config.target_dir.join("release").join(&config.binary);
     let extra = &flags.cargo_test_args;
-    step("cargo test", || {
-        cmd!(sh, "cargo test --workspace -- {extra...}")
+    steps.run("cargo test", || {
+        // Every failing test binary is reported, not only the first.
+        cmd!(sh, "cargo test --workspace --no-fail-fast -- {extra...}")
             .env("SERVER_TEST_BINARY", &server_binary)
             .run()
             .context("tests failed")
     })?;
-    Ok(())
-}
-
-fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
-    let started = std::time::Instant::now();
-    eprintln!("==> {name}");
-    f()?;
-    eprintln!("==> {name}: ok in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
