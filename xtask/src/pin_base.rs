@@ -3,6 +3,8 @@
 //! later build uses exactly that image until someone pins again.
 
 use anyhow::{bail, Context, Result};
+use camino::Utf8Path;
+use serde::Serialize;
 
 use crate::flags;
 use crate::oci::client::{Client, Reference};
@@ -15,7 +17,7 @@ pub fn run(flags: &flags::PinBase) -> Result<()> {
     if reference.digest.is_some() {
         bail!("the base {base} already names a digest; give a tag, such as gcr.io/distroless/static-debian13:nonroot");
     }
-    let client = Client::new(&reference.host, flags.insecure)?;
+    let client = Client::new(&reference.host, flags.registry.insecure)?;
     let digest = client
         .manifest_digest(&reference.repository, reference.reference())?
         .with_context(|| format!("the base {base} does not exist in its registry"))?;
@@ -23,16 +25,46 @@ pub fn run(flags: &flags::PinBase) -> Result<()> {
     let text = std::fs::read_to_string(&manifest_path)
         .with_context(|| format!("cannot read {manifest_path}"))?;
     let pinned = pin(&text, &base, &digest)?;
+    let changed = pinned != text;
     if flags.dry_run {
-        println!("would pin {base} to {digest} in {manifest_path}");
+        if flags.json {
+            print_json(&base, &digest, &manifest_path, changed)?;
+        } else {
+            println!("would pin {base} to {digest} in {manifest_path}");
+        }
         return Ok(());
     }
-    if pinned != text {
+    if changed {
         std::fs::write(&manifest_path, pinned)
             .with_context(|| format!("cannot write {manifest_path}"))?;
     }
-    println!("{base}@{digest}");
+    if flags.json {
+        print_json(&base, &digest, &manifest_path, changed)?;
+    } else {
+        println!("{base}@{digest}");
+    }
     eprintln!("pinned in {manifest_path}; commit it so that every build uses this base");
+    Ok(())
+}
+
+/// What `pin-base --json` prints.
+#[derive(Serialize)]
+struct Pinned<'a> {
+    base: &'a str,
+    digest: &'a str,
+    manifest: &'a Utf8Path,
+    /// Whether Cargo.toml changed (or, in a dry run, would change).
+    changed: bool,
+}
+
+fn print_json(base: &str, digest: &str, manifest: &Utf8Path, changed: bool) -> Result<()> {
+    let pinned = Pinned {
+        base,
+        digest,
+        manifest,
+        changed,
+    };
+    println!("{}", serde_json::to_string(&pinned)?);
     Ok(())
 }
 
