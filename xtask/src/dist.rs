@@ -3,20 +3,19 @@
 
 use anyhow::Result;
 
-use crate::build::binaries::{build, select_platforms};
+use crate::build::binaries::{build, select_platforms, DistOptions};
 use crate::flags;
 use crate::support::config::Config;
 
 pub fn run(flags: &flags::Dist) -> Result<()> {
     let config = Config::load()?;
     let platforms = select_platforms(&config, &flags.platforms)?;
-    let dist = build(
-        &config,
-        &platforms,
-        flags.strategy,
-        !flags.no_verify,
-        flags.dry_run,
-    )?;
+    let options = DistOptions {
+        strategy: flags.strategy,
+        verify: !flags.no_verify,
+        dry_run: flags.dry_run,
+    };
+    let dist = build(&config, &platforms, options)?;
     if flags.dry_run {
         return Ok(());
     }

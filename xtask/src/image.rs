@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::build::assemble::{self, Built, Options};
 use crate::build::base::{self, Bases};
-use crate::build::binaries::{self, Strategy};
+use crate::build::binaries::{self, DistOptions};
 use crate::build::buildx::{self, BuildxOptions};
 use crate::flags::{self, Builder};
 use crate::oci::client::{Client, Reference};
@@ -247,7 +247,7 @@ fn run_buildx(
         .map_err(|p| format_err!("the docker path {} is not UTF-8", p.display()))?;
 
     steps.run("build the binaries", || {
-        binaries::build(config, platforms, Strategy::Auto, true, false).map(|_| ())
+        binaries::build(config, platforms, DistOptions::verified()).map(|_| ())
     })?;
     let built = steps.run("docker buildx build", || {
         buildx::build(&docker, config, &source, &options)?;

@@ -1,18 +1,20 @@
 //! Measuring a running server: start to healthy, RSS, healthcheck time and
 //! load, each against the release binary on a free loopback port.
 
-use super::report::{parse_wrk, summary};
-use super::{Healthcheck, Load, Settings, StartToHealthy, HEALTHCHECK_TARGET_MS, START_TARGET_MS};
-use crate::support::config::Config;
-use anyhow::{bail, Context, Result};
-use camino::Utf8PathBuf;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use camino::Utf8PathBuf;
 use xshell::{cmd, Shell};
+
+use super::report::{parse_wrk, summary};
+use super::{Healthcheck, Load, Settings, StartToHealthy, HEALTHCHECK_TARGET_MS, START_TARGET_MS};
+use crate::support::config::Config;
 
 /// Longer than any sane start: past this the server is broken, not slow.
 const START_GIVE_UP: Duration = Duration::from_secs(10);

@@ -25,7 +25,7 @@ use camino::Utf8PathBuf;
 use serde::Serialize;
 use xshell::{cmd, Shell};
 
-use crate::flags::{self, Strategy};
+use crate::flags::{self};
 use crate::support::config::{Config, Platform};
 use crate::support::elf::Elf;
 use crate::support::git::Git;
@@ -286,7 +286,11 @@ fn measure_size(
         );
         (release_binary.clone(), false)
     } else {
-        crate::build::binaries::build(config, &[amd64], Strategy::Auto, true, false)?;
+        crate::build::binaries::build(
+            config,
+            &[amd64],
+            crate::build::binaries::DistOptions::verified(),
+        )?;
         commands.push("cargo xtask dist --platform linux/amd64".to_owned());
         (dist_binary, true)
     };

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::build::base::{Base, Bases};
-use crate::build::binaries::{self, Dist, Strategy};
+use crate::build::binaries::{self, Dist, DistOptions};
 use crate::oci::{self, Descriptor, Index, Layout, Manifest, PlatformSpec, BASE_DIGEST, BASE_NAME};
 use crate::support::archive::{self, Entry};
 use crate::support::config::{Config, Platform};
@@ -48,7 +48,7 @@ pub struct Options<'a> {
 
 /// Builds the binaries if needed, then assembles the image.
 pub fn build(config: &Config, options: &Options<'_>) -> Result<(Dist, Built)> {
-    let dist = binaries::build(config, &options.platforms, Strategy::Auto, true, false)?;
+    let dist = binaries::build(config, &options.platforms, DistOptions::verified())?;
     let built = assemble(config, &dist, options)?;
     Ok((dist, built))
 }

@@ -56,8 +56,28 @@ pub struct Artifact {
 #[derive(Debug, Clone)]
 pub struct Dist {
     pub source: Source,
-    pub version: String,
     pub artifacts: Vec<Artifact>,
+}
+
+/// How dist builds.
+#[derive(Debug, Clone, Copy)]
+pub struct DistOptions {
+    pub strategy: Strategy,
+    /// Check the ELF machine, static linking and `server version`.
+    pub verify: bool,
+    /// Print the plan and the commands; build nothing.
+    pub dry_run: bool,
+}
+
+impl DistOptions {
+    /// What the image and release tasks build with: verified binaries.
+    pub fn verified() -> DistOptions {
+        DistOptions {
+            strategy: Strategy::Auto,
+            verify: true,
+            dry_run: false,
+        }
+    }
 }
 
 impl Dist {
@@ -91,13 +111,12 @@ pub fn build_commands(config: &Config, platforms: &[Platform]) -> Result<Vec<Str
 }
 
 /// Builds, archives and verifies; returns what is in target/dist/.
-pub fn build(
-    config: &Config,
-    platforms: &[Platform],
-    strategy: Strategy,
-    verify: bool,
-    dry_run: bool,
-) -> Result<Dist> {
+pub fn build(config: &Config, platforms: &[Platform], options: DistOptions) -> Result<Dist> {
+    let DistOptions {
+        strategy,
+        verify,
+        dry_run,
+    } = options;
     let source = Source::detect(&config.workspace_root)?;
     let version = config.version.to_string();
     let dist_dir = config.dist_dir();
@@ -166,20 +185,12 @@ pub fn build(
         }
     }
     if dry_run {
-        return Ok(Dist {
-            source,
-            version,
-            artifacts,
-        });
+        return Ok(Dist { source, artifacts });
     }
     steps.run("write SHA256SUMS and dist.json", || {
         write_manifests(config, &artifacts)
     })?;
-    Ok(Dist {
-        source,
-        version,
-        artifacts,
-    })
+    Ok(Dist { source, artifacts })
 }
 
 fn write_manifests(config: &Config, artifacts: &[Artifact]) -> Result<()> {

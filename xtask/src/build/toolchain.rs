@@ -2,10 +2,12 @@
 //! else the one on PATH when its sysroot has the target's std, else
 //! Debian's `rustc-web` (whose sysroot holds the aarch64 std).
 
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
 use crate::support::config::{Config, Platform};
 use crate::support::tools;
-use anyhow::{bail, Result};
-use std::path::{Path, PathBuf};
 
 /// A rustc and the cargo that goes with it.
 #[derive(Debug, Clone)]

@@ -8,8 +8,6 @@
 //! non-directory on the way is an error. Nothing else writes the rootfs while we unpack, so
 //! checking then acting is not racy.
 
-use anyhow::{anyhow, bail, Context, Result};
-use camino::{Utf8Path, Utf8PathBuf};
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -18,6 +16,9 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use camino::{Utf8Path, Utf8PathBuf};
 
 const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 const LAYER_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";

@@ -8,7 +8,7 @@ use super::{Release, Summary};
 use crate::attest::{self, AttestOptions};
 use crate::build::assemble::{self, Built, Options};
 use crate::build::base::Bases;
-use crate::build::binaries::{self, Strategy};
+use crate::build::binaries::{self, DistOptions};
 use crate::image::subtask_failed;
 use crate::oci::client::{Client, Reference};
 use crate::oci::push::{self, TagChange};
@@ -44,7 +44,7 @@ impl Release<'_> {
 
         let platforms = self.config.platforms.clone();
         let built_dist = steps.run("dist", || {
-            binaries::build(self.config, &platforms, Strategy::Auto, true, false)
+            binaries::build(self.config, &platforms, DistOptions::verified())
         })?;
         let built = steps.run(
             if push {

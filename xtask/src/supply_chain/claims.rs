@@ -2,11 +2,12 @@
 //! in-toto statements of `cosign verify-attestation`, each checked to name
 //! the digest asked about.
 
-use crate::oci::subject::Subject;
-use crate::supply_chain::cosign::{self, Cosign, Identity};
 use anyhow::{bail, Context, Result};
 use base64::Engine;
 use serde_json::Value;
+
+use crate::oci::subject::Subject;
+use crate::supply_chain::cosign::{self, Cosign, Identity};
 
 /// The `critical.type` of a claim made by `cosign sign`.
 pub const SIGNATURE_TYPE: &str = "https://sigstore.dev/cosign/sign/v1";

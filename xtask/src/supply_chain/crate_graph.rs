@@ -2,12 +2,15 @@
 //! filtered by the target, normal dependencies only, with the features
 //! `cargo tree` resolves, and the checksums from Cargo.lock.
 
-use crate::support::config::{Config, Platform};
-use anyhow::{bail, Context, Result};
-use camino::Utf8Path;
-use cargo_metadata::{DependencyKind, Metadata, PackageId, TargetKind};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use camino::{Utf8Path, Utf8PathBuf};
+use cargo_metadata::{DependencyKind, Metadata, PackageId, TargetKind};
 use xshell::{cmd, Shell};
+
+use crate::support::config::{Config, Platform};
 
 pub const CRATES_IO_INDEX: &str = "registry+https://github.com/rust-lang/crates.io-index";
 
@@ -114,8 +117,25 @@ impl CrateGraph {
     }
 }
 
-/// The crates compiled into the server for `platform`.
+/// The crates compiled into the server for `platform`. A release asks for
+/// each platform's graph several times (SBOMs, provenance, assets), and
+/// the graph cannot change within one run: `cargo metadata` and `cargo
+/// tree` run once per workspace and platform.
 pub fn crate_graph(config: &Config, platform: &Platform) -> Result<CrateGraph> {
+    type Key = (Utf8PathBuf, Platform);
+    static GRAPHS: Mutex<BTreeMap<Key, CrateGraph>> = Mutex::new(BTreeMap::new());
+    let key = (config.workspace_root.clone(), platform.clone());
+    if let Some(graph) = GRAPHS.lock().ok().and_then(|g| g.get(&key).cloned()) {
+        return Ok(graph);
+    }
+    let graph = read_crate_graph(config, platform)?;
+    if let Ok(mut graphs) = GRAPHS.lock() {
+        graphs.insert(key, graph.clone());
+    }
+    Ok(graph)
+}
+
+fn read_crate_graph(config: &Config, platform: &Platform) -> Result<CrateGraph> {
     let triple = platform.triple();
     let metadata = cargo_metadata::MetadataCommand::new()
         .manifest_path(config.manifest_path())

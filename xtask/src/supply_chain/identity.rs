@@ -1,9 +1,10 @@
 //! Who signs, and whom verification trusts: a cosign key, or keyless with
 //! the GitHub Actions OIDC identity of the release workflow.
 
-use crate::supply_chain::cosign::SigningArgs;
 use anyhow::{bail, Context, Result};
 use camino::Utf8Path;
+
+use crate::supply_chain::cosign::SigningArgs;
 
 /// Who signs, or whom a verification trusts.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,8 +5,6 @@
 //! empty working directory, no environment, no stdin, bounded output, a deadline after which its
 //! whole process group is killed, and, where we are root, a network namespace with no interfaces.
 
-use anyhow::{anyhow, bail, Context, Result};
-use camino::Utf8Path;
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::{self, Read};
@@ -19,6 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 use std::{env, fs, process};
+
+use anyhow::{anyhow, bail, Context, Result};
+use camino::Utf8Path;
 
 /// A version report is a few hundred bytes; anything near this is not one.
 const MAX_STDOUT: usize = 1024 * 1024;
