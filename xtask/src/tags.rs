@@ -2,10 +2,11 @@
 //!
 //! The policy and its choices are documented in docs/tags.md.
 
+use std::collections::BTreeMap;
+
 use anyhow::{bail, Context, Result};
 use semver::Version;
 use serde::Serialize;
-use serde_json::json;
 
 use crate::flags::{self, BuildRef};
 use crate::oci::client::{Client, Reference};
@@ -58,15 +59,36 @@ impl Plan {
             .collect()
     }
 
-    pub fn to_json(&self, published_considered: usize) -> serde_json::Value {
-        json!({
-            "tags": self.names(),
-            "immutable": self.tags.iter().filter(|t| t.immutable).map(|t| &t.tag).collect::<Vec<_>>(),
-            "reasons": self.tags.iter().map(|t| (t.tag.clone(), json!(t.reason))).collect::<serde_json::Map<_, _>>(),
-            "not_set": self.not_set,
-            "published_considered": published_considered,
-        })
+    /// What `tags --json` prints.
+    pub fn to_output(&self, published_considered: usize) -> TagsOutput {
+        TagsOutput {
+            tags: self.names(),
+            immutable: self
+                .tags
+                .iter()
+                .filter(|t| t.immutable)
+                .map(|t| t.tag.clone())
+                .collect(),
+            reasons: self
+                .tags
+                .iter()
+                .map(|t| (t.tag.clone(), t.reason.clone()))
+                .collect(),
+            not_set: self.not_set.clone(),
+            published_considered,
+        }
     }
+}
+
+/// What `tags --json` prints: the tags in the order they are set.
+#[derive(Debug, Clone, Serialize)]
+pub struct TagsOutput {
+    pub tags: Vec<String>,
+    pub immutable: Vec<String>,
+    pub reasons: BTreeMap<String, String>,
+    pub not_set: Vec<String>,
+    /// How many published stable versions the floating tags were compared with.
+    pub published_considered: usize,
 }
 
 /// Parses a release version: `v`, then strict semver, without build
@@ -88,7 +110,7 @@ pub fn parse_version(text: &str) -> Result<Version> {
         );
     }
     let version = Version::parse(rest)
-        .map_err(|e| anyhow::anyhow!("invalid version {text:?}: {e}; {expected}"))?;
+        .map_err(|e| anyhow::format_err!("invalid version {text:?}: {e}; {expected}"))?;
     if !version.build.is_empty() {
         bail!(
             "invalid version {text:?}: build metadata (+{}) is not allowed in a release; {expected}",
@@ -462,7 +484,10 @@ pub fn run(flags: &flags::Tags) -> Result<()> {
     };
     let plan = compute(&kind, &sha, &published)?;
     if flags.json {
-        println!("{}", plan.to_json(published.len()));
+        println!(
+            "{}",
+            serde_json::to_string(&plan.to_output(published.len()))?
+        );
     } else {
         for line in plan.table() {
             println!("{line}");

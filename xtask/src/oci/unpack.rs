@@ -17,7 +17,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, format_err, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 
 const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
@@ -142,7 +142,7 @@ impl Unpacker {
     ) -> Result<()> {
         let raw_name = entry.path_bytes().into_owned();
         let name = std::str::from_utf8(&raw_name).map_err(|_| {
-            anyhow!(
+            format_err!(
                 "layer entry {:?} is not valid utf-8; refusing to unpack",
                 String::from_utf8_lossy(&raw_name)
             )
@@ -156,7 +156,7 @@ impl Unpacker {
         }
         let subject = format!("layer entry {name:?}");
         let components = relative_components(name)
-            .map_err(|reason| anyhow!("{subject} {reason}; refusing to unpack"))?;
+            .map_err(|reason| format_err!("{subject} {reason}; refusing to unpack"))?;
         // `./` alone names the rootfs, whose mode is the caller's.
         let Some((last, parents)) = components.split_last() else {
             return Ok(());
@@ -181,7 +181,7 @@ impl Unpacker {
                     .link_name_bytes()
                     .filter(|target| !target.is_empty())
                     .ok_or_else(|| {
-                        anyhow!("{subject} is a symlink with no target; refusing to unpack")
+                        format_err!("{subject} is a symlink with no target; refusing to unpack")
                     })?
                     .into_owned();
                 let path = self.parent_dir(&subject, parents)?.join(last);
@@ -211,7 +211,7 @@ impl Unpacker {
     /// Walks `parents` below the rootfs, making missing directories, and returns the last one.
     fn parent_dir(&self, subject: &str, parents: &[&str]) -> Result<Utf8PathBuf> {
         self.walk(subject, parents, true)?
-            .ok_or_else(|| anyhow!("{subject} has a parent that could not be made"))
+            .ok_or_else(|| format_err!("{subject} has a parent that could not be made"))
     }
 
     /// Returns `None` if a directory on the way is missing and `create` is false.
@@ -312,22 +312,25 @@ impl Unpacker {
     ) -> Result<Utf8PathBuf> {
         let raw_target = entry
             .link_name_bytes()
-            .ok_or_else(|| anyhow!("{subject} is a hard link with no target; refusing to unpack"))?
+            .ok_or_else(|| {
+                format_err!("{subject} is a hard link with no target; refusing to unpack")
+            })?
             .into_owned();
         let target = std::str::from_utf8(&raw_target).map_err(|_| {
-            anyhow!(
+            format_err!(
                 "{subject} is a hard link to {:?}, which is not valid utf-8; refusing to unpack",
                 String::from_utf8_lossy(&raw_target)
             )
         })?;
         let link_subject = format!("{subject} is a hard link to {target:?}, which");
         let target_components = relative_components(target)
-            .map_err(|reason| anyhow!("{link_subject} {reason}; refusing to unpack"))?;
+            .map_err(|reason| format_err!("{link_subject} {reason}; refusing to unpack"))?;
         if target_components == components {
             bail!("{subject} is a hard link to itself; refusing to unpack");
         }
-        let not_a_file =
-            || anyhow!("{link_subject} is not a regular file in the rootfs; refusing to unpack");
+        let not_a_file = || {
+            format_err!("{link_subject} is not a regular file in the rootfs; refusing to unpack")
+        };
         let Some((last, parents)) = target_components.split_last() else {
             return Err(not_a_file());
         };

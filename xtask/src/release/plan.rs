@@ -37,7 +37,7 @@ impl Release<'_> {
                     "head": preflight.head,
                     "dry_run": true,
                     "preflight": preflight,
-                    "tags": plan.to_json(published.len()),
+                    "tags": plan.to_output(published.len()),
                     "steps": steps.iter().map(|(name, commands)| json!({"step": name, "commands": commands})).collect::<Vec<_>>(),
                 })
             );

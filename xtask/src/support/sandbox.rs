@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 use std::{env, fs, process};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, format_err, Context, Result};
 use camino::Utf8Path;
 
 /// A version report is a few hundred bytes; anything near this is not one.
@@ -135,7 +135,7 @@ impl Sandbox {
             }
         }
         let stdout = String::from_utf8(out.data)
-            .map_err(|_| anyhow!("{shown:?} printed output that is not utf-8"))?;
+            .map_err(|_| format_err!("{shown:?} printed output that is not utf-8"))?;
         Ok((stdout, Isolation { network }))
     }
 }
@@ -186,7 +186,7 @@ fn effective_uid() -> Result<u32> {
         .lines()
         .find_map(|line| line.strip_prefix("Uid:"))
         .and_then(|ids| ids.split_whitespace().nth(1))
-        .ok_or_else(|| anyhow!("/proc/self/status has no effective uid"))?;
+        .ok_or_else(|| format_err!("/proc/self/status has no effective uid"))?;
     uid.parse()
         .with_context(|| format!("/proc/self/status has an odd uid {uid:?}"))
 }
@@ -205,7 +205,7 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
 /// Sends SIGKILL to a process group. There is no killpg in std and this crate takes no libc, so
 /// it goes through kill(1), found on our own PATH, never the binary's.
 fn kill_group(group: u32) -> Result<()> {
-    let kill = find_on_path("kill").ok_or_else(|| anyhow!("kill(1) is not on PATH"))?;
+    let kill = find_on_path("kill").ok_or_else(|| format_err!("kill(1) is not on PATH"))?;
     let output = duct::cmd(kill, ["-KILL", "--", &format!("-{group}")])
         .stdin_null()
         .stdout_null()
@@ -325,7 +325,7 @@ impl OutputReader {
         let _ = self.ours.shutdown(Shutdown::Read);
         self.thread
             .join()
-            .map_err(|_| anyhow!("the output reader panicked"))?
+            .map_err(|_| format_err!("the output reader panicked"))?
             .context("cannot read the output")
     }
 }
