@@ -2,12 +2,21 @@
 //! of the crate graph compiled into each binary, written to target/sbom/.
 
 use anyhow::Result;
-use serde_json::{json, Value};
+use camino::Utf8PathBuf;
+use serde::Serialize;
 
 use crate::flags;
 use crate::supply_chain::sbom::{check_image_digest, cyclonedx_path, spdx_path, write};
 use crate::support::config::{Config, Platform};
 use crate::support::progress::Steps;
+
+/// One platform's SBOMs, as `sbom --json` lists them.
+#[derive(Serialize)]
+pub struct Written {
+    pub platform: String,
+    pub cyclonedx: Utf8PathBuf,
+    pub spdx: Utf8PathBuf,
+}
 
 pub fn run(flags: &flags::Sbom) -> Result<()> {
     let config = Config::load()?;
@@ -48,14 +57,12 @@ pub fn run(flags: &flags::Sbom) -> Result<()> {
         written.push((platform.clone(), files));
     }
     if flags.json {
-        let report: Vec<Value> = written
+        let report: Vec<Written> = written
             .iter()
-            .map(|(platform, files)| {
-                json!({
-                    "platform": platform.to_string(),
-                    "cyclonedx": files.cyclonedx,
-                    "spdx": files.spdx,
-                })
+            .map(|(platform, files)| Written {
+                platform: platform.to_string(),
+                cyclonedx: files.cyclonedx.clone(),
+                spdx: files.spdx.clone(),
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&report)?);
