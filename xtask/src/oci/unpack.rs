@@ -2,11 +2,10 @@
 //!
 //! Whoever can push to the registry controls every byte of the layers. The signature checks come
 //! first, but this extractor is written as if they did not: no entry may create, change or delete
-//! anything outside the rootfs, whatever symlinks earlier entries left inside it. The old unpacker
-//! followed such symlinks (`v1 -> /host/dir` then `v1/.wh.keep` deleted `/host/dir/keep`), so here
-//! every parent of every path is checked with `lstat`, one component at a time, and a symlink or a
-//! non-directory on the way is an error. Nothing else writes the rootfs while we unpack, so
-//! checking then acting is not racy.
+//! anything outside the rootfs, whatever symlinks earlier entries left inside it (`v1 -> /host/dir`
+//! then `v1/.wh.keep` must not delete `/host/dir/keep`): every parent of every path is checked
+//! with `lstat`, one component at a time, and a symlink or a non-directory on the way is an error.
+//! Nothing else writes the rootfs while we unpack, so checking then acting is not racy.
 
 use std::cell::Cell;
 use std::collections::HashSet;
@@ -20,9 +19,7 @@ use std::path::Path;
 use anyhow::{bail, format_err, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 
-const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
-const LAYER_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-const DOCKER_LAYER_TAR_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+use crate::oci::{DOCKER_LAYER_GZIP, LAYER_GZIP, LAYER_TAR};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
@@ -99,7 +96,7 @@ impl Unpacker {
                 &budget,
             ),
             // Multi-member so that layers written by parallel gzip tools also unpack whole.
-            LAYER_TAR_GZIP | DOCKER_LAYER_TAR_GZIP => self.apply_tar(
+            LAYER_GZIP | DOCKER_LAYER_GZIP => self.apply_tar(
                 Budgeted {
                     inner: flate2::read::MultiGzDecoder::new(reader),
                     budget: &budget,
@@ -382,10 +379,8 @@ impl Unpacker {
 }
 
 fn metadata_cap(limits: Limits) -> u64 {
-    limits
-        .max_entries
-        .saturating_mul(TAR_METADATA_PER_ENTRY)
-        .saturating_add(TAR_METADATA_SLACK)
+    let per_entry = limits.max_entries.saturating_mul(TAR_METADATA_PER_ENTRY);
+    per_entry.saturating_add(TAR_METADATA_SLACK)
 }
 
 /// Splits an entry's name into the components below the rootfs, or says why it may not be one.
@@ -817,7 +812,7 @@ mod tests {
         });
         let zeros = vec![0; 2 * MIB as usize];
         let layer = gzip(&tar_of(&[E::File("big", &zeros, 0o644)]));
-        let result = fx.unpacker.apply_layer(layer.as_slice(), LAYER_TAR_GZIP);
+        let result = fx.unpacker.apply_layer(layer.as_slice(), LAYER_GZIP);
         assert_refused(
             result,
             r#"the image's layers unpack to more than 1048576 bytes; stopped at layer entry "big""#,
@@ -835,12 +830,10 @@ mod tests {
         let data = vec![7; 600 * 1024];
         let layer = gzip(&tar_of(&[E::File("one", &data, 0o644)]));
         fx.unpacker
-            .apply_layer(layer.as_slice(), DOCKER_LAYER_TAR_GZIP)
+            .apply_layer(layer.as_slice(), DOCKER_LAYER_GZIP)
             .unwrap();
         let layer = gzip(&tar_of(&[E::File("two", &data, 0o644)]));
-        let result = fx
-            .unpacker
-            .apply_layer(layer.as_slice(), DOCKER_LAYER_TAR_GZIP);
+        let result = fx.unpacker.apply_layer(layer.as_slice(), DOCKER_LAYER_GZIP);
         assert_refused(
             result,
             r#"the image's layers unpack to more than 1048576 bytes; stopped at layer entry "two""#,
@@ -865,7 +858,7 @@ mod tests {
             E::Other("pax", EntryType::XHeader, pax),
             E::File("f", b"", 0o644),
         ]));
-        let result = fx.unpacker.apply_layer(layer.as_slice(), LAYER_TAR_GZIP);
+        let result = fx.unpacker.apply_layer(layer.as_slice(), LAYER_GZIP);
         assert_refused(
             result,
             "the image's layers hold more than 1056768 bytes of tar metadata; refusing to unpack",
