@@ -4,7 +4,6 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -24,10 +23,10 @@ pub(super) fn measure_start(server: &Utf8PathBuf, runs: usize) -> Result<StartTo
     for _ in 0..runs {
         let port = free_port()?;
         let started = Instant::now();
-        let mut child = spawn_server(server, port)?;
-        let result = wait_healthy(&mut child, port, started);
+        let child = spawn_server(server, port)?;
+        let result = wait_healthy(&child, port, started);
+        // duct's kill also reaps the child.
         let _ = child.kill();
-        let _ = child.wait();
         times.push(result?.as_secs_f64() * 1000.0);
     }
     let (median_ms, min_ms, max_ms) = summary(&mut times);
@@ -43,10 +42,13 @@ pub(super) fn measure_start(server: &Utf8PathBuf, runs: usize) -> Result<StartTo
 
 /// Polls GET /healthz on fresh connections as fast as the kernel answers,
 /// and returns the time since `started` of the first 200.
-fn wait_healthy(child: &mut Child, port: u16, started: Instant) -> Result<Duration> {
+fn wait_healthy(child: &duct::Handle, port: u16, started: Instant) -> Result<Duration> {
     loop {
-        if let Some(status) = child.try_wait()? {
-            bail!("the server exited with {status} before answering on 127.0.0.1:{port}");
+        if let Some(output) = child.try_wait()? {
+            bail!(
+                "the server exited with {} before answering on 127.0.0.1:{port}",
+                output.status
+            );
         }
         if started.elapsed() > START_GIVE_UP {
             bail!(
@@ -75,22 +77,22 @@ fn get_status(port: u16, path: &str) -> Option<u16> {
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }
 
-fn spawn_server(server: &Utf8PathBuf, port: u16) -> Result<Child> {
+fn spawn_server(server: &Utf8PathBuf, port: u16) -> Result<duct::Handle> {
     // Only SERVER_ADDR: the figures are for the default configuration,
     // whatever SERVER_* variables the caller's shell has.
-    let mut command = Command::new(server);
+    let mut command = duct::cmd!(server.as_std_path(), "serve");
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("SERVER_") {
-            command.env_remove(name);
+            command = command.env_remove(name);
         }
     }
     command
-        .arg("serve")
         .env("SERVER_ADDR", format!("127.0.0.1:{port}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+        .stdin_null()
+        .stdout_null()
+        .stderr_null()
+        .unchecked()
+        .start()
         .with_context(|| format!("cannot start {server}"))
 }
 
@@ -103,7 +105,7 @@ fn free_port() -> Result<u16> {
 /// The server the idle, healthcheck and load figures are taken from;
 /// killed if the bench stops early.
 pub(super) struct RunningServer {
-    child: Option<Child>,
+    child: Option<duct::Handle>,
     pub(super) port: u16,
 }
 
@@ -111,51 +113,53 @@ impl RunningServer {
     pub(super) fn start(server: &Utf8PathBuf) -> Result<RunningServer> {
         let port = free_port()?;
         let started = Instant::now();
-        let mut running = RunningServer {
+        let running = RunningServer {
             child: Some(spawn_server(server, port)?),
             port,
         };
-        if let Some(child) = running.child.as_mut() {
+        if let Some(child) = running.child.as_ref() {
             wait_healthy(child, port, started)?;
         }
         Ok(running)
     }
 
+    fn pid_of(&self, child: &duct::Handle) -> u32 {
+        child.pids().first().copied().unwrap_or(0)
+    }
+
     pub(super) fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        self.child
+            .as_ref()
+            .and_then(|c| c.pids().first().copied())
+            .unwrap_or(0)
     }
 
     /// SIGTERM, and a clean exit within the drain timeout, as in production.
     pub(super) fn stop(&mut self) -> Result<()> {
-        let Some(mut child) = self.child.take() else {
+        let Some(child) = self.child.take() else {
             return Ok(());
         };
-        let pid = child.id().to_string();
+        let pid = self.pid_of(&child).to_string();
         let sh = Shell::new()?;
         cmd!(sh, "kill -TERM {pid}").quiet().run()?;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                if !status.success() {
-                    bail!("the server exited with {status} after SIGTERM, not 0");
-                }
-                return Ok(());
-            }
-            if Instant::now() > deadline {
+        match child.wait_timeout(Duration::from_secs(15))? {
+            Some(output) if output.status.success() => Ok(()),
+            Some(output) => bail!(
+                "the server exited with {} after SIGTERM, not 0",
+                output.status
+            ),
+            None => {
                 let _ = child.kill();
-                let _ = child.wait();
-                bail!("the server did not exit within 15s of SIGTERM");
+                bail!("the server did not exit within 15s of SIGTERM")
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
 
 impl Drop for RunningServer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        if let Some(child) = self.child.take() {
             let _ = child.kill();
-            let _ = child.wait();
         }
     }
 }

@@ -17,10 +17,9 @@
 mod measure;
 mod report;
 
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use camino::Utf8PathBuf;
 use serde::Serialize;
 use xshell::{cmd, Shell};
@@ -253,17 +252,12 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
 
 /// The git sha the binary reports, to say what was measured.
 fn binary_git_sha(binary: &Utf8PathBuf) -> Result<String> {
-    let output = Command::new(binary)
-        .args(["version", "--json"])
-        .output()
-        .with_context(|| format!("cannot run {binary} version --json"))?;
-    if !output.status.success() {
-        bail!(
-            "{binary} version --json failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout)
+    let sh = Shell::new()?;
+    let output = cmd!(sh, "{binary} version --json")
+        .quiet()
+        .read()
+        .with_context(|| format!("{binary} version --json failed"))?;
+    let json: serde_json::Value = serde_json::from_str(&output)
         .with_context(|| format!("{binary} version --json did not print JSON"))?;
     Ok(json["git_sha"].as_str().unwrap_or("unknown").to_owned())
 }

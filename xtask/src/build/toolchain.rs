@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
+use xshell::{cmd, Shell};
 
 use crate::support::config::{Config, Platform};
 use crate::support::tools;
@@ -99,16 +100,17 @@ fn require_std(toolchain: Toolchain, triple: &str) -> Result<Toolchain> {
 }
 
 fn has_std(rustc: &Path, triple: &str) -> bool {
-    let Ok(output) = std::process::Command::new(rustc)
-        .args(["--print", "sysroot"])
-        .output()
+    let Ok(sh) = Shell::new() else {
+        return false;
+    };
+    let Ok(sysroot) = cmd!(sh, "{rustc} --print sysroot")
+        .quiet()
+        .ignore_stderr()
+        .read()
     else {
         return false;
     };
-    if !output.status.success() {
-        return false;
-    }
-    let sysroot = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    let sysroot = PathBuf::from(sysroot.trim());
     let lib = sysroot.join("lib/rustlib").join(triple).join("lib");
     std::fs::read_dir(lib)
         .map(|entries| {
