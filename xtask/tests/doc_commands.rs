@@ -524,7 +524,7 @@ fn stand_in(bed: &Bed, command: &str) -> String {
         if matches!(task, "verify" | "sign" | "attest" | "bundle" | "release") {
             extra.push_str(" --insecure");
         }
-        if matches!(task, "verify" | "sign" | "attest") && args.contains("--key") {
+        if matches!(task, "verify" | "sign" | "attest" | "bundle") && args.contains("--key") {
             extra.push_str(" --no-tlog");
         }
         if matches!(task, "bundle" | "release") && !args.contains("--image") {
