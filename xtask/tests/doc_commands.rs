@@ -306,6 +306,10 @@ const EXPECTATIONS: &[(&str, How)] = &[
         How::Runs(Before::Nothing, provenance_of_index),
     ),
     (
+        "cosign verify-attestation --type slsaprovenance1 --policy",
+        How::Keyless,
+    ),
+    (
         "crane manifest \"$IMAGE@$DIGEST\" | jq -r",
         How::Runs(Before::Nothing, prints_platform_list),
     ),
