@@ -292,12 +292,19 @@ pub struct Bundle {
     #[arg(long)]
     pub out: Option<Utf8PathBuf>,
     /// Instead of writing the archive, push the one at --out into --image,
-    /// with every digest unchanged: the air-gapped side of the bundle.
+    /// with every digest unchanged, verify its signatures there (--key, or
+    /// the release workflow's identity), and only then set its tags.
     #[arg(long)]
     pub load: bool,
-    /// Print what would be written or pushed; change nothing.
+    /// With --load: whom to trust, as for verify.
+    #[command(flatten)]
+    pub signing: SigningArgs,
+    /// Print what would be bundled (or loaded and tagged); write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -164,6 +164,178 @@ fn ref_names(index: &Value) -> Vec<String> {
         .collect()
 }
 
+/// `bundle --load` of `archive` into `registry`/app, trusting `public_key`.
+fn load(
+    registry: &Registry,
+    archive: &Path,
+    public_key: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    run(support::xtask()
+        .args([
+            "bundle",
+            "v0.1.0",
+            "--load",
+            "--insecure",
+            "--no-tlog",
+            "--image",
+            &registry.repo("app"),
+        ])
+        .arg("--key")
+        .arg(public_key)
+        .arg("--out")
+        .arg(archive)
+        .args(extra))
+}
+
+fn last_error_line(output: &std::process::Output) -> String {
+    assert!(!output.status.success(), "it succeeded");
+    String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned()
+}
+
+/// Rewrites `archive` into `out` with `edit` applied to its index.json, and
+/// `extra` blobs added: what someone altering the archive in transit does.
+fn altered(archive: &Path, out: &Path, extra: &[&[u8]], edit: impl FnOnce(&mut Value)) {
+    let dir = tempfile::tempdir().unwrap();
+    run_ok(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(archive)
+            .arg("-C")
+            .arg(dir.path()),
+    );
+    let mut index = archive_index(archive);
+    edit(&mut index);
+    std::fs::write(
+        dir.path().join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    for blob in extra {
+        std::fs::write(
+            dir.path().join("blobs/sha256").join(support_sha256(blob)),
+            blob,
+        )
+        .unwrap();
+    }
+    run_ok(
+        Command::new("tar")
+            .arg("-cf")
+            .arg(out)
+            .arg("-C")
+            .arg(dir.path())
+            .args(["oci-layout", "index.json", "blobs"]),
+    );
+}
+
+#[test]
+fn load_verifies_before_it_tags_and_refuses_altered_archives() {
+    let a = Registry::start();
+    let b = Registry::start();
+    let signed = push_and_sign(&a);
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("server-v0.1.0.oci.tar");
+    let output = bundle(&a, "app", &archive, &[]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let tags_of_b = || support::skopeo_tags(&b.repo("app"));
+
+    // A key that did not sign the release: refused, nothing tagged.
+    let other = tempfile::tempdir().unwrap();
+    run_ok(
+        cosign()
+            .args(["generate-key-pair"])
+            .current_dir(other.path()),
+    );
+    let other_key = other.path().join("cosign.pub");
+    let refused = load(&b, &archive, &other_key, &[]);
+    let line = last_error_line(&refused);
+    assert!(
+        line.starts_with(&format!(
+            "error: cannot load {}:v0.1.0: the index {} is not signed by the key {}: ",
+            b.repo("app"),
+            signed.index,
+            other_key.display()
+        )),
+        "{line}"
+    );
+    assert!(line.ends_with("; no tag was set: check --key (or, keyless, that this is a release of https://github.com/example-org/rust-release), or bundle the release again"), "{line}");
+    assert_eq!(tags_of_b(), Vec::<String>::new());
+
+    // An unsigned index made of the signed platforms (another annotation,
+    // so another digest), and v0.1.0 pointed at it.
+    let index_bytes = run_ok(Command::new(tool("crane")).args([
+        "manifest",
+        "--insecure",
+        &format!("{}@{}", a.repo("app"), signed.index),
+    ]));
+    let mut unsigned: Value = serde_json::from_str(&index_bytes).unwrap();
+    unsigned["annotations"]["org.example.altered"] = json!("yes");
+    let unsigned = serde_json::to_vec(&unsigned).unwrap();
+    let unsigned_digest = format!("sha256:{}", support_sha256(&unsigned));
+    let point_at_unsigned = |index: &mut Value| {
+        let release = &mut index["manifests"][0];
+        release["digest"] = json!(unsigned_digest);
+        release["size"] = json!(unsigned.len());
+    };
+
+    // Only the tag edited: the archive's signatures are of another digest.
+    let retagged = dir.path().join("retagged.tar");
+    altered(&archive, &retagged, &[&unsigned], point_at_unsigned);
+    let line = last_error_line(&load(&b, &retagged, &signed.public_key(), &[]));
+    assert_eq!(
+        line,
+        format!(
+            "error: cannot load {}: its index.json holds sha256-{h}, signatures of sha256:{h}, which is neither v0.1.0 ({unsigned_digest}) nor one of its platforms; the archive was altered, bundle the release again",
+            retagged.display(),
+            h = hex(&signed.index)
+        )
+    );
+    assert_eq!(tags_of_b(), Vec::<String>::new());
+
+    // The index's signatures renamed for the unsigned digest too: only
+    // cosign can tell, and it does, before any tag.
+    let renamed = dir.path().join("renamed.tar");
+    let signature_tag = format!("sha256-{}", hex(&signed.index));
+    altered(&archive, &renamed, &[&unsigned], |index| {
+        point_at_unsigned(index);
+        for entry in index["manifests"].as_array_mut().unwrap() {
+            let name = &mut entry["annotations"]["org.opencontainers.image.ref.name"];
+            if *name == json!(signature_tag) {
+                *name = json!(format!("sha256-{}", hex(&unsigned_digest)));
+            }
+        }
+    });
+    let line = last_error_line(&load(&b, &renamed, &signed.public_key(), &[]));
+    assert!(
+        line.starts_with(&format!(
+            "error: cannot load {}:v0.1.0: the index {unsigned_digest} is not signed by the key {}: ",
+            b.repo("app"),
+            signed.public_key().display()
+        )),
+        "{line}"
+    );
+    assert_eq!(tags_of_b(), Vec::<String>::new());
+    let crane_tags = run(Command::new(tool("crane")).args(["ls", "--insecure", &b.repo("app")]));
+    assert_eq!(String::from_utf8_lossy(&crane_tags.stdout).trim(), "");
+
+    // The genuine archive with the right key loads and tags.
+    let loaded = load(&b, &archive, &signed.public_key(), &[]);
+    assert!(
+        loaded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    assert_eq!(tag_digests(&b.repo("app"))["v0.1.0"], signed.index);
+}
+
 fn cosign_verify(reference: &str, public_key: &Path) -> std::process::Output {
     run(cosign().arg("verify").arg("--key").arg(public_key).args([
         "--insecure-ignore-tlog=true",
@@ -202,9 +374,21 @@ fn bundle_round_trips_into_another_registry_and_verifies_there() {
     );
     assert!(plan.contains(&format!("  sha256-{} -> ", hex(&signed.index),)));
     assert!(plan.contains(
-        "  cargo xtask bundle v0.1.0 --load --out server-v0.1.0.oci.tar --image registry.internal/rust-release\n"
+        "  cargo xtask bundle v0.1.0 --load --key cosign.pub --out server-v0.1.0.oci.tar --image registry.internal/rust-release\n"
     ));
     assert!(!archive.exists(), "--dry-run wrote {}", archive.display());
+    let dry_json = bundle(&a, "app", &archive, &["--dry-run", "--json"]);
+    let report: Value = serde_json::from_slice(&dry_json.stdout).expect("bundle --json is JSON");
+    assert_eq!(report["action"], json!("bundle"));
+    assert_eq!(report["dry_run"], json!(true));
+    assert_eq!(report["digest"], json!(signed.index));
+    assert_eq!(report["sha256"], json!(null));
+    assert_eq!(report["subjects"].as_array().unwrap().len(), 3, "{report}");
+    assert!(
+        !archive.exists(),
+        "--dry-run --json wrote {}",
+        archive.display()
+    );
 
     let output = bundle(&a, "app", &archive, &[]);
     assert!(
@@ -265,20 +449,7 @@ fn bundle_round_trips_into_another_registry_and_verifies_there() {
     assert_eq!(tag_digests(&b.repo("by-skopeo"))["v0.1.0"], signed.index);
 
     // The documented load, dry run first: it names every tag and pushes nothing.
-    let load = |extra: &[&str]| {
-        run(support::xtask()
-            .args([
-                "bundle",
-                "v0.1.0",
-                "--load",
-                "--insecure",
-                "--image",
-                &b.repo("app"),
-            ])
-            .arg("--out")
-            .arg(&archive)
-            .args(extra))
-    };
+    let load = |extra: &[&str]| load(&b, &archive, &signed.public_key(), extra);
     let dry = load(&["--dry-run"]);
     assert!(
         dry.status.success(),
@@ -295,11 +466,24 @@ fn bundle_round_trips_into_another_registry_and_verifies_there() {
         "{plan}"
     );
     assert_eq!(support::skopeo_tags(&b.repo("app")), Vec::<String>::new());
-    let loaded = load(&[]);
+    let loaded = load(&["--json"]);
     assert!(
         loaded.status.success(),
         "load failed: {}",
         String::from_utf8_lossy(&loaded.stderr)
+    );
+    // --json: what cosign verified (the index and both platforms), then
+    // the tags in the order they were set, the version after its signatures.
+    let report: Value = serde_json::from_slice(&loaded.stdout).expect("load --json is JSON");
+    assert_eq!(report["action"], json!("load"));
+    assert_eq!(report["digest"], json!(signed.index));
+    assert_eq!(report["verified"].as_array().unwrap().len(), 3, "{report}");
+    assert_eq!(
+        report["tags"],
+        json!(expected_refs[1..]
+            .iter()
+            .chain(&expected_refs[..1])
+            .collect::<Vec<_>>())
     );
     // Loading again changes nothing and succeeds.
     let again = load(&[]);

@@ -306,6 +306,10 @@ const EXPECTATIONS: &[(&str, How)] = &[
         How::Runs(Before::Nothing, provenance_of_index),
     ),
     (
+        "cosign verify-attestation --type slsaprovenance1 --policy",
+        How::Keyless,
+    ),
+    (
         "crane manifest \"$IMAGE@$DIGEST\" | jq -r",
         How::Runs(Before::Nothing, prints_platform_list),
     ),
@@ -524,7 +528,7 @@ fn stand_in(bed: &Bed, command: &str) -> String {
         if matches!(task, "verify" | "sign" | "attest" | "bundle" | "release") {
             extra.push_str(" --insecure");
         }
-        if matches!(task, "verify" | "sign" | "attest") && args.contains("--key") {
+        if matches!(task, "verify" | "sign" | "attest" | "bundle") && args.contains("--key") {
             extra.push_str(" --no-tlog");
         }
         if matches!(task, "bundle" | "release") && !args.contains("--image") {

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod client;
 mod layout;
+pub mod overlay;
 pub mod push;
 pub mod reference;
 pub mod run;

@@ -1,11 +1,15 @@
-//! Publishing an OCI layout: blobs first, then platform manifests, then the
-//! index, all by digest; tags last, exact before floating. A failure at any
-//! point leaves every tag where it was.
+//! Publishing a manifest tree (an OCI layout's image, or an archive's):
+//! blobs first, then platform manifests, then the index, all by digest;
+//! tags last, exact before floating. A failure at any point leaves every
+//! tag where it was.
+
+use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
+use serde_json::Value;
 
 use crate::oci::client::Client;
-use crate::oci::{self, Index, Layout, Manifest};
+use crate::oci::{self, Descriptor, Layout};
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct PushReport {
@@ -13,6 +17,31 @@ pub struct PushReport {
     pub mounted: Vec<String>,
     pub skipped: Vec<String>,
     pub manifests_pushed: Vec<String>,
+}
+
+/// Where the blobs and manifests of a tree come from: an OCI layout on
+/// disk, or an archive read into memory.
+pub trait BlobSource {
+    /// The bytes of `digest`, checked against it.
+    fn blob(&self, digest: &str) -> Result<Vec<u8>>;
+}
+
+impl BlobSource for Layout {
+    fn blob(&self, digest: &str) -> Result<Vec<u8>> {
+        self.read_blob(digest)
+    }
+}
+
+impl BlobSource for BTreeMap<String, Vec<u8>> {
+    fn blob(&self, digest: &str) -> Result<Vec<u8>> {
+        let bytes = self
+            .get(digest)
+            .with_context(|| format!("blob {digest} is missing from the archive"))?;
+        if oci::digest_of(bytes) != digest {
+            bail!("blob {digest} in the archive does not match its digest; copy the archive again and check it with sha256sum -c");
+        }
+        Ok(bytes.clone())
+    }
 }
 
 /// Pushes the index `index_digest` from `layout` and everything it needs.
@@ -25,66 +54,100 @@ pub fn push_layout(
     index_digest: &str,
     mount_from: Option<&str>,
 ) -> Result<PushReport> {
-    let mut report = PushReport::default();
-    let index_bytes = layout.read_blob(index_digest)?;
-    let index: Index =
-        serde_json::from_slice(&index_bytes).context("the layout's index is invalid")?;
-    // Every blob before any manifest, every platform manifest before the
-    // index: a registry that dies at any point holds no manifest whose
-    // blobs are missing, and a re-run uploads only what never arrived.
+    push_tree(client, repo, layout, index_digest, oci::INDEX, mount_from)
+}
+
+/// Pushes the manifest or index `digest` and everything it refers to, by
+/// digest, setting no tag. Every blob goes before any manifest, and every
+/// manifest before the index that lists it: a registry that dies at any
+/// point holds no manifest whose content is missing, and a re-run uploads
+/// only what never arrived. A `subject` is not followed: it is the image a
+/// signature is about, pushed as its own tree.
+pub fn push_tree(
+    client: &Client,
+    repo: &str,
+    source: &impl BlobSource,
+    digest: &str,
+    media_type: &str,
+    mount_from: Option<&str>,
+) -> Result<PushReport> {
     let mut manifests = Vec::new();
-    for entry in &index.manifests {
-        let manifest_bytes = layout.read_blob(&entry.digest)?;
-        let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
-            .context("a platform manifest in the layout is invalid")?;
-        for blob in manifest
-            .layers
-            .iter()
-            .chain(std::iter::once(&manifest.config))
+    let mut blobs = Vec::new();
+    walk(source, digest, media_type, &mut manifests, &mut blobs)?;
+    let mut report = PushReport::default();
+    for blob in &blobs {
+        if report.skipped.contains(blob)
+            || report.uploaded.contains(blob)
+            || report.mounted.contains(blob)
         {
-            if report.skipped.contains(&blob.digest)
-                || report.uploaded.contains(&blob.digest)
-                || report.mounted.contains(&blob.digest)
-            {
-                continue;
-            }
-            if client.blob_exists(repo, &blob.digest)? {
-                report.skipped.push(blob.digest.clone());
-                continue;
-            }
-            if let Some(from) = mount_from {
-                if client.mount_blob(repo, &blob.digest, from)? {
-                    report.mounted.push(blob.digest.clone());
-                    continue;
-                }
-            }
-            let bytes = layout.read_blob(&blob.digest)?;
-            client
-                .upload_blob(repo, &blob.digest, &bytes)
-                .with_context(|| format!("cannot upload blob {} to {repo}", blob.digest))?;
-            report.uploaded.push(blob.digest.clone());
+            continue;
         }
-        manifests.push((entry, manifest_bytes));
+        if client.blob_exists(repo, blob)? {
+            report.skipped.push(blob.clone());
+            continue;
+        }
+        if let Some(from) = mount_from {
+            if client.mount_blob(repo, blob, from)? {
+                report.mounted.push(blob.clone());
+                continue;
+            }
+        }
+        let bytes = source.blob(blob)?;
+        client
+            .upload_blob(repo, blob, &bytes)
+            .with_context(|| format!("cannot upload blob {blob} to {repo}"))?;
+        report.uploaded.push(blob.clone());
     }
-    for (entry, manifest_bytes) in manifests {
-        put_manifest_if_missing(
-            client,
-            repo,
-            &entry.digest,
-            &entry.media_type,
-            &manifest_bytes,
-            &mut report,
-        )?;
+    for (digest, media_type, bytes) in manifests {
+        put_manifest_if_missing(client, repo, &digest, &media_type, &bytes, &mut report)?;
     }
-    put_manifest_if_missing(
-        client,
-        repo,
-        index_digest,
-        oci::INDEX,
-        &index_bytes,
-        &mut report,
-    )?;
     Ok(report)
+}
+
+/// The manifests of a tree, children before their index, and the blobs of
+/// its image manifests, layers before config.
+fn walk(
+    source: &impl BlobSource,
+    digest: &str,
+    media_type: &str,
+    manifests: &mut Vec<(String, String, Vec<u8>)>,
+    blobs: &mut Vec<String>,
+) -> Result<()> {
+    if manifests.iter().any(|(d, _, _)| d == digest) {
+        return Ok(());
+    }
+    let bytes = source.blob(digest)?;
+    let document: Value =
+        serde_json::from_slice(&bytes).with_context(|| format!("manifest {digest} is not JSON"))?;
+    if let Some(children) = document["manifests"].as_array() {
+        for child in children {
+            let child: Descriptor = serde_json::from_value(child.clone())
+                .with_context(|| format!("an entry of index {digest} is not a descriptor"))?;
+            walk(source, &child.digest, &child.media_type, manifests, blobs)?;
+        }
+    } else {
+        for blob in manifest_blobs(&document, digest)? {
+            if !blobs.iter().any(|b| b == blob) {
+                blobs.push(blob.to_owned());
+            }
+        }
+    }
+    manifests.push((digest.to_owned(), media_type.to_owned(), bytes));
+    Ok(())
+}
+
+/// The layer and config digests of an image (or artifact) manifest,
+/// layers first.
+pub fn manifest_blobs<'a>(document: &'a Value, digest: &str) -> Result<Vec<&'a str>> {
+    let layers = document["layers"].as_array().into_iter().flatten();
+    layers
+        .chain(document.get("config"))
+        .map(|blob| {
+            blob["digest"]
+                .as_str()
+                .with_context(|| format!("a blob of manifest {digest} has no digest"))
+        })
+        .collect()
 }
 
 fn put_manifest_if_missing(

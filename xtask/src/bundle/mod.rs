@@ -6,22 +6,27 @@
 //! Everything is read by digest after resolving the version tag once, so
 //! that a tag moving during the read cannot mix two releases. Every entry
 //! of the archive's index.json carries `org.opencontainers.image.ref.name`,
-//! the tag it had (`vX.Y.Z`, cosign's `sha256-<hex>`). `--load` pushes the
+//! the tag it had (`vX.Y.Z`, cosign's `sha256-<hex>`). `--load`
+//! (load.rs) verifies the signatures before it sets any tag, and pushes the
 //! bytes unchanged, because skopeo 1.9 rewrites cosign's referrer indexes
 //! (it drops `artifactType`) and so cannot keep their digests; skopeo does
 //! copy the image itself (`oci-archive:FILE:vX.Y.Z`). docs/operations.md
 //! has the whole air-gapped procedure.
+
+mod load;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::flags;
 use crate::oci::client::{Client, Reference};
 use crate::oci::{self, Descriptor};
+use crate::support::archive::{Format, HashingWriter, TarWriter};
 use crate::support::config::Config;
 use crate::support::progress::Steps;
 
@@ -64,7 +69,7 @@ pub fn run(flags: &flags::Bundle) -> Result<()> {
     });
 
     if flags.load {
-        return load(flags, &reference, &out);
+        return load::load(&config, flags, &reference, &out);
     }
     let mut steps = Steps::new(if flags.dry_run { 3 } else { 4 });
     let client = Client::new(&reference.host, flags.registry.transport.insecure)?;
@@ -96,7 +101,11 @@ pub fn run(flags: &flags::Bundle) -> Result<()> {
     })?;
 
     if flags.dry_run {
-        print_plan(&plan, &out);
+        if flags.json {
+            print_json(&report(&plan, &out, None))?;
+        } else {
+            print_plan(&plan, &out);
+        }
         return Ok(());
     }
     let sha256 = steps.run(&format!("write {out}"), || write_archive(&plan, &out))?;
@@ -106,9 +115,102 @@ pub fn run(flags: &flags::Bundle) -> Result<()> {
         plan.index_digest,
         steps.total_elapsed().as_secs_f64()
     );
-    println!("{out}");
-    println!("sha256 {sha256}");
-    println!("{}", load_instructions(&plan, &out));
+    if flags.json {
+        print_json(&report(&plan, &out, Some(sha256)))?;
+    } else {
+        println!("{out}");
+        println!("sha256 {sha256}");
+        println!("{}", load_instructions(&plan, &out));
+    }
+    Ok(())
+}
+
+/// What `bundle --json` prints: the archive written (or, with --dry-run,
+/// planned), or with --load what was verified and tagged.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// `bundle` or `load`.
+    pub action: String,
+    pub dry_run: bool,
+    /// `host/repository` read from (bundle) or loaded into (load).
+    pub image: String,
+    pub version: String,
+    /// The index digest of the release.
+    pub digest: String,
+    pub archive: String,
+    /// The archive's sha256, once written.
+    pub sha256: Option<String>,
+    /// The index and each platform manifest, the digests signatures name.
+    pub subjects: Vec<SubjectEntry>,
+    /// The archive's index.json entries.
+    pub refs: Vec<RefEntry>,
+    /// Manifests and blobs in the archive, and their total size.
+    pub blobs: usize,
+    pub bytes: u64,
+    /// With --load: the signatures cosign verified before any tag moved.
+    pub verified: Vec<String>,
+    /// With --load: the tags set (or, with --dry-run, to set), in order.
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SubjectEntry {
+    /// `index` or a platform such as `linux/arm64`.
+    pub subject: String,
+    pub digest: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RefEntry {
+    /// The `org.opencontainers.image.ref.name`: the tag it gets.
+    pub name: String,
+    pub digest: String,
+    pub media_type: String,
+}
+
+fn report(plan: &Plan, out: &Utf8Path, sha256: Option<String>) -> Report {
+    Report {
+        action: "bundle".to_owned(),
+        dry_run: sha256.is_none(),
+        image: plan.image.clone(),
+        version: plan.version.clone(),
+        digest: plan.index_digest.clone(),
+        archive: out.to_string(),
+        sha256,
+        subjects: subject_entries(&plan.subjects),
+        refs: ref_entries(&plan.refs),
+        blobs: plan.blobs.len(),
+        bytes: plan.blobs.values().map(|b| b.len() as u64).sum(),
+        verified: Vec::new(),
+        tags: Vec::new(),
+    }
+}
+
+fn subject_entries(subjects: &[(String, String)]) -> Vec<SubjectEntry> {
+    subjects
+        .iter()
+        .map(|(subject, digest)| SubjectEntry {
+            subject: subject.clone(),
+            digest: digest.clone(),
+        })
+        .collect()
+}
+
+fn ref_entries(refs: &[Descriptor]) -> Vec<RefEntry> {
+    refs.iter()
+        .map(|r| RefEntry {
+            name: ref_name(r).to_owned(),
+            digest: r.digest.clone(),
+            media_type: r.media_type.clone(),
+        })
+        .collect()
+}
+
+fn print_json(report: &Report) -> Result<()> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(report).context("cannot print the report as JSON")?
+    );
     Ok(())
 }
 
@@ -225,7 +327,7 @@ fn collect(
         }
         return Ok(());
     }
-    for blob in blob_digests(&document, digest)? {
+    for blob in oci::push::manifest_blobs(&document, digest)? {
         if !blobs.contains_key(blob) {
             let bytes = client
                 .get_blob(repo, blob)
@@ -236,7 +338,7 @@ fn collect(
     Ok(())
 }
 
-fn ref_name(descriptor: &Descriptor) -> &str {
+pub(crate) fn ref_name(descriptor: &Descriptor) -> &str {
     descriptor
         .annotations
         .as_ref()
@@ -274,45 +376,30 @@ fn write_archive(plan: &Plan, out: &Utf8Path) -> Result<String> {
     let partial = Utf8PathBuf::from(format!("{out}.partial"));
     let file =
         std::fs::File::create(&partial).with_context(|| format!("cannot create {partial}"))?;
-    let mut builder = tar::Builder::new(std::io::BufWriter::new(file));
-    for dir in ["blobs/", "blobs/sha256/"] {
-        let mut header = header(tar::EntryType::Directory, 0o755, 0);
-        builder
-            .append_data(&mut header, dir, std::io::empty())
-            .with_context(|| format!("cannot write {partial}"))?;
-    }
-    for (path, bytes) in &entries {
-        let mut header = header(tar::EntryType::Regular, 0o644, bytes.len() as u64);
-        builder
-            .append_data(&mut header, path, *bytes)
-            .with_context(|| format!("cannot write {partial}"))?;
-    }
-    let mut writer = builder
-        .into_inner()
-        .with_context(|| format!("cannot write {partial}"))?;
-    writer
-        .flush()
-        .with_context(|| format!("cannot write {partial}"))?;
-    drop(writer);
-    let bytes = std::fs::read(&partial).with_context(|| format!("cannot read {partial}"))?;
-    let sha256 = crate::support::archive::sha256_hex(&bytes);
+    // Streamed: a release's layers need not fit in memory twice.
+    let mut tar = TarWriter::new(
+        HashingWriter::new(std::io::BufWriter::new(file)),
+        Format::Ustar,
+        0,
+    );
+    let written = (|| {
+        for dir in ["blobs/", "blobs/sha256/"] {
+            tar.dir(dir)?;
+        }
+        for (path, bytes) in &entries {
+            tar.file(path, 0o644, bytes)?;
+        }
+        let (mut file, sha256) = tar.finish()?.finish();
+        file.flush()?;
+        Ok::<_, anyhow::Error>(sha256)
+    })();
+    let sha256 = written.with_context(|| format!("cannot write {partial}"))?;
     std::fs::rename(&partial, out).with_context(|| format!("cannot write {out}"))?;
     let file_name = out.file_name().unwrap_or(out.as_str());
     let sum = Utf8PathBuf::from(format!("{out}.sha256"));
     std::fs::write(&sum, format!("{sha256}  {file_name}\n"))
         .with_context(|| format!("cannot write {sum}"))?;
     Ok(sha256)
-}
-
-fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
-    let mut header = tar::Header::new_ustar();
-    header.set_entry_type(kind);
-    header.set_mode(mode);
-    header.set_size(size);
-    header.set_mtime(0);
-    header.set_uid(0);
-    header.set_gid(0);
-    header
 }
 
 fn print_plan(plan: &Plan, out: &Utf8Path) {
@@ -340,158 +427,46 @@ fn print_plan(plan: &Plan, out: &Utf8Path) {
 fn load_instructions(plan: &Plan, out: &Utf8Path) -> String {
     let file = out.file_name().unwrap_or(out.as_str());
     format!(
-        "load it into your registry (replace registry.internal/rust-release):\n  sha256sum -c {file}.sha256\n  cargo xtask bundle {version} --load --out {file} --image registry.internal/rust-release\nthen verify there:\n  cosign verify --key cosign.pub --insecure-ignore-tlog=true registry.internal/rust-release@{digest}",
+        "load it into your registry (replace registry.internal/rust-release):\n  sha256sum -c {file}.sha256\n  cargo xtask bundle {version} --load --key cosign.pub --out {file} --image registry.internal/rust-release\nthen verify there:\n  cosign verify --key cosign.pub --insecure-ignore-tlog=true registry.internal/rust-release@{digest}",
         version = plan.version,
         digest = plan.index_digest
     )
 }
 
-/// Reads an archive written by `bundle`: its index.json entries and every
-/// blob, each checked against its digest.
-/// Manifests and blobs by digest.
-type Blobs = BTreeMap<String, Vec<u8>>;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn read_archive(path: &Utf8Path) -> Result<(Vec<Descriptor>, Blobs)> {
-    let file = std::fs::File::open(path)
-        .with_context(|| format!("cannot open the bundle {path}; give its path with --out"))?;
-    let mut archive = tar::Archive::new(std::io::BufReader::new(file));
-    let mut index = None;
-    let mut blobs = BTreeMap::new();
-    for entry in archive
-        .entries()
-        .with_context(|| format!("{path} is not a tar archive"))?
-    {
-        let mut entry = entry.with_context(|| format!("{path} is not a readable tar archive"))?;
-        let name = entry.path()?.to_string_lossy().into_owned();
-        let name = name.trim_start_matches("./").to_owned();
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut entry, &mut bytes)
-            .with_context(|| format!("cannot read {name} from {path}"))?;
-        if name == "index.json" {
-            index = Some(bytes);
-        } else if let Some(hex) = name.strip_prefix("blobs/sha256/") {
-            if hex.is_empty() {
-                continue;
-            }
-            let digest = format!("sha256:{hex}");
-            if oci::digest_of(&bytes) != digest {
-                bail!("{name} in {path} does not match its digest; the archive is damaged, copy it again and check it with sha256sum -c");
-            }
-            blobs.insert(digest, bytes);
-        }
-    }
-    let index = index.with_context(|| {
-        format!("{path} has no index.json; it is not an OCI archive written by cargo xtask bundle")
-    })?;
-    let index: oci::Index = serde_json::from_slice(&index)
-        .with_context(|| format!("the index.json of {path} is not an OCI index"))?;
-    Ok((index.manifests, blobs))
-}
-
-/// The air-gapped side: pushes the archive's content to `reference`'s
-/// repository byte for byte, so every digest (and so every signature)
-/// stays valid. Blobs and manifests go first, by digest; then the
-/// signature tags; the version tag last, so that it never names an image
-/// whose signatures are not there yet.
-fn load(flags: &flags::Bundle, reference: &Reference, archive: &Utf8Path) -> Result<()> {
-    let mut steps = Steps::new(if flags.dry_run { 1 } else { 3 });
-    let (refs, blobs) = steps.run(&format!("read {archive}"), || read_archive(archive))?;
-    let Some(image_ref) = refs.iter().find(|r| ref_name(r) == flags.version) else {
-        bail!(
-            "{archive} holds no {}; it holds {}",
-            flags.version,
-            refs.iter().map(ref_name).collect::<Vec<_>>().join(", ")
+    /// The archive bytes of a fixed plan: bundles written before the
+    /// shared tar writer had these, and the same release must keep giving
+    /// the same bytes.
+    #[test]
+    fn archive_bytes_are_pinned() {
+        let mut blobs = BTreeMap::new();
+        blobs.insert(oci::digest_of(b"layer"), b"layer".to_vec());
+        blobs.insert(oci::digest_of(b"{}"), b"{}".to_vec());
+        let plan = Plan {
+            image: "r/app".into(),
+            version: "v0.1.0".into(),
+            index_digest: oci::digest_of(b"{}"),
+            subjects: vec![],
+            refs: vec![Descriptor::of(oci::INDEX, b"{}")],
+            blobs,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let out = Utf8PathBuf::from_path_buf(dir.path().join("a.tar")).unwrap();
+        let sha256 = write_archive(&plan, &out).unwrap();
+        assert_eq!(
+            sha256,
+            "a377a13556b42e18b1f20fd68a67f90830e63d690bb44d73ee9b8e71c0160e15"
         );
-    };
-    let mut ordered: Vec<&Descriptor> = refs
-        .iter()
-        .filter(|r| r.digest != image_ref.digest)
-        .collect();
-    ordered.push(image_ref);
-    let repo = &reference.repository;
-    let name = reference.name();
-    if flags.dry_run {
-        println!("would load {archive} into {name}:");
-        println!("  {} manifests and blobs, by digest", blobs.len());
-        for r in &ordered {
-            println!("  tag {name}:{} -> {}", ref_name(r), r.digest);
-        }
-        return Ok(());
+        assert_eq!(
+            crate::support::archive::sha256_hex(&std::fs::read(&out).unwrap()),
+            sha256
+        );
+        assert_eq!(
+            std::fs::read_to_string(format!("{out}.sha256")).unwrap(),
+            format!("{sha256}  a.tar\n")
+        );
     }
-    let client = Client::new(&reference.host, flags.registry.transport.insecure)?;
-    steps.run("push manifests and blobs by digest", || {
-        for r in &ordered {
-            push_tree(&client, repo, &r.digest, &r.media_type, &blobs)?;
-        }
-        Ok(())
-    })?;
-    steps.run("set the tags, the version last", || {
-        for r in &ordered {
-            let bytes = blobs
-                .get(&r.digest)
-                .with_context(|| format!("{archive} lacks manifest {}", r.digest))?;
-            client
-                .put_manifest(repo, ref_name(r), &r.media_type, bytes)
-                .with_context(|| format!("cannot tag {name}:{}", ref_name(r)))?;
-        }
-        Ok(())
-    })?;
-    println!("loaded {name}:{} ({})", flags.version, image_ref.digest);
-    println!(
-        "verify it there:\n  cosign verify --key cosign.pub --insecure-ignore-tlog=true {name}@{}",
-        image_ref.digest
-    );
-    Ok(())
-}
-
-/// Pushes a manifest after everything it refers to, children first.
-/// The config and layer digests of an image manifest.
-fn blob_digests<'a>(document: &'a Value, digest: &str) -> Result<Vec<&'a str>> {
-    let config = document.get("config").into_iter();
-    let layers = document["layers"].as_array().into_iter().flatten();
-    config
-        .chain(layers)
-        .map(|blob| {
-            blob["digest"]
-                .as_str()
-                .with_context(|| format!("a blob of manifest {digest} has no digest"))
-        })
-        .collect()
-}
-
-fn push_tree(
-    client: &Client,
-    repo: &str,
-    digest: &str,
-    media_type: &str,
-    blobs: &BTreeMap<String, Vec<u8>>,
-) -> Result<()> {
-    let bytes = blobs
-        .get(digest)
-        .with_context(|| format!("the archive lacks manifest {digest}"))?;
-    let document: Value = serde_json::from_slice(bytes)
-        .with_context(|| format!("manifest {digest} in the archive is not JSON"))?;
-    if let Some(children) = document["manifests"].as_array() {
-        for child in children {
-            let child_digest = child["digest"]
-                .as_str()
-                .with_context(|| format!("an entry of index {digest} has no digest"))?;
-            let child_type = child["mediaType"].as_str().unwrap_or(oci::MANIFEST);
-            push_tree(client, repo, child_digest, child_type, blobs)?;
-        }
-    } else {
-        for blob in blob_digests(&document, digest)? {
-            if client.blob_exists(repo, blob)? {
-                continue;
-            }
-            let bytes = blobs
-                .get(blob)
-                .with_context(|| format!("the archive lacks blob {blob} of manifest {digest}"))?;
-            client.upload_blob(repo, blob, bytes)?;
-        }
-    }
-    if client.manifest_digest(repo, digest)?.as_deref() != Some(digest) {
-        client.put_manifest(repo, digest, media_type, bytes)?;
-    }
-    Ok(())
 }
