@@ -6,6 +6,7 @@ pub mod auth;
 pub mod client;
 mod layout;
 pub mod push;
+pub mod referrers;
 pub mod reference;
 pub mod run;
 pub mod subject;
