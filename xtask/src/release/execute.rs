@@ -30,7 +30,15 @@ impl Release<'_> {
         let registry = client.as_ref().map(|c| (c, &self.target));
 
         let preflight = steps.run("preflight", || {
-            preflight::check(self.config, &self.flags.version, registry)
+            preflight::check(
+                self.config,
+                &self.flags.version,
+                registry,
+                preflight::Signing {
+                    args: &self.flags.signing,
+                    push,
+                },
+            )
         })?;
         let tag = preflight.tag.clone();
         let out = self.out_dir(&tag);
@@ -72,7 +80,10 @@ impl Release<'_> {
             };
             if self.still_signed(client, &mut state, &built, &out)? {
                 summary.resumed.push(SIGNED.to_owned());
-                steps.run(&format!("{SIGNED}: already done for this digest"), || Ok(()))?;
+                steps.run(
+                    &format!("{SIGNED}: already done for this digest"),
+                    || Ok(()),
+                )?;
             } else {
                 steps.run_nested(SIGNED, |nest| {
                     sign::sign(self.config, &signing, nest)

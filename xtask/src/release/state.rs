@@ -156,7 +156,8 @@ impl Release<'_> {
         if !state.is_done(SIGNED) {
             return Ok(false);
         }
-        let subjects = std::iter::once(&built.digest).chain(built.platforms.iter().map(|p| &p.digest));
+        let subjects =
+            std::iter::once(&built.digest).chain(built.platforms.iter().map(|p| &p.digest));
         for digest in subjects {
             let attached = referrers::attached(client, &self.target.repository, digest)?;
             if !attached.iter().any(|a| a.kind == Kind::Signature) {
