@@ -436,6 +436,11 @@ fn releases_v0_1_0_then_v0_2_0_then_maintenance_v0_1_1_with_faults_on_the_way() 
     assert!(proxy.has_fired(), "{stderr}");
     assert!(stderr.contains("[5/8] attest: failed after"), "{stderr}");
     registry.lock().unwrap().restart();
+    // The same address, now only forwarding: the proxy cuts every request
+    // that matches its trigger, not only the first.
+    let port = proxy.port;
+    drop(proxy);
+    let proxy = support::KillingProxy::start_at(registry.clone(), "\u{0}never\u{0}", port);
     let resumed = ok_json(&ws.release(&resumed_args));
     assert_eq!(resumed["resumed"], serde_json::json!(["sign"]));
     assert_signed_and_attested_once(&format!("{host}/resumed"), &resumed);
