@@ -87,6 +87,38 @@ pub fn run(flags: &flags::Attest) -> Result<()> {
     Ok(())
 }
 
+/// What lets a caller resume an interrupted run: attestations already
+/// attached are skipped, and each one is reported as soon as it is
+/// attached, so that a failure in the middle loses nothing.
+pub trait Resume {
+    /// True when `attestation` is attached already and must not be again.
+    fn is_attached(&mut self, attestation: &Attestation) -> Result<bool>;
+    /// Called right after `attestation` was attached.
+    fn attached(&mut self, attestation: &Attestation) -> Result<()>;
+}
+
+/// Attaches everything: nothing to resume.
+pub struct Fresh;
+
+impl Resume for Fresh {
+    fn is_attached(&mut self, _: &Attestation) -> Result<bool> {
+        Ok(false)
+    }
+    fn attached(&mut self, _: &Attestation) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The predicate type cosign writes for a `--type`.
+pub fn predicate_type(kind: &str) -> Option<&'static str> {
+    match kind {
+        "cyclonedx" => Some("https://cyclonedx.org/bom"),
+        "spdxjson" => Some("https://spdx.dev/Document"),
+        "slsaprovenance1" => Some("https://slsa.dev/provenance/v1"),
+        _ => None,
+    }
+}
+
 /// Writes the predicates and attaches each, one at a time. None in a dry
 /// run, which prints its plan on stdout instead.
 pub fn attest(
@@ -94,6 +126,17 @@ pub fn attest(
     source: &Source,
     options: &AttestOptions,
     nest: &Nest,
+) -> Result<Option<Attested>> {
+    attest_resuming(config, source, options, nest, &mut Fresh)
+}
+
+/// [`attest`], skipping what `resume` says is attached already.
+pub fn attest_resuming(
+    config: &Config,
+    source: &Source,
+    options: &AttestOptions,
+    nest: &Nest,
+    resume: &mut dyn Resume,
 ) -> Result<Option<Attested>> {
     let mut steps = Steps::within(nest, 3);
     let session = Session::open(
@@ -138,14 +181,19 @@ pub fn attest(
         &format!("attach {} attestations, one at a time", plan.len()),
         || {
             for (n, attestation) in plan.iter().enumerate() {
+                let skip = resume.is_attached(attestation)?;
                 eprintln!(
-                    "  ({}/{}) {} {} {}",
+                    "  ({}/{}) {} {} {}{}",
                     n + 1,
                     plan.len(),
                     attestation.subject,
                     attestation.kind,
-                    attestation.digest
+                    attestation.digest,
+                    if skip { ": already attached" } else { "" }
                 );
+                if skip {
+                    continue;
+                }
                 cosign
                     .run_ok(&attest_args(&session, subject, attestation))
                     .with_context(|| {
@@ -154,6 +202,7 @@ pub fn attest(
                             attestation.kind, attestation.subject
                         )
                     })?;
+                resume.attached(attestation)?;
             }
             Ok(())
         },

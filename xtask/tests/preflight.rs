@@ -11,6 +11,8 @@ use std::process::{Command, Output};
 
 use support::{run, run_ok, tool, Registry};
 
+const PASSWORD: &str = "preflight-test";
+
 /// A clone of the committed workspace, without any git tags.
 struct Workspace {
     _dir: tempfile::TempDir,
@@ -42,6 +44,48 @@ impl Workspace {
             head: workspace.git(&["rev-parse", "HEAD"]).trim().to_owned(),
             ..workspace
         }
+    }
+
+    /// `release VERSION --dry-run --push --key K --image IMAGE --insecure`,
+    /// with a key made in the clone's directory and its password: the
+    /// plan that reads the registry.
+    fn release_push(&self, version: &str, image: &str, extra: &[&str]) -> Output {
+        let key = self.key();
+        let mut args = vec!["--push", "--key", &key];
+        args.extend(extra);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        command
+            .current_dir(&self.path)
+            .args([
+                "release",
+                version,
+                "--dry-run",
+                "--insecure",
+                "--image",
+                image,
+            ])
+            .args(&args)
+            .env("COSIGN_PASSWORD", PASSWORD)
+            .env_remove("GITHUB_TOKEN")
+            .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL");
+        run(&mut command)
+    }
+
+    /// A cosign key pair next to the clone (not in it: the tree stays
+    /// clean), made once.
+    fn key(&self) -> String {
+        let dir = self.path.parent().unwrap().join("keys");
+        let key = dir.join("cosign.key");
+        if !key.is_file() {
+            std::fs::create_dir_all(&dir).unwrap();
+            run_ok(
+                Command::new(tool("cosign"))
+                    .arg("generate-key-pair")
+                    .env("COSIGN_PASSWORD", PASSWORD)
+                    .current_dir(&dir),
+            );
+        }
+        key.to_str().unwrap().to_owned()
     }
 
     fn git(&self, args: &[&str]) -> String {
@@ -179,30 +223,38 @@ fn semver_parts(tag: &str) -> Vec<u64> {
         .collect()
 }
 
-#[test]
-fn a_clean_release_passes_and_shows_its_tag_plan() {
-    let registry = Registry::start();
-    let ws = Workspace::clone();
-    let (tag, image) = (ws.tag(), registry.repo("app"));
-    let stdout = stdout_of(&ws.release(&tag, &image, &[]));
-    let (checks, steps) = stdout
-        .split_once("steps:\n")
-        .unwrap_or_else(|| panic!("no steps in the plan:\n{stdout}"));
-    let step_names: Vec<&str> = steps
+/// The numbered step names of a plan's `steps:` section.
+fn step_names(steps: &str) -> Vec<&str> {
+    steps
         .lines()
         .filter(|l| {
             l.strip_prefix("  ")
                 .and_then(|l| l.split_once(". "))
                 .is_some_and(|(n, _)| n.parse::<u8>().is_ok())
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn a_clean_release_passes_and_shows_its_tag_plan() {
+    let registry = Registry::start();
+    let ws = Workspace::clone();
+    let (tag, image) = (ws.tag(), registry.repo("app"));
+    let stdout = stdout_of(&ws.release_push(&tag, &image, &[]));
+    let (checks, steps) = stdout
+        .split_once("steps:\n")
+        .unwrap_or_else(|| panic!("no steps in the plan:\n{stdout}"));
     assert_eq!(
-        step_names,
+        step_names(steps),
         [
             "  1. preflight",
             "  2. dist",
-            "  3. image",
-            "  4. release assets"
+            "  3. image, pushed untagged",
+            "  4. sign",
+            "  5. attest",
+            "  6. verify",
+            "  7. tag: exact first, floating last",
+            "  8. release assets"
         ]
     );
     assert!(
@@ -220,11 +272,15 @@ fn a_clean_release_passes_and_shows_its_tag_plan() {
              ok: {tag} is a strict semver version\n  \
              ok: server/Cargo.toml has version {version}\n  \
              ok: the git tree is clean, untracked files included\n  \
-             ok: git tag {tag} does not exist yet; the release creates it on HEAD\n  \
-             ok: {image} has no {tag} yet\n\
+             ok: git tag {tag} does not exist yet; the release does not create it: tag HEAD and push the tag to publish the release\n  \
+             ok: {image} has no {tag} yet\n  \
+             ok: cosign v3.1.3 at {cosign}\n  \
+             ok: the key {key} opens with COSIGN_PASSWORD\n\
              tags, in the order they would be set:\n{tags}",
             head = ws.head,
             version = ws.version,
+            cosign = tool("cosign").display(),
+            key = ws.key(),
             tags = first_release_tags(&tag, &ws.head),
         )
     );
@@ -235,6 +291,112 @@ fn a_clean_release_passes_and_shows_its_tag_plan() {
     );
     assert_eq!(ws.git(&["tag", "--list"]), "");
     assert!(support::skopeo_tags(&image).is_empty());
+    assert!(!ws.path.join("target").exists());
+}
+
+/// Without --push, the dry run needs no network at all: run in a network
+/// namespace without any interface (as root), it passes, says that nothing
+/// is tagged, and plans the four local steps.
+#[test]
+fn a_dry_run_without_push_touches_no_network() {
+    let ws = Workspace::clone();
+    let tag = ws.tag();
+    let output = run(Command::new("unshare")
+        .args(["-n", "--"])
+        .arg(env!("CARGO_BIN_EXE_xtask"))
+        .args(["release", &tag, "--dry-run"])
+        .current_dir(&ws.path)
+        .env_remove("GITHUB_TOKEN")
+        .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL"));
+    let stdout = stdout_of(&output);
+    let (checks, steps) = stdout
+        .split_once("steps:\n")
+        .unwrap_or_else(|| panic!("no steps in the plan:\n{stdout}"));
+    assert_eq!(
+        step_names(steps),
+        [
+            "  1. preflight",
+            "  2. dist",
+            "  3. image",
+            "  4. release assets"
+        ]
+    );
+    assert_eq!(
+        checks,
+        format!(
+            "release {tag} of ghcr.io/example-org/rust-release from {head} (dry run: nothing is built, pushed or tagged)\n\
+             preflight:\n  \
+             ok: {tag} is a strict semver version\n  \
+             ok: server/Cargo.toml has version {version}\n  \
+             ok: the git tree is clean, untracked files included\n  \
+             ok: git tag {tag} does not exist yet; the release does not create it: tag HEAD and push the tag to publish the release\n\
+             tags: none; without --push nothing is pushed or tagged\n",
+            head = ws.head,
+            version = ws.version,
+        )
+    );
+}
+
+/// What signing needs is checked by the dry run too, all at once.
+#[test]
+fn a_dry_run_reports_what_signing_lacks() {
+    let registry = Registry::start();
+    let ws = Workspace::clone();
+    let (tag, image) = (ws.tag(), registry.repo("app"));
+    let key = ws.key();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    command
+        .current_dir(&ws.path)
+        .args([
+            "release",
+            &tag,
+            "--dry-run",
+            "--push",
+            "--insecure",
+            "--image",
+            &image,
+            "--key",
+            &key,
+        ])
+        .env("COSIGN_PASSWORD", "wrong")
+        .env("GITHUB_TOKEN", "t")
+        .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL");
+    let output = run(&mut command);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let problems: Vec<&str> = stderr.lines().filter(|l| l.starts_with("  - ")).collect();
+    assert_eq!(problems.len(), 3, "{stderr}");
+    assert!(problems[0].starts_with(&format!("  - git tag {tag} does not exist, and the GitHub release needs it on GitHub; tag HEAD and push the tag first")), "{stderr}");
+    assert_eq!(
+        problems[1],
+        format!("  - cannot open the key {key} with COSIGN_PASSWORD: decrypt: encrypted: decryption failed; export the key's password in COSIGN_PASSWORD")
+    );
+    assert!(
+        problems[2].starts_with(
+            "  - GITHUB_TOKEN is set, so the assets are uploaded with gh, but gh not found: "
+        ),
+        "{stderr}"
+    );
+    // Without a key outside GitHub Actions, a --push plan is refused too.
+    let output = run(Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .current_dir(&ws.path)
+        .args([
+            "release",
+            &tag,
+            "--dry-run",
+            "--push",
+            "--insecure",
+            "--image",
+            &image,
+        ])
+        .env_remove("GITHUB_TOKEN")
+        .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("\n  - no signing key: pass --key cosign.key"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -261,7 +423,7 @@ fn a_git_tag_on_head_and_a_published_version_pass() {
             .args(["-t", &format!("{image}:{tag}")]),
     );
     let digest = digest.trim().rsplit_once('@').unwrap().1.to_owned();
-    let output = ws.release(&tag, &image, &["--json"]);
+    let output = ws.release_push(&tag, &image, &["--json"]);
     let value: serde_json::Value = serde_json::from_str(&stdout_of(&output)).unwrap();
     assert_eq!(value["preflight"]["git_tag_exists"], true);
     assert_eq!(value["preflight"]["registry"]["digest"], digest.as_str());
@@ -376,7 +538,7 @@ fn an_unreachable_registry_is_a_problem() {
     let image = format!("127.0.0.1:{port}/app");
     let tag = ws.tag();
     fails_with(
-        &ws.release(&tag, &image, &[]),
+        &ws.release_push(&tag, &image, &[]),
         &tag,
         &[format!(
             "cannot check whether {image}:{tag} exists: cannot reach 127.0.0.1:{port} (HEAD http://127.0.0.1:{port}/v2/app/manifests/{tag}); is the registry running?: io: Connection refused (os error 111)",
@@ -393,7 +555,7 @@ fn every_problem_is_reported_at_once() {
     let tagged = ws.tag_then_commit(&other);
     ws.write("scratch.txt", "x\n");
     fails_with(
-        &ws.release(&other, &image, &[]),
+        &ws.release_push(&other, &image, &[]),
         &other,
         &[
             format!(

@@ -58,6 +58,51 @@ impl Clone {
         run(&mut command)
     }
 
+    /// `release` with COSIGN_PASSWORD and GITHUB_TOKEN as given (None:
+    /// unset).
+    fn release_env(&self, args: &[&str], password: Option<&str>, token: Option<&str>) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        command
+            .current_dir(&self.path)
+            .arg("release")
+            .args(args)
+            .env_remove("COSIGN_PASSWORD")
+            .env_remove("GITHUB_TOKEN")
+            .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL");
+        if let Some(password) = password {
+            command.env("COSIGN_PASSWORD", password);
+        }
+        if let Some(token) = token {
+            command.env("GITHUB_TOKEN", token);
+        }
+        run(&mut command)
+    }
+
+    /// Every file under target/ with its size and modification time: what
+    /// a run that must change nothing on disk is compared with.
+    fn target_files(&self) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+        fn walk(dir: &Path, out: &mut Vec<(PathBuf, u64, std::time::SystemTime)>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries {
+                let entry = entry.unwrap();
+                let meta = entry.metadata().unwrap();
+                if meta.is_dir() {
+                    walk(&entry.path(), out);
+                } else {
+                    out.push((entry.path(), meta.len(), meta.modified().unwrap()));
+                }
+            }
+        }
+        let mut files = Vec::new();
+        for dir in ["target/release", "target/dist", "target/cosign"] {
+            walk(&self.path.join(dir), &mut files);
+        }
+        files.sort();
+        files
+    }
+
     fn xtask(&self, args: &[&str]) -> Output {
         run(Command::new(env!("CARGO_BIN_EXE_xtask"))
             .current_dir(&self.path)
@@ -123,6 +168,49 @@ fn cosign(args: &[&str], dir: &Path) -> Output {
         .args(args)
         .current_dir(dir)
         .env("COSIGN_PASSWORD", PASSWORD))
+}
+
+const SIGNATURE: &str = "https://sigstore.dev/cosign/sign/v1";
+const CYCLONEDX: &str = "https://cyclonedx.org/bom";
+const SLSA: &str = "https://slsa.dev/provenance/v1";
+const SPDX: &str = "https://spdx.dev/Document";
+
+/// The predicate types attached to `digest`, sorted, read with skopeo from
+/// cosign's `sha256-<hex>` tag (the test registry has no referrers API).
+fn predicate_types(repo: &str, digest: &str) -> Vec<String> {
+    let index = support::skopeo_raw(&format!("{repo}:{}", digest.replace(':', "-")));
+    let mut types: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            let manifest =
+                support::skopeo_raw(&format!("{repo}@{}", entry["digest"].as_str().unwrap()));
+            assert_eq!(manifest["subject"]["digest"], digest);
+            manifest["annotations"]["dev.sigstore.bundle.predicateType"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    types.sort();
+    types
+}
+
+/// Exactly one signature and one of each attestation on the index and on
+/// each platform of a release.
+fn assert_signed_and_attested_once(repo: &str, summary: &Value) {
+    assert_eq!(
+        predicate_types(repo, summary["digest"].as_str().unwrap()),
+        [SIGNATURE, SLSA]
+    );
+    for (platform, digest) in summary["platforms"].as_object().unwrap() {
+        assert_eq!(
+            predicate_types(repo, digest.as_str().unwrap()),
+            [CYCLONEDX, SIGNATURE, SLSA, SPDX],
+            "{platform}"
+        );
+    }
 }
 
 fn tag_list(summary: &Value) -> Vec<(String, Option<String>)> {
@@ -211,8 +299,9 @@ fn releases_v0_1_0_then_v0_2_0_then_maintenance_v0_1_1_with_faults_on_the_way() 
     assert_eq!(tag_digests(&repo)["latest"], old_latest);
 
     // 0b. cosign is missing (HOME without ~/go/bin, PATH without it): the
-    //     image is pushed by digest, no tag moves, and the error says how to
-    //     install it.
+    //     preflight says how to install it, before anything is built or
+    //     pushed.
+    let files_before = ws.target_files();
     let bare_home = tempfile::tempdir().unwrap();
     let real_home = std::env::var("HOME").unwrap();
     let path: Vec<String> = std::env::var("PATH")
@@ -236,14 +325,17 @@ fn releases_v0_1_0_then_v0_2_0_then_maintenance_v0_1_1_with_faults_on_the_way() 
     let stderr = String::from_utf8_lossy(&no_cosign.stderr);
     assert_eq!(no_cosign.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("error: cosign not found: run `cargo xtask setup` (go install github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3)"),
+        stderr.contains("\n  - cosign not found: run `cargo xtask setup` (go install github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3)\n"),
         "{stderr}"
     );
+    assert!(stderr.contains("[1/8] preflight: failed after"), "{stderr}");
+    assert!(!stderr.contains("[2/8]"), "{stderr}");
     assert_eq!(skopeo_tags(&repo), ["latest"]);
     assert_eq!(tag_digests(&repo)["latest"], old_latest);
+    assert_eq!(ws.target_files(), files_before);
 
-    // 1. Signing fails (the key is not there): the image was pushed by
-    //    digest, but no tag moved.
+    // 1. The key is not there: the preflight says so before building (it
+    //    used to be found at the sign step, after the push).
     let missing_key = keys.path().join("missing.key");
     let mut args = common.to_vec();
     args.extend([
@@ -257,14 +349,102 @@ fn releases_v0_1_0_then_v0_2_0_then_maintenance_v0_1_1_with_faults_on_the_way() 
     assert_eq!(failed.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(&format!(
-            "error: the key {} does not exist; pass the path of a cosign key",
+            "\n  - the key {} does not exist; pass the path of a cosign key",
             missing_key.display()
         )),
         "{stderr}"
     );
-    assert!(stderr.contains("[4/8] sign: failed after"), "{stderr}");
+    assert!(stderr.contains("[1/8] preflight: failed after"), "{stderr}");
     assert_eq!(skopeo_tags(&repo), ["latest"]);
     assert_eq!(tag_digests(&repo)["latest"], old_latest);
+    assert_eq!(ws.target_files(), files_before);
+
+    // 1a. A wrong COSIGN_PASSWORD, an unset one, and GITHUB_TOKEN without
+    //     gh: each one line of the preflight, found before building.
+    let mut args = common.to_vec();
+    args.extend([&tag as &str, "--key", key, "--no-tlog"]);
+    for (password, token, problems) in [
+        (
+            Some("wrong"),
+            None,
+            vec![format!(
+                "  - cannot open the key {key} with COSIGN_PASSWORD: "
+            )],
+        ),
+        (
+            None,
+            None,
+            vec![format!(
+                "  - COSIGN_PASSWORD is not set; export the password of {key}"
+            )],
+        ),
+        (
+            Some(PASSWORD),
+            Some("t"),
+            vec![
+                format!(
+                    "  - git tag {tag} does not exist, and the GitHub release needs it on GitHub"
+                ),
+                "  - GITHUB_TOKEN is set, so the assets are uploaded with gh, but gh not found: "
+                    .to_owned(),
+            ],
+        ),
+    ] {
+        let failed = ws.release_env(&args, password, token);
+        let stderr = String::from_utf8_lossy(&failed.stderr);
+        assert_eq!(failed.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("[1/8] preflight: failed after"), "{stderr}");
+        let listed: Vec<&str> = stderr.lines().filter(|l| l.starts_with("  - ")).collect();
+        assert_eq!(listed.len(), problems.len(), "{stderr}");
+        for (line, problem) in listed.iter().zip(&problems) {
+            assert!(
+                line.starts_with(problem.as_str()),
+                "{line:?} is not {problem:?}\n{stderr}"
+            );
+        }
+        assert_eq!(skopeo_tags(&repo), ["latest"]);
+        assert_eq!(ws.target_files(), files_before);
+    }
+
+    // 1b. The registry dies in the middle of attest, as amd64's SPDX SBOM
+    //     (the second attestation) is stored; the re-run keeps the
+    //     signature and the first attestation, and attaches every other
+    //     one exactly once. In its own repository, through a proxy.
+    let proxy = support::KillingProxy::start(
+        registry.clone(),
+        "\"dev.sigstore.bundle.predicateType\":\"https://spdx.dev/Document\"",
+    );
+    let proxied = format!("127.0.0.1:{}", proxy.port);
+    let (resumed_repo, proxied_base) =
+        (format!("{proxied}/resumed"), base.replace(&host, &proxied));
+    let resumed_args = [
+        &tag as &str,
+        "--push",
+        "--insecure",
+        "--image",
+        &resumed_repo,
+        "--base",
+        &proxied_base,
+        "--key",
+        key,
+        "--no-tlog",
+        "--json",
+    ];
+    let crashed = ws.release(&resumed_args);
+    let stderr = String::from_utf8_lossy(&crashed.stderr);
+    assert_eq!(crashed.status.code(), Some(1), "{stderr}");
+    assert!(proxy.has_fired(), "{stderr}");
+    assert!(stderr.contains("[5/8] attest: failed after"), "{stderr}");
+    registry.lock().unwrap().restart();
+    // The same address, now only forwarding: the proxy cuts every request
+    // that matches its trigger, not only the first.
+    let port = proxy.port;
+    drop(proxy);
+    let proxy = support::KillingProxy::start_at(registry.clone(), "\u{0}never\u{0}", port);
+    let resumed = ok_json(&ws.release(&resumed_args));
+    assert_eq!(resumed["resumed"], serde_json::json!(["sign"]));
+    assert_signed_and_attested_once(&format!("{host}/resumed"), &resumed);
+    drop(proxy);
 
     // 2. The release, signed with a key and no transparency log.
     let mut args = common.to_vec();
@@ -388,6 +568,23 @@ fn releases_v0_1_0_then_v0_2_0_then_maintenance_v0_1_1_with_faults_on_the_way() 
     let index = support::skopeo_raw(&format!("{repo}:{}", digest.replace(':', "-")));
     // One signature and one provenance on the index: none added by the re-run.
     assert_eq!(index["manifests"].as_array().unwrap().len(), 2, "{index}");
+
+    // 3b. The registry lost every signature and attestation (their
+    //     sha256- indexes deleted) while the state file says done: the
+    //     re-run signs and attests again, once, instead of failing verify.
+    let referrer_tags = tag_digests(&repo);
+    for subject in &subjects {
+        let index = &referrer_tags[&subject.replace(':', "-")];
+        run_ok(Command::new(tool("crane")).args([
+            "delete",
+            "--insecure",
+            &format!("{repo}@{index}"),
+        ]));
+    }
+    let rewiped = ok_json(&ws.release(&args));
+    assert_eq!(rewiped["resumed"], serde_json::json!([]));
+    assert_eq!(rewiped["digest"], digest.as_str());
+    assert_signed_and_attested_once(&repo, &rewiped);
 
     // 4. Without --push: everything lands under target/release/V, and the
     //    same inputs give the same digest.

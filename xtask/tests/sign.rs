@@ -217,12 +217,14 @@ fn sign_attest_verify_round_trip_checked_with_cosign_directly() {
     let cosign_path = tool("cosign");
     let signing_config =
         support::workspace_root().join("target/cosign/signing-config-no-tlog.json");
+    let trusted_root = signing_config.with_file_name("trusted-root-empty.json");
     assert!(
         plan.lines().any(|l| l
             == format!(
-                "{} sign --recursive --yes --key={key} --signing-config={} --allow-insecure-registry --allow-http-registry {reference}",
+                "{} sign --recursive --yes --key={key} --signing-config={} --trusted-root={} --allow-insecure-registry --allow-http-registry {reference}",
                 cosign_path.display(),
-                signing_config.display()
+                signing_config.display(),
+                trusted_root.display()
             )),
         "{plan}"
     );
@@ -280,9 +282,10 @@ fn sign_attest_verify_round_trip_checked_with_cosign_directly() {
             assert_eq!(
                 commands[n * 3 + m],
                 format!(
-                    "{} attest --yes --key={key} --signing-config={} --allow-insecure-registry --allow-http-registry --type={kind} --predicate={} {}@{digest}",
+                    "{} attest --yes --key={key} --signing-config={} --trusted-root={} --allow-insecure-registry --allow-http-registry --type={kind} --predicate={} {}@{digest}",
                     cosign_path.display(),
                     signing_config.display(),
+                    trusted_root.display(),
                     dir.join(file).display(),
                     image.repo
                 )
@@ -947,4 +950,87 @@ fn verify_run_never_executes_an_unsigned_image() {
         "the unsigned image's /server ran on the host"
     );
     assert_eq!(std::fs::read_dir(sentinel.path()).unwrap().count(), 0);
+}
+
+/// The connections a traced process tried that leave loopback: what a
+/// network namespace without interfaces refuses.
+fn outside_connects(trace: &Path) -> Vec<String> {
+    std::fs::read_to_string(trace)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", trace.display()))
+        .lines()
+        .filter(|l| l.contains("connect(") && !l.contains("AF_UNIX") && !l.contains("AF_LOCAL"))
+        .filter(|l| !l.contains("127.0.0.1") && !l.contains("::1"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// With --no-tlog, signing and attesting with a key touch only the
+/// registry: run in a network namespace with loopback alone (as root), the
+/// registry inside it, cosign tries no other address, and fetches no TUF
+/// repository (it would say so on stderr when it cannot).
+#[test]
+fn no_tlog_signing_and_attesting_touch_only_the_registry() {
+    let mut registry = Registry::start();
+    let (base, _) = seed_base(&registry, "base");
+    let image = push_image(&registry, &base, "offline");
+    let keys = generate_keys();
+    let work = tempfile::tempdir().unwrap();
+    // The same registry, storage and port, started again inside the
+    // namespace, where nothing outside loopback is reachable.
+    registry.stop();
+    let script = r#"
+        ip link set lo up || exit 90
+        "$1" serve "$2" >"$3/registry.log" 2>&1 &
+        registry=$!
+        n=0
+        until "$4" catalog --insecure "$5" >/dev/null 2>&1; do
+            n=$((n + 1)); [ "$n" -gt 300 ] && exit 91; sleep 0.05
+        done
+        rc=0
+        for task in sign attest; do
+            "$6" -f -qq -e trace=connect -o "$3/$task.trace" \
+                "$7" "$task" "$8" --key "$9" --no-tlog --insecure \
+                >"$3/$task.out" 2>"$3/$task.err" || rc=1
+        done
+        kill "$registry"; wait "$registry"
+        exit "$rc"
+    "#;
+    let output = run(Command::new("unshare")
+        .args(["-n", "--", "sh", "-c", script, "sh"])
+        .arg(tool("docker-registry"))
+        .arg(registry.dir.path().join("config.yml"))
+        .arg(work.path())
+        .arg(tool("crane"))
+        .arg(registry.host())
+        .arg(tool("strace"))
+        .arg(env!("CARGO_BIN_EXE_xtask"))
+        .arg(image.by_digest())
+        .arg(&keys.private)
+        .current_dir(support::workspace_root())
+        .env("COSIGN_PASSWORD", PASSWORD)
+        .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL")
+        .env_remove("ACTIONS_ID_TOKEN_REQUEST_TOKEN"));
+    let read = |name: &str| std::fs::read_to_string(work.path().join(name)).unwrap_or_default();
+    assert!(
+        output.status.success(),
+        "exit {}\n{}\nsign:\n{}\nattest:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        read("sign.err"),
+        read("attest.err")
+    );
+    for task in ["sign", "attest"] {
+        let stderr = read(&format!("{task}.err"));
+        assert!(!stderr.contains("TUF"), "{task} fetched TUF:\n{stderr}");
+        assert_eq!(
+            outside_connects(&work.path().join(format!("{task}.trace"))),
+            Vec::<String>::new(),
+            "{task}"
+        );
+    }
+    registry.restart();
+    assert_eq!(
+        predicate_types(&image.repo, &image.digest),
+        [SIGNATURE_TYPE, "https://slsa.dev/provenance/v1"]
+    );
 }

@@ -14,16 +14,16 @@ pub use crate::oci::reference::{is_loopback, Reference};
 
 pub struct Client {
     host: String,
-    base: String,
+    pub(super) base: String,
     agent: ureq::Agent,
     basic: Option<String>,
     tokens: RefCell<HashMap<String, String>>,
 }
 
-struct Response {
-    status: u16,
+pub(super) struct Response {
+    pub(super) status: u16,
     headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    pub(super) body: Vec<u8>,
 }
 
 impl Response {
@@ -34,7 +34,7 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
 
-    fn error_text(&self) -> String {
+    pub(super) fn error_text(&self) -> String {
         let body = String::from_utf8_lossy(&self.body);
         let body = body.trim();
         if body.is_empty() {
@@ -83,7 +83,7 @@ impl Client {
         &self.host
     }
 
-    fn send(
+    pub(super) fn send(
         &self,
         method: &str,
         url: &str,
@@ -236,7 +236,7 @@ impl Client {
         Ok(true)
     }
 
-    fn scope(repository: &str, push: bool) -> String {
+    pub(super) fn scope(repository: &str, push: bool) -> String {
         format!(
             "repository:{repository}:{}",
             if push { "pull,push" } else { "pull" }

@@ -8,6 +8,7 @@ mod layout;
 pub mod overlay;
 pub mod push;
 pub mod reference;
+pub mod referrers;
 pub mod run;
 pub mod subject;
 mod types;

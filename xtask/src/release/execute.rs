@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use camino::Utf8Path;
 
-use super::state::{State, ATTESTED, SIGNED};
+use super::state::{Resuming, State, ATTESTED, SIGNED};
 use super::{Release, Summary};
 use crate::attest::{self, AttestOptions};
 use crate::build::assemble::{self, Built, Options};
@@ -30,7 +30,15 @@ impl Release<'_> {
         let registry = client.as_ref().map(|c| (c, &self.target));
 
         let preflight = steps.run("preflight", || {
-            preflight::check(self.config, &self.flags.version, registry)
+            preflight::check(
+                self.config,
+                &self.flags.version,
+                registry,
+                preflight::Signing {
+                    args: &self.flags.signing,
+                    push,
+                },
+            )
         })?;
         let tag = preflight.tag.clone();
         let out = self.out_dir(&tag);
@@ -70,17 +78,34 @@ impl Release<'_> {
                 insecure: self.insecure(),
                 dry_run: false,
             };
-            for step in [SIGNED, ATTESTED] {
-                if state.is_done(step) {
-                    summary.resumed.push(step.to_owned());
-                    steps.run(&format!("{step}: already done for this digest"), || Ok(()))?;
-                    continue;
-                }
-                steps.run_nested(step, |nest| {
-                    self.sign_or_attest(step, &signing, &source, nest)
-                        .map_err(|err| subtask_failed(step, &signing, err))
+            if self.still_signed(client, &mut state, &built, &out)? {
+                summary.resumed.push(SIGNED.to_owned());
+                steps.run(
+                    &format!("{SIGNED}: already done for this digest"),
+                    || Ok(()),
+                )?;
+            } else {
+                steps.run_nested(SIGNED, |nest| {
+                    sign::sign(self.config, &signing, nest)
+                        .map(drop)
+                        .map_err(|err| subtask_failed(SIGNED, &signing, err))
                 })?;
-                state.mark_done(step, &out)?;
+                state.mark_done(SIGNED, &out)?;
+            }
+            let mut resuming = Resuming {
+                state: &mut state,
+                client,
+                repository: &self.target.repository,
+                out: &out,
+                skipped: 0,
+                attached: 0,
+            };
+            steps.run_nested(ATTESTED, |nest| {
+                self.attest(&signing, &source, nest, &mut resuming)
+                    .map_err(|err| subtask_failed(ATTESTED, &signing, err))
+            })?;
+            if resuming.attached == 0 && resuming.skipped > 0 {
+                summary.resumed.push(ATTESTED.to_owned());
             }
             // Never skipped: it is what makes moving the tags safe.
             let verifying = self.verify_options(&reference, &out)?;
@@ -109,24 +134,21 @@ impl Release<'_> {
         self.print_summary(&summary, &out, steps.total_elapsed().as_secs_f64())
     }
 
-    pub(super) fn sign_or_attest(
+    /// Attaches the attestations not attached yet, recording each at once.
+    pub(super) fn attest(
         &self,
-        step: &str,
         signing: &SignOptions,
         source: &Source,
         nest: &Nest,
+        resume: &mut Resuming,
     ) -> Result<()> {
-        if step == SIGNED {
-            sign::sign(self.config, signing, nest)?;
-        } else {
-            let options = AttestOptions {
-                reference: signing.reference.clone(),
-                signing: signing.signing.clone(),
-                insecure: signing.insecure,
-                dry_run: false,
-            };
-            attest::attest(self.config, source, &options, nest)?;
-        }
+        let options = AttestOptions {
+            reference: signing.reference.clone(),
+            signing: signing.signing.clone(),
+            insecure: signing.insecure,
+            dry_run: false,
+        };
+        attest::attest_resuming(self.config, source, &options, nest, resume)?;
         Ok(())
     }
 

@@ -1,5 +1,6 @@
 //! `release --dry-run`: the preflight, the tag plan, then every step with
-//! its exact commands. Reads the registry; writes nothing anywhere.
+//! its exact commands. Writes nothing anywhere; reads the registry only
+//! with --push.
 
 use anyhow::Result;
 use serde_json::json;
@@ -13,20 +14,36 @@ use crate::tags::{self, Build};
 
 impl Release<'_> {
     /// The preflight and the tag plan, then every step with its exact
-    /// commands. Reads the registry; writes nothing anywhere.
+    /// commands. Writes nothing; reads the registry only with --push.
     pub(super) fn print_plan(&self) -> Result<()> {
-        let client = self.client()?;
+        // Without --push the release touches no network, and neither does
+        // its plan: the registry and the tags are a --push run's business.
+        let client = if self.flags.push {
+            Some(self.client()?)
+        } else {
+            None
+        };
         let preflight = preflight::check(
             self.config,
             &self.flags.version,
-            Some((&client, &self.target)),
+            client.as_ref().map(|c| (c, &self.target)),
+            preflight::Signing {
+                args: &self.flags.signing,
+                push: self.flags.push,
+            },
         )?;
-        let published = tags::published(None, &self.target, Some(&client))?;
-        let plan = tags::compute(
-            &Build::Release(preflight.version.clone()),
-            &preflight.head,
-            &published,
-        )?;
+        let tag_plan = match &client {
+            Some(client) => {
+                let published = tags::published(None, &self.target, Some(client))?;
+                let plan = tags::compute(
+                    &Build::Release(preflight.version.clone()),
+                    &preflight.head,
+                    &published,
+                )?;
+                Some((plan, published.len()))
+            }
+            None => None,
+        };
         let steps = self.planned_steps(&preflight)?;
         if self.flags.json {
             println!(
@@ -37,7 +54,7 @@ impl Release<'_> {
                     "head": preflight.head,
                     "dry_run": true,
                     "preflight": preflight,
-                    "tags": plan.to_output(published.len()),
+                    "tags": tag_plan.as_ref().map(|(plan, published)| plan.to_output(*published)),
                     "steps": steps.iter().map(|(name, commands)| json!({"step": name, "commands": commands})).collect::<Vec<_>>(),
                 })
             );
@@ -51,9 +68,14 @@ impl Release<'_> {
         for line in &preflight.passed {
             println!("  ok: {line}");
         }
-        println!("tags, in the order they would be set:");
-        for line in plan.table() {
-            println!("  {line}");
+        match &tag_plan {
+            Some((plan, _)) => {
+                println!("tags, in the order they would be set:");
+                for line in plan.table() {
+                    println!("  {line}");
+                }
+            }
+            None => println!("tags: none; without --push nothing is pushed or tagged"),
         }
         println!("steps:");
         for (number, (name, commands)) in steps.iter().enumerate() {

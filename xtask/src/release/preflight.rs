@@ -5,8 +5,8 @@
 //!
 //! It comes in two parts, because one check needs the built image:
 //! - [`check`], before building: the version, Cargo.toml, the git tree and
-//!   tag, and whether the registry already has the version (and at which
-//!   digest);
+//!   tag, everything signing needs (key, password, cosign, gh), and whether
+//!   the registry already has the version (and at which digest);
 //! - [`Preflight::check_registry_digest`], after building and before
 //!   pushing: a version the registry already has must be at the digest just
 //!   built. A reproducible build of the same commit gives the same digest,
@@ -18,6 +18,7 @@ use serde::Serialize;
 use xshell::{cmd, Shell};
 
 use crate::oci::client::{Client, Reference};
+use crate::supply_chain::cosign::{self, Cosign, Identity, SigningArgs};
 use crate::support::config::Config;
 use crate::support::git::Git;
 use crate::support::tools;
@@ -47,12 +48,21 @@ pub struct RegistryTag {
     pub digest: Option<String>,
 }
 
+/// How the release signs: what the checks of signing need.
+#[derive(Debug, Clone, Copy)]
+pub struct Signing<'a> {
+    pub args: &'a SigningArgs,
+    /// With --push the image is signed and the GitHub release uploaded.
+    pub push: bool,
+}
+
 /// The checks before building. `registry` is the client and repository the
 /// release pushes to; None skips the registry check.
 pub fn check(
     config: &Config,
     version: &str,
     registry: Option<(&Client, &Reference)>,
+    signing: Signing,
 ) -> Result<Preflight> {
     let mut problems = Vec::new();
     let mut passed = Vec::new();
@@ -103,8 +113,11 @@ pub fn check(
     let mut git_tag_exists = false;
     if let (Some(_), Some(head)) = (&parsed, &head) {
         match git.tag_commit(version)? {
+            None if signing.push && std::env::var_os("GITHUB_TOKEN").is_some() => problems.push(format!(
+                "git tag {version} does not exist, and the GitHub release needs it on GitHub; tag HEAD and push the tag first: `git tag -s {version} -m {version} && git push origin {version}`"
+            )),
             None => passed.push(format!(
-                "git tag {version} does not exist yet; the release creates it on HEAD"
+                "git tag {version} does not exist yet; the release does not create it: tag HEAD and push the tag to publish the release"
             )),
             Some(commit) if commit == *head => {
                 git_tag_exists = true;
@@ -135,6 +148,8 @@ pub fn check(
         }
     }
 
+    check_signing(signing, &mut passed, &mut problems);
+
     if !problems.is_empty() {
         bail!("{}", report(version, &problems));
     }
@@ -146,6 +161,77 @@ pub fn check(
         registry: registry_tag,
         passed,
     })
+}
+
+/// Everything signing needs, checked offline before anything is built:
+/// without it the release would fail only after pushing the image. With
+/// --push the image is signed; with a key (or in GitHub Actions) the
+/// checksums are signed too, pushed or not.
+fn check_signing(signing: Signing, passed: &mut Vec<String>, problems: &mut Vec<String>) {
+    let identity = if signing.push || signing.args.key.is_some() {
+        match cosign::signing_identity(signing.args) {
+            Ok(identity) => Some(identity),
+            Err(err) => {
+                problems.push(format!("{err:#}"));
+                None
+            }
+        }
+    } else if cosign::github_oidc_available() {
+        Some(Identity::Keyless)
+    } else {
+        None
+    };
+    if identity.is_some() || signing.push {
+        match Cosign::find() {
+            Ok(found) => {
+                passed.push(format!(
+                    "cosign {} at {}",
+                    crate::support::tools::COSIGN_VERSION,
+                    found.path.display()
+                ));
+                if let Some(Identity::Key(key)) = &identity {
+                    check_key_opens(&found, key, passed, problems);
+                }
+            }
+            Err(err) => problems.push(format!("{err:#}")),
+        }
+    }
+    if signing.push && std::env::var_os("GITHUB_TOKEN").is_some() {
+        match tools::GH.find() {
+            Ok(gh) => passed.push(format!(
+                "gh at {} (GITHUB_TOKEN is set: the assets are uploaded)",
+                gh.display()
+            )),
+            Err(err) => problems.push(format!(
+                "GITHUB_TOKEN is set, so the assets are uploaded with gh, but {err:#}"
+            )),
+        }
+    }
+}
+
+/// A key file (or `env://` key) opens with COSIGN_PASSWORD: `cosign
+/// public-key` decrypts it, offline. A KMS key has no password.
+fn check_key_opens(
+    cosign: &Cosign,
+    key: &str,
+    passed: &mut Vec<String>,
+    problems: &mut Vec<String>,
+) {
+    if key.contains("://") && !key.starts_with("env://") {
+        return;
+    }
+    if let Err(err) = cosign::check_password(&Identity::Key(key.to_owned())) {
+        problems.push(format!("{err:#}"));
+        return;
+    }
+    match cosign.run(&["public-key".to_owned(), format!("--key={key}")], true) {
+        Ok(output) if output.success => passed.push(format!("the key {key} opens with COSIGN_PASSWORD")),
+        Ok(output) => problems.push(format!(
+            "cannot open the key {key} with COSIGN_PASSWORD: {}; export the key's password in COSIGN_PASSWORD",
+            output.error_line()
+        )),
+        Err(err) => problems.push(format!("cannot open the key {key}: {err:#}")),
+    }
 }
 
 /// All problems, one per line, as cargo-release reports them.

@@ -1,5 +1,8 @@
-//! What a re-run of the same release may skip: the signing steps already
-//! done for the same version, commit, configuration and digest.
+//! What a re-run of the same release may skip: the signature and each
+//! attestation already made for the same version, commit, configuration
+//! and digest, and still in the registry. The file alone is never trusted:
+//! a registry wiped, or a state file copied from another machine, would
+//! otherwise skip signing and fail verification on every re-run.
 
 use anyhow::{Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
@@ -7,6 +10,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::Release;
+use crate::attest::{self, Attestation, Resume};
+use crate::build::assemble::Built;
+use crate::oci::client::Client;
+use crate::oci::referrers::{self, Kind};
 use crate::support::config::Platform;
 use crate::support::source::Source;
 
@@ -46,6 +53,16 @@ pub struct State {
     key: StateKey,
     digest: Option<String>,
     done: Vec<String>,
+    /// Each attestation attached, recorded as soon as it is.
+    #[serde(default)]
+    attested: Vec<Attested>,
+}
+
+/// One attestation: the digest it is attached to and cosign's `--type`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Attested {
+    digest: String,
+    kind: String,
 }
 
 impl State {
@@ -59,6 +76,7 @@ impl State {
             key: key.clone(),
             digest: None,
             done: Vec::new(),
+            attested: Vec::new(),
         };
         let Ok(text) = std::fs::read_to_string(&path) else {
             return Ok(fresh);
@@ -81,6 +99,7 @@ impl State {
         if self.digest.as_deref() != Some(digest) {
             self.digest = Some(digest.to_owned());
             self.done.clear();
+            self.attested.clear();
         }
     }
 
@@ -92,10 +111,108 @@ impl State {
         if !self.is_done(step) {
             self.done.push(step.to_owned());
         }
+        self.save(out)
+    }
+
+    fn forget(&mut self, step: &str) {
+        self.done.retain(|s| s != step);
+    }
+
+    fn is_attested(&self, attestation: &Attestation) -> bool {
+        self.attested
+            .iter()
+            .any(|a| a.digest == attestation.digest && a.kind == attestation.kind)
+    }
+
+    fn mark_attested(&mut self, attestation: &Attestation, out: &Utf8Path) -> Result<()> {
+        if !self.is_attested(attestation) {
+            self.attested.push(Attested {
+                digest: attestation.digest.clone(),
+                kind: attestation.kind.to_owned(),
+            });
+        }
+        self.save(out)
+    }
+
+    fn save(&self, out: &Utf8Path) -> Result<()> {
         std::fs::create_dir_all(out).with_context(|| format!("cannot create {out}"))?;
         let path = State::path(out);
         crate::support::fs::write_atomically(&path, serde_json::to_string_pretty(self)?.as_bytes())
             .with_context(|| format!("cannot write the release state {path}"))
+    }
+}
+
+impl Release<'_> {
+    /// Whether the signing step may be skipped: the state says it was done
+    /// for this digest, and the registry has a signature on the index and
+    /// on every platform (`sign --recursive` makes one on each).
+    pub(super) fn still_signed(
+        &self,
+        client: &Client,
+        state: &mut State,
+        built: &Built,
+        out: &Utf8Path,
+    ) -> Result<bool> {
+        if !state.is_done(SIGNED) {
+            return Ok(false);
+        }
+        let subjects =
+            std::iter::once(&built.digest).chain(built.platforms.iter().map(|p| &p.digest));
+        for digest in subjects {
+            let attached = referrers::attached(client, &self.target.repository, digest)?;
+            if !attached.iter().any(|a| a.kind == Kind::Signature) {
+                eprintln!(
+                    "note: {} says {digest} is signed, but {} has no signature on it; signing again",
+                    State::path(out),
+                    self.repo
+                );
+                state.forget(SIGNED);
+                state.save(out)?;
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Resumes attest: an attestation is skipped only when the state recorded
+/// it for this digest and the registry still has one of its predicate type
+/// on the same subject.
+pub(super) struct Resuming<'a> {
+    pub state: &'a mut State,
+    pub client: &'a Client,
+    pub repository: &'a str,
+    pub out: &'a Utf8Path,
+    pub skipped: usize,
+    pub attached: usize,
+}
+
+impl Resume for Resuming<'_> {
+    fn is_attached(&mut self, attestation: &Attestation) -> Result<bool> {
+        if !self.state.is_attested(attestation) {
+            return Ok(false);
+        }
+        let predicate_type = attest::predicate_type(attestation.kind)
+            .with_context(|| format!("no predicate type is known for {}", attestation.kind))?;
+        let present = referrers::attached(self.client, self.repository, &attestation.digest)?
+            .iter()
+            .any(|a| a.is_attestation_of(predicate_type));
+        if present {
+            self.skipped += 1;
+        } else {
+            eprintln!(
+                "note: {} says the {} attestation of {} is attached, but the registry has none; attaching it again",
+                State::path(self.out),
+                attestation.kind,
+                attestation.digest
+            );
+        }
+        Ok(present)
+    }
+
+    fn attached(&mut self, attestation: &Attestation) -> Result<()> {
+        self.attached += 1;
+        self.state.mark_attested(attestation, self.out)
     }
 }
 

@@ -174,13 +174,42 @@ pub fn no_tlog_signing_config() -> serde_json::Value {
     })
 }
 
-/// Writes the no-tlog signing config under `dir` and returns its path.
+/// A Sigstore trusted root that trusts no service. Given to the signing
+/// commands with the no-tlog signing config: without one, cosign v3 fetches
+/// the public TUF repository on every sign, attest and sign-blob, only to
+/// log a warning when it is unreachable, so `--no-tlog` would not be
+/// offline.
+pub fn empty_trusted_root() -> serde_json::Value {
+    serde_json::json!({
+        "mediaType": TRUSTED_ROOT_MEDIA_TYPE,
+        "tlogs": [],
+        "certificateAuthorities": [],
+        "ctlogs": [],
+        "timestampAuthorities": []
+    })
+}
+
+/// The media type of a Sigstore trusted root, as cosign v3 reads it.
+pub const TRUSTED_ROOT_MEDIA_TYPE: &str =
+    "application/vnd.dev.sigstore.trustedroot+json;version=0.1";
+
+/// The empty trusted root, written next to the no-tlog signing config.
+pub fn trusted_root_next_to(signing_config: &Utf8Path) -> Utf8PathBuf {
+    signing_config.with_file_name("trusted-root-empty.json")
+}
+
+/// Writes the no-tlog signing config under `dir`, and the empty trusted
+/// root next to it; returns the signing config's path.
 pub fn write_no_tlog_signing_config(dir: &Utf8Path) -> Result<Utf8PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
     let path = dir.join("signing-config-no-tlog.json");
     crate::support::fs::write_atomically(
         &path,
         &serde_json::to_vec_pretty(&no_tlog_signing_config())?,
+    )?;
+    crate::support::fs::write_atomically(
+        &trusted_root_next_to(&path),
+        &serde_json::to_vec_pretty(&empty_trusted_root())?,
     )?;
     Ok(path)
 }
@@ -212,10 +241,17 @@ impl Options {
         if let Identity::Key(key) = &self.identity {
             args.push(format!("--key={key}"));
         }
+        self.offline_args(args);
+        self.registry_args(args);
+    }
+
+    /// With --no-tlog: no service to sign with, and no TUF repository to
+    /// fetch a trusted root from.
+    fn offline_args(&self, args: &mut Vec<String>) {
         if let Some(config) = &self.signing_config {
             args.push(format!("--signing-config={config}"));
+            args.push(format!("--trusted-root={}", trusted_root_next_to(config)));
         }
-        self.registry_args(args);
     }
 
     fn verifier_args(&self, args: &mut Vec<String>) -> Result<()> {
@@ -276,9 +312,7 @@ impl Options {
         if let Identity::Key(key) = &self.identity {
             args.push(format!("--key={key}"));
         }
-        if let Some(config) = &self.signing_config {
-            args.push(format!("--signing-config={config}"));
-        }
+        self.offline_args(&mut args);
         args.push(format!("--bundle={bundle}"));
         args.push(file.to_string());
         args
@@ -457,6 +491,7 @@ mod tests {
                 "--yes",
                 "--key=k.key",
                 "--signing-config=/t/sc.json",
+                "--trusted-root=/t/trusted-root-empty.json",
                 "--allow-insecure-registry",
                 "--allow-http-registry",
                 "h:1/app@sha256:ab"

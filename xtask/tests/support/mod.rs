@@ -330,9 +330,26 @@ impl KillingProxy {
         registry: std::sync::Arc<std::sync::Mutex<Registry>>,
         trigger: &'static str,
     ) -> KillingProxy {
+        KillingProxy::start_at(registry, trigger, 0)
+    }
+
+    /// On a given port, such as the one of a proxy just dropped, so that a
+    /// re-run reaches the registry under the same name; waits for the port.
+    pub fn start_at(
+        registry: std::sync::Arc<std::sync::Mutex<Registry>>,
+        trigger: &'static str,
+        port: u16,
+    ) -> KillingProxy {
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::Arc;
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", port)) {
+                Ok(listener) => break listener,
+                Err(e) if Instant::now() > deadline => panic!("cannot bind the proxy: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
         listener.set_nonblocking(true).expect("nonblocking");
         let port = listener.local_addr().unwrap().port();
         let upstream = registry.lock().unwrap().port;

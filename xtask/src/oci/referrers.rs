@@ -1,0 +1,150 @@
+//! What is attached to a digest: the signatures and attestations stored as
+//! OCI referrers, each with its kind and predicate type.
+//!
+//! cosign v3 stores each one as an artifact manifest whose `subject` is the
+//! digest, with `artifactType` the Sigstore bundle and the annotation
+//! `dev.sigstore.bundle.predicateType` saying what it is. A registry with
+//! the referrers API lists them under `/v2/<repo>/referrers/<digest>`; one
+//! without it (such as distribution 2.8) gets an OCI index under the tag
+//! `sha256-<hex>`, whose entries carry no annotations, so each manifest is
+//! read. Both places are read and merged: a registry upgraded to the API
+//! still serves what was written to the tag before.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::oci::client::Client;
+use crate::oci::{Descriptor, Index};
+
+/// The artifact type of a Sigstore bundle v0.3, what cosign v3 writes.
+pub const SIGSTORE_BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+/// The annotation that names a bundle's predicate type.
+pub const PREDICATE_TYPE_ANNOTATION: &str = "dev.sigstore.bundle.predicateType";
+/// The predicate type of a `cosign sign` signature.
+pub const SIGNATURE_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Signature,
+    Attestation,
+    /// Anything else attached: another tool's artifact, an older format.
+    Other,
+}
+
+/// One artifact attached to a digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    /// The digest of the referrer manifest itself.
+    pub digest: String,
+    pub kind: Kind,
+    pub predicate_type: Option<String>,
+}
+
+impl Attached {
+    pub fn is_attestation_of(&self, predicate_type: &str) -> bool {
+        self.kind == Kind::Attestation && self.predicate_type.as_deref() == Some(predicate_type)
+    }
+}
+
+/// Every artifact attached to `digest` in `repository`: the referrers API
+/// when the registry has one, and cosign's `sha256-<hex>` tag.
+pub fn attached(client: &Client, repository: &str, digest: &str) -> Result<Vec<Attached>> {
+    let mut entries = client.referrers(repository, digest)?.unwrap_or_default();
+    let fallback = digest.replace(':', "-");
+    if let Some((_, bytes)) = client.get_manifest(repository, &fallback)? {
+        let index: Index = serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "cannot read the referrers of {digest}: the tag {fallback} is not an OCI index; delete it or re-sign"
+            )
+        })?;
+        for entry in index.manifests {
+            if !entries.iter().any(|e| e.digest == entry.digest) {
+                entries.push(entry);
+            }
+        }
+    }
+    let mut attached = Vec::new();
+    for entry in entries {
+        let annotated = entry
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(PREDICATE_TYPE_ANNOTATION))
+            .cloned();
+        let predicate_type = match annotated {
+            Some(predicate_type) => Some(predicate_type),
+            None if entry.artifact_type.as_deref() == Some(SIGSTORE_BUNDLE) => {
+                read_predicate_type(client, repository, digest, &entry.digest)?
+            }
+            None => None,
+        };
+        let kind = match (entry.artifact_type.as_deref(), predicate_type.as_deref()) {
+            (Some(SIGSTORE_BUNDLE), Some(SIGNATURE_PREDICATE)) => Kind::Signature,
+            (Some(SIGSTORE_BUNDLE), Some(_)) => Kind::Attestation,
+            _ => Kind::Other,
+        };
+        attached.push(Attached {
+            digest: entry.digest,
+            kind,
+            predicate_type,
+        });
+    }
+    Ok(attached)
+}
+
+/// The predicate type a referrer manifest declares; None when it is gone
+/// or names another subject (a stale entry of the fallback tag).
+fn read_predicate_type(
+    client: &Client,
+    repository: &str,
+    subject: &str,
+    referrer: &str,
+) -> Result<Option<String>> {
+    #[derive(Deserialize)]
+    struct Referrer {
+        subject: Option<Descriptor>,
+        #[serde(default)]
+        annotations: std::collections::BTreeMap<String, String>,
+    }
+    let Some((_, bytes)) = client.get_manifest(repository, referrer)? else {
+        return Ok(None);
+    };
+    let manifest: Referrer = serde_json::from_slice(&bytes).with_context(|| {
+        format!("cannot read the referrer {referrer} of {subject}: it is not a manifest")
+    })?;
+    if manifest.subject.as_ref().map(|s| s.digest.as_str()) != Some(subject) {
+        return Ok(None);
+    }
+    Ok(manifest.annotations.get(PREDICATE_TYPE_ANNOTATION).cloned())
+}
+
+impl Client {
+    /// The referrers API's list for `digest`; None when the registry has no
+    /// referrers API (it answers 404).
+    pub fn referrers(&self, repository: &str, digest: &str) -> Result<Option<Vec<Descriptor>>> {
+        let url = format!("{}/v2/{repository}/referrers/{digest}", self.base);
+        let response = self.send(
+            "GET",
+            &url,
+            &[("Accept", crate::oci::INDEX)],
+            None,
+            &Client::scope(repository, false),
+        )?;
+        match response.status {
+            200 => {
+                let index: Index = serde_json::from_slice(&response.body).with_context(|| {
+                    format!(
+                        "cannot read the referrers of {digest} from {}: the answer is not an OCI index",
+                        self.host()
+                    )
+                })?;
+                Ok(Some(index.manifests))
+            }
+            404 => Ok(None),
+            _ => bail!(
+                "cannot list the referrers of {digest} in {}/{repository}: {}",
+                self.host(),
+                response.error_text()
+            ),
+        }
+    }
+}
