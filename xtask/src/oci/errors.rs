@@ -98,8 +98,10 @@ pub fn describe(f: &Failure) -> anyhow::Error {
             login_hint(host)
         ),
         401 | 403 if f.authenticated || f.status == 403 => format!(
-            "no {action} permission for {repo} on {host} as {} ({said}); {}",
-            f.credential.unwrap_or("an anonymous user"),
+            "no {action} permission for {repo} on {host} {} ({said}); {}",
+            f.credential.map_or("as an anonymous user".to_owned(), |c| format!(
+                "with the credentials from {c}"
+            )),
             permission_hint(host, f.push)
         ),
         401 => format!(
@@ -191,7 +193,7 @@ mod tests {
             (
                 failure(401, true, Some("auths in c"), true),
                 &[
-                    "no push permission for team/app on registry.example as auths in c",
+                    "no push permission for team/app on registry.example with the credentials from auths in c",
                     "DENIED",
                     "push access",
                 ],
