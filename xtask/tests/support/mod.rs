@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod scripted;
+pub mod token_service;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -39,21 +42,61 @@ pub struct Registry {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
     log: PathBuf,
+    /// The `auth:` section of the configuration, kept for `restart`.
+    auth: String,
 }
 
 impl Registry {
     pub fn start() -> Registry {
         let dir = tempfile::tempdir().expect("cannot create a temporary directory");
-        Registry::start_in(dir, free_port())
+        Registry::start_in(dir, free_port(), String::new())
     }
 
-    fn start_in(dir: tempfile::TempDir, port: u16) -> Registry {
+    /// A registry that wants Basic credentials: `users` as (name,
+    /// password), stored bcrypt-hashed by `htpasswd -B` as distribution
+    /// requires.
+    pub fn start_with_htpasswd(users: &[(&str, &str)]) -> Registry {
+        let dir = tempfile::tempdir().expect("cannot create a temporary directory");
+        let htpasswd = tool("htpasswd");
+        let entries: String = users
+            .iter()
+            .map(|(user, password)| {
+                run_ok(Command::new(&htpasswd).args(["-Bbn", user, password]))
+                    .trim()
+                    .to_owned()
+                    + "\n"
+            })
+            .collect();
+        let file = dir.path().join("htpasswd");
+        std::fs::write(&file, entries).expect("cannot write the htpasswd file");
+        let auth = format!(
+            "auth:\n  htpasswd:\n    realm: xtask-test\n    path: {}\n",
+            file.display()
+        );
+        Registry::start_in(dir, free_port(), auth)
+    }
+
+    /// A registry that wants Bearer tokens from `tokens`, which signs them
+    /// with a certificate this registry trusts.
+    pub fn start_with_token(tokens: &token_service::TokenService) -> Registry {
+        let dir = tempfile::tempdir().expect("cannot create a temporary directory");
+        let auth = format!(
+            "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+            tokens.realm(),
+            token_service::SERVICE,
+            token_service::ISSUER,
+            tokens.cert.display()
+        );
+        Registry::start_in(dir, free_port(), auth)
+    }
+
+    fn start_in(dir: tempfile::TempDir, port: u16, auth: String) -> Registry {
         let storage = dir.path().join("storage");
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
                 storage.display()
             ),
         )
@@ -72,6 +115,7 @@ impl Registry {
             child: Some(child),
             dir,
             log,
+            auth,
         };
         registry.wait_until_ready();
         registry
@@ -88,7 +132,8 @@ impl Registry {
                     );
                 }
             }
-            if http_status(self.port, "/v2/") == Some(200) {
+            // 401 from a registry that wants credentials: it is up too.
+            if matches!(http_status(self.port, "/v2/"), Some(200 | 401)) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -122,7 +167,8 @@ impl Registry {
         self.stop();
         let port = self.port;
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
-        *self = Registry::start_in(dir, port);
+        let auth = std::mem::take(&mut self.auth);
+        *self = Registry::start_in(dir, port, auth);
     }
 
     pub fn is_running(&mut self) -> bool {
