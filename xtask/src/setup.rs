@@ -25,6 +25,8 @@ const APT_PACKAGES: &[&str] = &[
     "libstd-rust-web-dev:arm64",
     "wrk",
     "hyperfine",
+    // htpasswd: the bcrypt users of the test registry with Basic auth.
+    "apache2-utils",
     // Used by the commands in docs/, which xtask/tests/doc_commands.rs runs.
     "jq",
     "gnupg",

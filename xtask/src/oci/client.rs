@@ -1,56 +1,18 @@
 //! A small client for the OCI distribution API: manifests, blobs and tag
 //! lists, with the registries' token authentication.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::time::Duration;
-
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::oci;
-use crate::oci::auth::credentials;
 pub use crate::oci::reference::{is_loopback, Reference};
+use crate::oci::transport::{Request, Response, Transport};
 
 pub struct Client {
     host: String,
-    pub(super) base: String,
-    agent: ureq::Agent,
-    basic: Option<String>,
-    tokens: RefCell<HashMap<String, String>>,
+    base: String,
+    transport: Transport,
 }
-
-pub(super) struct Response {
-    pub(super) status: u16,
-    headers: Vec<(String, String)>,
-    pub(super) body: Vec<u8>,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub(super) fn error_text(&self) -> String {
-        let body = String::from_utf8_lossy(&self.body);
-        let body = body.trim();
-        if body.is_empty() {
-            format!("HTTP {}", self.status)
-        } else {
-            format!(
-                "HTTP {}: {}",
-                self.status,
-                body.chars().take(300).collect::<String>()
-            )
-        }
-    }
-}
-
-/// Largest manifest or blob read into memory: layers of this image are a few MB.
-const BODY_LIMIT: u64 = 512 * 1024 * 1024;
 
 impl Client {
     /// A client for `host`. `insecure` allows plain HTTP, only for loopback.
@@ -64,18 +26,11 @@ impl Client {
         } else {
             host
         };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(300)))
-            .timeout_connect(Some(Duration::from_secs(10)))
-            .build()
-            .into();
+        let base = format!("{scheme}://{api_host}");
         Ok(Client {
             host: host.to_owned(),
-            base: format!("{scheme}://{api_host}"),
-            agent,
-            basic: credentials(host),
-            tokens: RefCell::new(HashMap::new()),
+            base: base.clone(),
+            transport: Transport::new(host, base, insecure),
         })
     }
 
@@ -83,164 +38,24 @@ impl Client {
         &self.host
     }
 
-    pub(super) fn send(
+    /// A request on `repository`; `push` asks for the push scope.
+    fn send(
         &self,
         method: &str,
         url: &str,
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
-        scope: &str,
+        repository: &str,
+        push: bool,
     ) -> Result<Response> {
-        let mut response = self.send_once(
+        self.transport.send(&Request {
             method,
             url,
             headers,
             body,
-            self.authorization(scope).as_deref(),
-        )?;
-        if response.status == 401 {
-            let challenge = response
-                .header("www-authenticate")
-                .unwrap_or_default()
-                .to_owned();
-            if self.authenticate(&challenge, scope)? {
-                response = self.send_once(
-                    method,
-                    url,
-                    headers,
-                    body,
-                    self.authorization(scope).as_deref(),
-                )?;
-            }
-        }
-        if response.status == 401 || response.status == 403 {
-            bail!(
-                "{} refused access to {scope} ({}); log in with `docker login {}` or set GITHUB_TOKEN for ghcr.io",
-                self.host,
-                response.error_text(),
-                self.host
-            );
-        }
-        Ok(response)
-    }
-
-    fn send_once(
-        &self,
-        method: &str,
-        url: &str,
-        headers: &[(&str, &str)],
-        body: Option<&[u8]>,
-        auth: Option<&str>,
-    ) -> Result<Response> {
-        let request = ureq::http::Request::builder().method(method).uri(url);
-        let mut request = headers.iter().fold(request, |r, (k, v)| r.header(*k, *v));
-        if let Some(auth) = auth {
-            request = request.header("Authorization", auth);
-        }
-        let result = match body {
-            Some(body) => self.agent.run(
-                request
-                    .body(body.to_vec())
-                    .context("cannot build the request")?,
-            ),
-            None => self
-                .agent
-                .run(request.body(()).context("cannot build the request")?),
-        };
-        let mut response = result.with_context(|| {
-            format!(
-                "cannot reach {} ({method} {url}); is the registry running?",
-                self.host
-            )
-        })?;
-        let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    v.to_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect();
-        let body = if method == "HEAD" {
-            Vec::new()
-        } else {
-            response
-                .body_mut()
-                .with_config()
-                .limit(BODY_LIMIT)
-                .read_to_vec()
-                .with_context(|| {
-                    format!(
-                        "cannot read the answer to {method} {url} from {}",
-                        self.host
-                    )
-                })?
-        };
-        Ok(Response {
-            status,
-            headers,
-            body,
+            repository,
+            push,
         })
-    }
-
-    fn authorization(&self, scope: &str) -> Option<String> {
-        if let Some(token) = self.tokens.borrow().get(scope) {
-            return Some(format!("Bearer {token}"));
-        }
-        self.basic.as_ref().map(|b| format!("Basic {b}"))
-    }
-
-    /// Answers a `WWW-Authenticate` challenge; true if there is something
-    /// new to retry with.
-    fn authenticate(&self, challenge: &str, scope: &str) -> Result<bool> {
-        let Some(params) = challenge.strip_prefix("Bearer ") else {
-            return Ok(false);
-        };
-        let param = |name: &str| {
-            params.split(',').find_map(|p| {
-                let (k, v) = p.trim().split_once('=')?;
-                (k == name).then(|| v.trim_matches('"').to_owned())
-            })
-        };
-        let realm = param("realm").context("the registry's Bearer challenge has no realm")?;
-        let mut url = format!(
-            "{realm}?scope={}",
-            param("scope").unwrap_or_else(|| scope.to_owned())
-        );
-        if let Some(service) = param("service") {
-            url.push_str(&format!("&service={service}"));
-        }
-        let auth = self.basic.as_ref().map(|b| format!("Basic {b}"));
-        let response = self.send_once("GET", &url, &[], None, auth.as_deref())?;
-        if response.status != 200 {
-            bail!(
-                "cannot get a token for {scope} from {realm} ({}); check your registry credentials",
-                response.error_text()
-            );
-        }
-        #[derive(Deserialize)]
-        struct Token {
-            token: Option<String>,
-            access_token: Option<String>,
-        }
-        let token: Token = serde_json::from_slice(&response.body)
-            .context("the token service answered something that is not a token")?;
-        let token = token
-            .token
-            .or(token.access_token)
-            .context("the token service answered without a token")?;
-        self.tokens.borrow_mut().insert(scope.to_owned(), token);
-        Ok(true)
-    }
-
-    pub(super) fn scope(repository: &str, push: bool) -> String {
-        format!(
-            "repository:{repository}:{}",
-            if push { "pull,push" } else { "pull" }
-        )
     }
 
     /// The digest a tag or digest resolves to, or None if there is none.
@@ -252,7 +67,8 @@ impl Client {
             &url,
             &[("Accept", &accept)],
             None,
-            &Client::scope(repository, false),
+            repository,
+            false,
         )?;
         match response.status {
             200 => match response.header("docker-content-digest") {
@@ -279,13 +95,7 @@ impl Client {
     ) -> Result<Option<(String, Vec<u8>)>> {
         let url = format!("{}/v2/{repository}/manifests/{reference}", self.base);
         let accept = oci::MANIFEST_ACCEPT.join(", ");
-        let response = self.send(
-            "GET",
-            &url,
-            &[("Accept", &accept)],
-            None,
-            &Client::scope(repository, false),
-        )?;
+        let response = self.send("GET", &url, &[("Accept", &accept)], None, repository, false)?;
         match response.status {
             200 => {
                 let media_type = oci::declared_media_type(&response.body)
@@ -318,7 +128,8 @@ impl Client {
             &url,
             &[("Content-Type", media_type)],
             Some(bytes),
-            &Client::scope(repository, true),
+            repository,
+            true,
         )?;
         if response.status != 201 && response.status != 200 {
             bail!(
@@ -332,7 +143,7 @@ impl Client {
 
     pub fn blob_exists(&self, repository: &str, digest: &str) -> Result<bool> {
         let url = format!("{}/v2/{repository}/blobs/{digest}", self.base);
-        let response = self.send("HEAD", &url, &[], None, &Client::scope(repository, false))?;
+        let response = self.send("HEAD", &url, &[], None, repository, false)?;
         match response.status {
             200 => Ok(true),
             404 => Ok(false),
@@ -346,7 +157,7 @@ impl Client {
 
     pub fn get_blob(&self, repository: &str, digest: &str) -> Result<Vec<u8>> {
         let url = format!("{}/v2/{repository}/blobs/{digest}", self.base);
-        let response = self.send("GET", &url, &[], None, &Client::scope(repository, false))?;
+        let response = self.send("GET", &url, &[], None, repository, false)?;
         if response.status != 200 {
             bail!(
                 "cannot fetch blob {digest} from {}/{repository}: {}",
@@ -375,7 +186,8 @@ impl Client {
             &url,
             &[("Content-Length", "0")],
             Some(&[]),
-            &Client::scope(repository, true),
+            repository,
+            true,
         )?;
         match response.status {
             201 => Ok(true),
@@ -384,7 +196,7 @@ impl Client {
                 // not linger.
                 if let Some(location) = response.header("location") {
                     let url = self.absolute(location);
-                    let _ = self.send("DELETE", &url, &[], None, &Client::scope(repository, true));
+                    let _ = self.send("DELETE", &url, &[], None, repository, true);
                 }
                 Ok(false)
             }
@@ -398,9 +210,15 @@ impl Client {
 
     /// A monolithic upload: POST for a session, then PUT with the digest.
     pub fn upload_blob(&self, repository: &str, digest: &str, bytes: &[u8]) -> Result<()> {
-        let scope = Client::scope(repository, true);
         let url = format!("{}/v2/{repository}/blobs/uploads/", self.base);
-        let response = self.send("POST", &url, &[("Content-Length", "0")], Some(&[]), &scope)?;
+        let response = self.send(
+            "POST",
+            &url,
+            &[("Content-Length", "0")],
+            Some(&[]),
+            repository,
+            true,
+        )?;
         if response.status != 202 {
             bail!(
                 "{} refused to start an upload to {repository}: {}",
@@ -419,7 +237,8 @@ impl Client {
             &url,
             &[("Content-Type", "application/octet-stream")],
             Some(bytes),
-            &scope,
+            repository,
+            true,
         )?;
         if response.status != 201 {
             bail!(
@@ -429,6 +248,41 @@ impl Client {
             );
         }
         Ok(())
+    }
+
+    /// The referrers API's list for `digest`; None when the registry has no
+    /// referrers API (it answers 404).
+    pub fn referrers(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> Result<Option<Vec<oci::Descriptor>>> {
+        let url = format!("{}/v2/{repository}/referrers/{digest}", self.base);
+        let response = self.send(
+            "GET",
+            &url,
+            &[("Accept", oci::INDEX)],
+            None,
+            repository,
+            false,
+        )?;
+        match response.status {
+            200 => {
+                let index: oci::Index = serde_json::from_slice(&response.body).with_context(|| {
+                    format!(
+                        "cannot read the referrers of {digest} from {}: the answer is not an OCI index",
+                        self.host()
+                    )
+                })?;
+                Ok(Some(index.manifests))
+            }
+            404 => Ok(None),
+            _ => bail!(
+                "cannot list the referrers of {digest} in {}/{repository}: {}",
+                self.host(),
+                response.error_text()
+            ),
+        }
     }
 
     /// Every tag of a repository, following `Link` pagination; empty when the
@@ -441,7 +295,7 @@ impl Client {
         let mut tags = Vec::new();
         let mut next = Some(format!("{}/v2/{repository}/tags/list?n=100", self.base));
         while let Some(url) = next.take() {
-            let response = self.send("GET", &url, &[], None, &Client::scope(repository, false))?;
+            let response = self.send("GET", &url, &[], None, repository, false)?;
             match response.status {
                 200 => {}
                 404 => return Ok(Vec::new()),

@@ -3,14 +3,19 @@
 //! and resolving a published image into the subject of a signature.
 
 pub mod auth;
+pub mod challenge;
 pub mod client;
+pub mod errors;
 mod layout;
 pub mod overlay;
 pub mod push;
 pub mod reference;
 pub mod referrers;
+pub mod retry;
 pub mod run;
 pub mod subject;
+pub mod token;
+pub mod transport;
 mod types;
 pub mod unpack;
 

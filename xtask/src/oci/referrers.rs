@@ -10,7 +10,7 @@
 //! read. Both places are read and merged: a registry upgraded to the API
 //! still serves what was written to the tag before.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Deserialize;
 
 use crate::oci::client::Client;
@@ -115,36 +115,4 @@ fn read_predicate_type(
         return Ok(None);
     }
     Ok(manifest.annotations.get(PREDICATE_TYPE_ANNOTATION).cloned())
-}
-
-impl Client {
-    /// The referrers API's list for `digest`; None when the registry has no
-    /// referrers API (it answers 404).
-    pub fn referrers(&self, repository: &str, digest: &str) -> Result<Option<Vec<Descriptor>>> {
-        let url = format!("{}/v2/{repository}/referrers/{digest}", self.base);
-        let response = self.send(
-            "GET",
-            &url,
-            &[("Accept", crate::oci::INDEX)],
-            None,
-            &Client::scope(repository, false),
-        )?;
-        match response.status {
-            200 => {
-                let index: Index = serde_json::from_slice(&response.body).with_context(|| {
-                    format!(
-                        "cannot read the referrers of {digest} from {}: the answer is not an OCI index",
-                        self.host()
-                    )
-                })?;
-                Ok(Some(index.manifests))
-            }
-            404 => Ok(None),
-            _ => bail!(
-                "cannot list the referrers of {digest} in {}/{repository}: {}",
-                self.host(),
-                response.error_text()
-            ),
-        }
-    }
 }

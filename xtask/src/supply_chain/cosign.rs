@@ -22,6 +22,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use serde::Deserialize;
 use xshell::{cmd, Shell};
 
+use crate::oci::auth::PrivateDockerConfig;
 use crate::support::process;
 use crate::support::tools::{COSIGN, COSIGN_VERSION};
 
@@ -71,8 +72,13 @@ impl Cosign {
     /// for the error line.
     pub fn run(&self, args: &[String], quiet: bool) -> Result<CosignOutput> {
         let mut command = duct::cmd(&self.path, args);
-        if let Some(dir) = ghcr_docker_config()? {
-            command = command.env("DOCKER_CONFIG", dir);
+        // cosign reads registry credentials only from a Docker config, while
+        // CI has GITHUB_TOKEN and no `docker login`: a private config holds
+        // it for this one run, and is removed when `private` drops, after
+        // cosign has finished, on error too.
+        let private = PrivateDockerConfig::with_github_token()?;
+        if let Some(config) = &private {
+            command = command.env("DOCKER_CONFIG", config.dir());
         }
         let what = self.path.display().to_string();
         let finished = if quiet {
@@ -403,44 +409,6 @@ pub fn display(args: &[String]) -> String {
 /// `target/cosign`, where generated cosign inputs go.
 pub fn work_dir(target_dir: &Utf8Path) -> Utf8PathBuf {
     target_dir.join("cosign")
-}
-
-/// cosign reads registry credentials only from a Docker config, while the
-/// registry client takes GITHUB_TOKEN for ghcr.io directly (CI has no
-/// `docker login`). This gives cosign the same credentials: a private
-/// config with the ghcr.io entry added to the user's own. None when there is
-/// no GITHUB_TOKEN, or DOCKER_CONFIG is set already.
-fn ghcr_docker_config() -> Result<Option<PathBuf>> {
-    let Some(auth) = crate::oci::auth::github_token_auth() else {
-        return Ok(None);
-    };
-    if std::env::var_os("DOCKER_CONFIG").is_some() {
-        return Ok(None);
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    let mut config: serde_json::Value = home
-        .as_ref()
-        .and_then(|h| std::fs::read_to_string(h.join(".docker/config.json")).ok())
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or_else(|| serde_json::json!({}));
-    config["auths"]["ghcr.io"] = serde_json::json!({ "auth": auth });
-    let dir = std::env::temp_dir().join(format!("xtask-cosign-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let path = dir.join("config.json");
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        file.write_all(serde_json::to_string(&config)?.as_bytes())
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    Ok(Some(dir))
 }
 
 /// Writes the public half of `key` (a file, `env://VAR` or a KMS URI), so

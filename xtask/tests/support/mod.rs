@@ -4,6 +4,10 @@
 
 #![allow(dead_code)]
 
+mod auth_registry;
+pub mod scripted;
+pub mod token_service;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -39,21 +43,23 @@ pub struct Registry {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
     log: PathBuf,
+    /// The `auth:` section of the configuration, kept for `restart`.
+    auth: String,
 }
 
 impl Registry {
     pub fn start() -> Registry {
         let dir = tempfile::tempdir().expect("cannot create a temporary directory");
-        Registry::start_in(dir, free_port())
+        Registry::start_in(dir, free_port(), String::new())
     }
 
-    fn start_in(dir: tempfile::TempDir, port: u16) -> Registry {
+    fn start_in(dir: tempfile::TempDir, port: u16, auth: String) -> Registry {
         let storage = dir.path().join("storage");
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
                 storage.display()
             ),
         )
@@ -72,6 +78,7 @@ impl Registry {
             child: Some(child),
             dir,
             log,
+            auth,
         };
         registry.wait_until_ready();
         registry
@@ -88,7 +95,8 @@ impl Registry {
                     );
                 }
             }
-            if http_status(self.port, "/v2/") == Some(200) {
+            // 401 from a registry that wants credentials: it is up too.
+            if matches!(http_status(self.port, "/v2/"), Some(200 | 401)) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -122,7 +130,8 @@ impl Registry {
         self.stop();
         let port = self.port;
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
-        *self = Registry::start_in(dir, port);
+        let auth = std::mem::take(&mut self.auth);
+        *self = Registry::start_in(dir, port, auth);
     }
 
     pub fn is_running(&mut self) -> bool {

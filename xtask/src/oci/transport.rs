@@ -1,0 +1,364 @@
+//! One registry's HTTP: authentication as go-containerregistry does it
+//! (no credentials until the registry challenges; Basic only to a registry
+//! that asks for Basic; for Bearer, the credentials go to the token realm
+//! only and the token, cached per scope, only to the registry), retries of
+//! idempotent requests, and the registry's refusals turned into errors.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::oci::auth::{self, Credential, Found};
+use crate::oci::challenge;
+use crate::oci::errors::{self, Failure};
+use crate::oci::{retry, token};
+
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The status and what the registry said, for error messages.
+    pub fn error_text(&self) -> String {
+        errors::summary(self.status, &self.body)
+    }
+}
+
+/// A request to the registry API, for a repository.
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub url: &'a str,
+    pub headers: &'a [(&'a str, &'a str)],
+    pub body: Option<&'a [u8]>,
+    pub repository: &'a str,
+    pub push: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Scheme {
+    /// Not challenged yet: requests go without credentials.
+    Unknown,
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+}
+
+/// Largest manifest or blob read into memory: layers of this image are a few MB.
+const BODY_LIMIT: u64 = 512 * 1024 * 1024;
+
+pub struct Transport {
+    /// The host as the user named it, for messages and credentials.
+    host: String,
+    /// `scheme://api-host`: requests to anything else carry no credentials.
+    pub base: String,
+    insecure: bool,
+    agent: ureq::Agent,
+    /// Looked up on the first challenge: a registry that never asks never
+    /// runs a credential helper.
+    credential: RefCell<Option<Option<Found>>>,
+    scheme: RefCell<Scheme>,
+    tokens: RefCell<HashMap<String, String>>,
+}
+
+pub fn scope(repository: &str, push: bool) -> String {
+    format!(
+        "repository:{repository}:{}",
+        if push { "pull,push" } else { "pull" }
+    )
+}
+
+impl Transport {
+    pub fn new(host: &str, base: String, insecure: bool) -> Transport {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(300)))
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        Transport {
+            host: host.to_owned(),
+            base,
+            insecure,
+            agent,
+            credential: RefCell::new(None),
+            scheme: RefCell::new(Scheme::Unknown),
+            tokens: RefCell::new(HashMap::new()),
+        }
+    }
+
+    fn credential(&self) -> Result<Option<Found>> {
+        if let Some(found) = self.credential.borrow().as_ref() {
+            return Ok(found.clone());
+        }
+        let found = auth::credentials(&self.host)
+            .with_context(|| format!("cannot find credentials for {}", self.host))?;
+        *self.credential.borrow_mut() = Some(found.clone());
+        Ok(found)
+    }
+
+    /// Sends `request`, authenticating when challenged. Statuses the caller
+    /// can act on (2xx, 3xx, 404, other 4xx) come back as a Response;
+    /// 401, 403, 429 and 5xx as an error that says what to do.
+    pub fn send(&self, request: &Request) -> Result<Response> {
+        let scope = scope(request.repository, request.push);
+        let mut auth = self.authorization(&scope, request.url)?;
+        let mut response = self.send_with_retries(request, auth.as_deref())?;
+        if response.status == 401 && self.answer_challenge(&response, &scope, auth.as_deref())? {
+            auth = self.authorization(&scope, request.url)?;
+            response = self.send_with_retries(request, auth.as_deref())?;
+        }
+        match response.status {
+            401 | 403 | 429 | 500..=599 => {
+                let found = self.credential.borrow().clone().flatten();
+                Err(errors::describe(&Failure {
+                    host: &self.host,
+                    repository: request.repository,
+                    push: request.push,
+                    status: response.status,
+                    body: &response.body,
+                    credential: found.as_ref().map(|f| f.source.as_str()),
+                    authenticated: auth.is_some() && self.tokens.borrow().contains_key(&scope),
+                    tries: if retry::is_idempotent(request.method, request.url) {
+                        retry::TRIES
+                    } else {
+                        1
+                    },
+                    retry_after: response.header("retry-after"),
+                }))
+            }
+            _ => Ok(response),
+        }
+    }
+
+    /// The Authorization for a request to `url`, fetching a token for
+    /// `scope` when the registry is known to want one. None for any URL
+    /// outside the registry (an upload Location on a storage host).
+    fn authorization(&self, scope: &str, url: &str) -> Result<Option<String>> {
+        let ours = url
+            .strip_prefix(&self.base)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+        if !ours {
+            return Ok(None);
+        }
+        let scheme = self.scheme.borrow().clone();
+        match scheme {
+            Scheme::Unknown => Ok(None),
+            Scheme::Basic => Ok(self.credential()?.and_then(|f| f.credential.basic_header())),
+            Scheme::Bearer { realm, service } => {
+                if !self.tokens.borrow().contains_key(scope) {
+                    self.fetch_token(&realm, service.as_deref(), scope)?;
+                }
+                Ok(self
+                    .tokens
+                    .borrow()
+                    .get(scope)
+                    .map(|t| format!("Bearer {t}")))
+            }
+        }
+    }
+
+    /// Answers a 401's challenge; true if there is something new to try
+    /// the request again with.
+    fn answer_challenge(
+        &self,
+        response: &Response,
+        scope: &str,
+        sent: Option<&str>,
+    ) -> Result<bool> {
+        let Some(header) = response.header("www-authenticate") else {
+            return Ok(false);
+        };
+        let challenges = challenge::parse(header)
+            .with_context(|| format!("cannot authenticate to {}", self.host))?;
+        if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
+            if sent.is_some_and(|s| s.starts_with("Bearer ")) {
+                // A token refused for want of scope: asking again would get
+                // the same grant. Otherwise it expired: get a fresh one.
+                if bearer.param("error") == Some("insufficient_scope") {
+                    return Ok(false);
+                }
+                self.tokens.borrow_mut().remove(scope);
+            }
+            let realm = bearer.param("realm").with_context(|| {
+                format!("cannot authenticate to {}: its Bearer challenge has no realm; the registry is misconfigured", self.host)
+            })?;
+            token::check_realm(&self.host, realm, self.insecure)?;
+            let service = bearer.param("service").map(str::to_owned);
+            *self.scheme.borrow_mut() = Scheme::Bearer {
+                realm: realm.to_owned(),
+                service: service.clone(),
+            };
+            self.fetch_token(realm, service.as_deref(), scope)?;
+            return Ok(true);
+        }
+        if challenges.iter().any(|c| c.scheme == "basic") && sent.is_none() {
+            let has_basic = self
+                .credential()?
+                .is_some_and(|f| matches!(f.credential, Credential::Basic { .. }));
+            if has_basic {
+                *self.scheme.borrow_mut() = Scheme::Basic;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Gets a token for `scope` from `realm` and caches it. The user's
+    /// credentials go here, and only here, for a Bearer registry.
+    fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<()> {
+        let scopes = [scope.to_owned()];
+        let found = self.credential()?;
+        let response = match found.as_ref().map(|f| &f.credential) {
+            Some(Credential::IdentityToken(refresh)) => {
+                let form = token::refresh_form(service, &scopes, refresh);
+                let request = Request {
+                    method: "POST",
+                    url: realm,
+                    headers: &[("Content-Type", "application/x-www-form-urlencoded")],
+                    body: Some(form.as_bytes()),
+                    repository: "",
+                    push: false,
+                };
+                self.send_once(&request, None)
+            }
+            credential => {
+                let url = token::token_url(realm, service, &scopes);
+                let basic = credential.and_then(Credential::basic_header);
+                let request = Request {
+                    method: "GET",
+                    url: &url,
+                    headers: &[],
+                    body: None,
+                    repository: "",
+                    push: false,
+                };
+                self.send_with_retries(&request, basic.as_deref())
+            }
+        }
+        .with_context(|| format!("cannot get a token for {scope} from {realm}"))?;
+        if response.status != 200 {
+            let who = found
+                .as_ref()
+                .map_or("an anonymous user".to_owned(), |f| f.source.clone());
+            anyhow::bail!(
+                "cannot log in to {}: its token service {realm} refused {who} for {scope} ({}); {}",
+                self.host,
+                response.error_text(),
+                if found.is_some() {
+                    format!(
+                        "the credentials are wrong or expired: log in again with `docker login {}`",
+                        self.host
+                    )
+                } else {
+                    format!("log in with `docker login {}`", self.host)
+                }
+            );
+        }
+        let token = token::parse_token(&response.body)
+            .with_context(|| format!("cannot get a token for {scope} from {realm}"))?;
+        self.tokens.borrow_mut().insert(scope.to_owned(), token);
+        Ok(())
+    }
+
+    /// Sends, and for an idempotent request tries again on 429, 5xx or a
+    /// dropped connection, up to `retry::TRIES` in all.
+    fn send_with_retries(&self, request: &Request, auth: Option<&str>) -> Result<Response> {
+        let idempotent = retry::is_idempotent(request.method, request.url);
+        let mut attempt = 1;
+        loop {
+            let last = !idempotent || attempt >= retry::TRIES;
+            let wait = match self.send_once(request, auth) {
+                Ok(response) if !last && retry::is_retryable_status(response.status) => {
+                    match retry::delay(attempt, response.header("retry-after")) {
+                        Some(wait) => wait,
+                        None => return Ok(response),
+                    }
+                }
+                Err(e)
+                    if !last
+                        && e.downcast_ref::<ureq::Error>()
+                            .is_some_and(retry::is_transient) =>
+                {
+                    retry::delay(attempt, None).unwrap_or_default()
+                }
+                Err(e) if idempotent && attempt > 1 => {
+                    return Err(e.context(format!("still failing after {attempt} tries")))
+                }
+                other => return other,
+            };
+            std::thread::sleep(wait);
+            attempt += 1;
+        }
+    }
+
+    fn send_once(&self, request: &Request, auth: Option<&str>) -> Result<Response> {
+        let (method, url) = (request.method, request.url);
+        let builder = ureq::http::Request::builder().method(method).uri(url);
+        let mut builder = request
+            .headers
+            .iter()
+            .fold(builder, |r, (k, v)| r.header(*k, *v));
+        if let Some(auth) = auth {
+            builder = builder.header("Authorization", auth);
+        }
+        let built = |e| format_request_error(e, method, url);
+        let result = match request.body {
+            Some(body) => self.agent.run(builder.body(body.to_vec()).map_err(built)?),
+            None => self.agent.run(builder.body(()).map_err(built)?),
+        };
+        let mut response = result.map_err(anyhow::Error::from).with_context(|| {
+            format!(
+                "cannot reach {} ({method} {url}); is the registry running?",
+                self.host
+            )
+        })?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    v.to_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        let body = if method == "HEAD" {
+            Vec::new()
+        } else {
+            response
+                .body_mut()
+                .with_config()
+                .limit(BODY_LIMIT)
+                .read_to_vec()
+                .with_context(|| {
+                    format!(
+                        "cannot read the answer to {method} {url} from {}",
+                        self.host
+                    )
+                })?
+        };
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+fn format_request_error(e: ureq::http::Error, method: &str, url: &str) -> anyhow::Error {
+    anyhow::format_err!("cannot build the request {method} {url}: {e}; this is a bug in the xtask")
+}
