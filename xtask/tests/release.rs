@@ -562,6 +562,31 @@ fn releases_v0_1_0_then_v0_2_0_then_maintenance_v0_1_1_with_faults_on_the_way() 
     // One signature and one provenance on the index: none added by the re-run.
     assert_eq!(index["manifests"].as_array().unwrap().len(), 2, "{index}");
 
+    // 3b. The attested files are gone (another target directory): the
+    //     release could not ship them, and fails before any tag step.
+    let amd64 = platforms["linux/amd64"].as_str().unwrap();
+    let attested_sbom = attested
+        .join(amd64.trim_start_matches("sha256:"))
+        .join("linux-amd64.cdx.json");
+    let kept = std::fs::read(&attested_sbom).unwrap();
+    std::fs::remove_file(&attested_sbom).unwrap();
+    let missing = ws.release(&args);
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("[6/8] verify: failed after") && !stderr.contains("[7/8]"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.lines().last().unwrap_or_default().ends_with(&format!(
+            "cannot ship the attested cyclonedx of linux/amd64: {} is missing; run the release again with the target directory that attested {amd64}",
+            attested_sbom.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(skopeo_tags(&repo), referrers_before);
+    std::fs::write(&attested_sbom, kept).unwrap();
+
     // 4. Without --push: everything lands under target/release/V, and the
     //    same inputs give the same digest.
     let local = ws.release(&[&tag, "--base", &base, "--insecure"]);

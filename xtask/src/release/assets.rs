@@ -90,37 +90,55 @@ impl Release<'_> {
         built: &Built,
         assets: &Utf8Path,
     ) -> Result<Vec<Utf8PathBuf>> {
-        let subject =
-            Subject::from_layout(&self.repo, &Layout::open(&built.layout)?, &built.digest)?;
         let root = if self.flags.push {
             self.config.target_dir.join("attest")
         } else {
             let root = out.join("unattested");
+            let subject =
+                Subject::from_layout(&self.repo, &Layout::open(&built.layout)?, &built.digest)?;
             attest::write_predicates(self.config, source, &subject, &root)?;
             root
         };
         let mut written = Vec::new();
-        for attestation in attest::plan(&subject, &root) {
+        for (from, name) in self.predicate_files(&root, built)? {
+            let to = assets.join(name);
+            std::fs::copy(&from, &to).with_context(|| format!("cannot copy {from} to {to}"))?;
+            written.push(to);
+        }
+        Ok(written)
+    }
+
+    /// Every predicate file under `root` for this image, with its asset
+    /// name. Checked before the tags move too: a release whose attested
+    /// files are gone could not ship them, and must fail while nothing a
+    /// user pulls has changed.
+    pub(super) fn predicate_files(
+        &self,
+        root: &Utf8Path,
+        built: &Built,
+    ) -> Result<Vec<(Utf8PathBuf, String)>> {
+        let subject =
+            Subject::from_layout(&self.repo, &Layout::open(&built.layout)?, &built.digest)?;
+        let mut files = Vec::new();
+        for attestation in attest::plan(&subject, root) {
             let slug = attestation.subject.replace('/', "-");
             let name = match attestation.kind {
                 "cyclonedx" => format!("sbom-{slug}.cdx.json"),
                 "spdxjson" => format!("sbom-{slug}.spdx.json"),
                 _ => format!("provenance-{slug}.json"),
             };
-            let from = &attestation.predicate;
-            if !from.is_file() {
+            if !attestation.predicate.is_file() {
                 bail!(
-                    "cannot copy the attested {} of {} into the release assets: {from} is missing; run the release again with the target directory that attested {}",
+                    "cannot ship the attested {} of {}: {} is missing; run the release again with the target directory that attested {}",
                     attestation.kind,
                     attestation.subject,
+                    attestation.predicate,
                     attestation.digest
                 );
             }
-            let to = assets.join(name);
-            std::fs::copy(from, &to).with_context(|| format!("cannot copy {from} to {to}"))?;
-            written.push(to);
+            files.push((attestation.predicate, name));
         }
-        Ok(written)
+        Ok(files)
     }
 
     /// `cosign sign-blob` on SHA256SUMS, with the key, or keyless in CI.
