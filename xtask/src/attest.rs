@@ -16,9 +16,9 @@ use crate::oci::subject::Subject;
 use crate::oci::{BASE_DIGEST, BASE_NAME, CREATED, REVISION};
 use crate::supply_chain::cosign::SigningArgs;
 use crate::supply_chain::provenance::{self, ProvenanceInput};
-use crate::supply_chain::sbom;
+use crate::supply_chain::sbom::{self, ImageRef};
 use crate::supply_chain::session::Session;
-use crate::support::config::Config;
+use crate::support::config::{Config, Platform};
 use crate::support::fs::write_atomically;
 use crate::support::progress::{Nest, Steps};
 use crate::support::source::Source;
@@ -149,7 +149,6 @@ pub fn attest_resuming(
     )?;
     let subject = &session.subject;
     check_source(subject, source)?;
-    let build_command = build_command(subject);
     let out_root = config.target_dir.join("attest");
     let plan = plan(subject, &out_root);
 
@@ -173,7 +172,7 @@ pub fn attest_resuming(
     }
 
     steps.run("write the SBOMs and the provenance", || {
-        write_predicates(config, source, subject, &build_command, &out_root)
+        write_predicates(config, source, subject, &out_root)
     })?;
     session.write_signing_config()?;
     let cosign = session.cosign()?;
@@ -267,17 +266,28 @@ pub fn plan(subject: &Subject, out_root: &Utf8Path) -> Vec<Attestation> {
     plan
 }
 
-/// Writes the predicates where [`plan`] expects them.
-fn write_predicates(
+/// Writes the predicates where [`plan`] expects them. They name the
+/// subject's repository and digests, the image actually pushed, and its
+/// bases as its labels record them.
+pub fn write_predicates(
     config: &Config,
     source: &Source,
     subject: &Subject,
-    build_command: &[String],
     out_root: &Utf8Path,
 ) -> Result<()> {
+    let build_command = build_command(subject);
+    let platforms: Vec<Platform> = subject
+        .platforms
+        .iter()
+        .map(|p| p.platform.clone())
+        .collect();
     for platform in &subject.platforms {
         let dir = predicate_dir(out_root, &platform.digest);
-        let files = sbom::write(config, &platform.platform, Some(&platform.digest), &dir)?;
+        let image = ImageRef {
+            name: subject.name.clone(),
+            digest: platform.digest.clone(),
+        };
+        let files = sbom::write(config, &platform.platform, Some(&image), &dir)?;
         let slug = platform.platform.slug();
         // The plan names the files; the generator must have written them there.
         for (written, expected) in [
@@ -292,10 +302,12 @@ fn write_predicates(
         let predicate = provenance::predicate(&ProvenanceInput {
             config,
             source,
+            image: &subject.name,
             platform: Some(&platform.platform),
+            platforms: &platforms,
             base_name: platform.base_name(),
             base_digest: platform.base_digest(),
-            build_command,
+            build_command: &build_command,
         })?;
         write_json(&dir.join("provenance.json"), &predicate)?;
     }
@@ -303,10 +315,12 @@ fn write_predicates(
         let predicate = provenance::predicate(&ProvenanceInput {
             config,
             source,
+            image: &subject.name,
             platform: None,
+            platforms: &platforms,
             base_name: subject.annotation(BASE_NAME).unwrap_or("unknown"),
             base_digest: subject.annotation(BASE_DIGEST),
-            build_command,
+            build_command: &build_command,
         })?;
         write_json(
             &predicate_dir(out_root, &subject.digest).join("provenance.json"),

@@ -6,7 +6,7 @@ use camino::Utf8PathBuf;
 use serde::Serialize;
 
 use crate::flags;
-use crate::supply_chain::sbom::{check_image_digest, cyclonedx_path, spdx_path, write};
+use crate::supply_chain::sbom::{check_image_digest, cyclonedx_path, spdx_path, write, ImageRef};
 use crate::support::config::{Config, Platform};
 use crate::support::progress::Steps;
 
@@ -48,11 +48,17 @@ pub fn run(flags: &flags::Sbom) -> Result<()> {
         }
         return Ok(());
     }
+    // Run by hand, the SBOM names the configured repository: nothing tells
+    // this task where the digest was pushed.
+    let image = flags.image_digest.as_ref().map(|digest| ImageRef {
+        name: config.image.clone(),
+        digest: digest.clone(),
+    });
     let mut steps = Steps::new(platforms.len());
     let mut written = Vec::new();
     for platform in &platforms {
         let files = steps.run(&format!("{platform}: SBOM"), || {
-            write(&config, platform, flags.image_digest.as_deref(), &out_dir)
+            write(&config, platform, image.as_ref(), &out_dir)
         })?;
         written.push((platform.clone(), files));
     }

@@ -14,12 +14,15 @@ use crate::oci::run;
 use crate::oci::subject::{client_for, PlatformImage, Subject};
 use crate::oci::REVISION;
 use crate::supply_chain::claims::{verified_statements, verify_signature};
+use crate::supply_chain::content::{self, Facts, TagCommit};
 use crate::supply_chain::cosign::{self, Cosign, Identity, SigningArgs};
 use crate::support::config::Config;
+use crate::support::git::Git;
 use crate::support::progress::{Nest, Steps};
 
 pub const CYCLONEDX_PREDICATE: &str = "https://cyclonedx.org/bom";
 pub const SLSA_V1_PREDICATE: &str = "https://slsa.dev/provenance/v1";
+pub const SPDX_PREDICATE: &str = "https://spdx.dev/Document";
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
     /// `signature`, `sbom`, `provenance` or `run`.
@@ -185,6 +188,7 @@ pub fn verify(config: &Config, options: &VerifyOptions, nest: &Nest) -> Result<R
     let subject = steps.run("resolve the image", || {
         Subject::resolve(&options.reference, &client)
     })?;
+    let tag = version_tag(config, &expected_version);
     let mut checks = Vec::new();
     // Whether cosign proved every signature and every attestation to come
     // from the trusted identity. A statement that is signed but says
@@ -213,32 +217,22 @@ pub fn verify(config: &Config, options: &VerifyOptions, nest: &Nest) -> Result<R
     steps.run("verify the attestations", || {
         for platform in &subject.platforms {
             let name = platform.platform.to_string();
+            let facts = Facts::of_platform(&subject, platform, &expected_version, &tag);
             let result = verify_sbom(
                 &cosign,
                 &cosign_options,
                 &subject,
-                platform,
+                &facts,
                 &expected_version,
                 &mut proven,
             );
             checks.push(Check::new("sbom", &name, &platform.digest, result));
-            let result = verify_provenance(
-                &cosign,
-                &cosign_options,
-                &subject,
-                &platform.digest,
-                &mut proven,
-            );
+            let result = verify_provenance(&cosign, &cosign_options, &subject, &facts, &mut proven);
             checks.push(Check::new("provenance", &name, &platform.digest, result));
         }
         if subject.is_index {
-            let result = verify_provenance(
-                &cosign,
-                &cosign_options,
-                &subject,
-                &subject.digest,
-                &mut proven,
-            );
+            let facts = Facts::of_index(&subject, &expected_version, &tag);
+            let result = verify_provenance(&cosign, &cosign_options, &subject, &facts, &mut proven);
             checks.push(Check::new("provenance", "index", &subject.digest, result));
         }
         Ok(())
@@ -307,15 +301,29 @@ pub fn verify(config: &Config, options: &VerifyOptions, nest: &Nest) -> Result<R
     })
 }
 
+/// The commit the version tag points to in this checkout, if it has the
+/// tag: the provenance's source revision must be that commit. Without git
+/// or the tag, the image's revision label is the reference instead.
+fn version_tag(config: &Config, version: &str) -> TagCommit {
+    let tag = format!("v{version}");
+    let commit = Git::open(&config.workspace_root)
+        .ok()?
+        .tag_commit(&tag)
+        .ok()??;
+    Some((tag, commit))
+}
+
+/// Both SBOMs, CycloneDX and SPDX: signed, of the expected version, and
+/// describing the platform they are attached to.
 fn verify_sbom(
     cosign: &Cosign,
     options: &cosign::Options,
     subject: &Subject,
-    platform: &PlatformImage,
+    facts: &Facts,
     expected_version: &str,
     proven: &mut bool,
 ) -> Result<String> {
-    let statements = verified_statements(cosign, options, subject, &platform.digest, "cyclonedx")
+    let statements = verified_statements(cosign, options, subject, &facts.digest, "cyclonedx")
         .inspect_err(|_| *proven = false)?;
     for statement in &statements {
         if statement["predicateType"] != CYCLONEDX_PREDICATE {
@@ -332,6 +340,18 @@ fn verify_sbom(
                 component["name"].as_str().unwrap_or("(unnamed)")
             );
         }
+        content::check_cyclonedx(&statement["predicate"], facts)?;
+    }
+    let documents = verified_statements(cosign, options, subject, &facts.digest, "spdxjson")
+        .inspect_err(|_| *proven = false)?;
+    for statement in &documents {
+        if statement["predicateType"] != SPDX_PREDICATE {
+            bail!(
+                "the SPDX attestation has predicate type {}, not {SPDX_PREDICATE}",
+                statement["predicateType"]
+            );
+        }
+        content::check_spdx(&statement["predicate"], facts)?;
     }
     let component = &statements[0]["predicate"]["metadata"]["component"];
     Ok(format!(
@@ -344,9 +364,10 @@ fn verify_provenance(
     cosign: &Cosign,
     options: &cosign::Options,
     subject: &Subject,
-    digest: &str,
+    facts: &Facts,
     proven: &mut bool,
 ) -> Result<String> {
+    let digest = &facts.digest;
     let statements = verified_statements(cosign, options, subject, digest, "slsaprovenance1")
         .inspect_err(|_| *proven = false)?;
     for statement in &statements {
@@ -356,6 +377,7 @@ fn verify_provenance(
                 statement["predicateType"]
             );
         }
+        content::check_provenance(&statement["predicate"], facts)?;
     }
     let builder = statements[0]["predicate"]["runDetails"]["builder"]["id"]
         .as_str()

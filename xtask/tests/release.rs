@@ -236,6 +236,98 @@ fn file_names(dir: &Path) -> Vec<String> {
     names
 }
 
+/// The predicates cosign verified for one type on one digest.
+fn attested_predicates(kind: &str, target: &str, public: &Path) -> Vec<Value> {
+    use base64::Engine;
+    let output = run(Command::new(tool("cosign")).args([
+        "verify-attestation",
+        "--key",
+        public.to_str().unwrap(),
+        "--insecure-ignore-tlog=true",
+        "--allow-insecure-registry",
+        "--allow-http-registry",
+        "--type",
+        kind,
+        target,
+    ]));
+    assert!(
+        output.status.success(),
+        "verify-attestation {kind} {target}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let envelope: Value = serde_json::from_str(line).unwrap();
+            let payload = base64::engine::general_purpose::STANDARD
+                .decode(envelope["payload"].as_str().unwrap())
+                .unwrap();
+            let statement: Value = serde_json::from_slice(&payload).unwrap();
+            statement["predicate"].clone()
+        })
+        .collect()
+}
+
+/// The commands in the notes' `sh` blocks, but for `docker pull`: pulling
+/// needs a Docker daemon, and verifies nothing.
+fn commands_in_notes(notes: &str) -> Vec<String> {
+    let mut commands = Vec::new();
+    let mut in_block = false;
+    for line in notes.lines() {
+        match line {
+            "```sh" => in_block = true,
+            "```" => in_block = false,
+            _ if in_block && !line.is_empty() && !line.starts_with("docker ") => {
+                commands.push(line.to_owned())
+            }
+            _ => {}
+        }
+    }
+    commands
+}
+
+/// `cargo` on PATH for printed commands: `cargo xtask` is this test's
+/// xtask binary (the clone has not built its own, and building it would
+/// cost minutes), anything else the real cargo.
+struct CargoShim {
+    dir: tempfile::TempDir,
+}
+
+impl CargoShim {
+    fn new() -> CargoShim {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cargo = option_env!("CARGO").unwrap_or("/root/.cargo/bin/cargo");
+        let script = dir.path().join("cargo");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nif [ \"$1\" = xtask ]; then shift; exec '{}' \"$@\"; fi\nexec '{cargo}' \"$@\"\n",
+                env!("CARGO_BIN_EXE_xtask")
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        CargoShim { dir }
+    }
+
+    /// `bash -c COMMAND` in `dir`, the command exactly as printed.
+    fn run(&self, command: &str, dir: &Path) -> Output {
+        let cosign_dir = tool("cosign").parent().unwrap().to_path_buf();
+        let path = std::env::join_paths(
+            [self.dir.path().to_path_buf(), cosign_dir]
+                .into_iter()
+                .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())),
+        )
+        .unwrap();
+        run(Command::new("bash")
+            .args(["-c", command])
+            .current_dir(dir)
+            .env("PATH", path))
+    }
+}
+
 #[test]
 fn releases_v0_1_0_then_v0_2_0_then_maintenance_v0_1_1_with_faults_on_the_way() {
     let registry = Arc::new(Mutex::new(Registry::start()));
@@ -555,6 +647,87 @@ fn releases_v0_1_0_then_v0_2_0_then_maintenance_v0_1_1_with_faults_on_the_way() 
         "{notes}"
     );
 
+    // The SBOMs and provenance shipped are the very files attested, byte
+    // for byte, and what cosign returns; they name the repository pushed
+    // to (--image), not the configured one.
+    let attested = ws.path.join("target/attest");
+    let mut shipped = vec![(
+        "provenance-index.json".to_owned(),
+        digest.clone(),
+        "provenance.json".to_owned(),
+        "slsaprovenance1",
+    )];
+    for (platform, platform_digest) in platforms {
+        let slug = platform.replace('/', "-");
+        let d = platform_digest.as_str().unwrap().to_owned();
+        shipped.push((
+            format!("sbom-{slug}.cdx.json"),
+            d.clone(),
+            format!("{slug}.cdx.json"),
+            "cyclonedx",
+        ));
+        shipped.push((
+            format!("sbom-{slug}.spdx.json"),
+            d.clone(),
+            format!("{slug}.spdx.json"),
+            "spdxjson",
+        ));
+        shipped.push((
+            format!("provenance-{slug}.json"),
+            d,
+            "provenance.json".to_owned(),
+            "slsaprovenance1",
+        ));
+    }
+    for (asset, subject, predicate, kind) in &shipped {
+        let bytes = std::fs::read(assets.join(asset)).unwrap();
+        let predicate_path = attested
+            .join(subject.trim_start_matches("sha256:"))
+            .join(predicate);
+        assert_eq!(bytes, std::fs::read(&predicate_path).unwrap(), "{asset}");
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            text.contains(&repo) && !text.contains("ghcr.io/example-org/rust-release"),
+            "{asset}"
+        );
+        let value: Value = serde_json::from_str(&text).unwrap();
+        let predicates = attested_predicates(kind, &format!("{repo}@{subject}"), &public);
+        assert_eq!(predicates, [value], "{asset} is not what was attested");
+    }
+
+    // Every verify command the release printed or wrote into its notes
+    // works exactly as printed, from the directory holding cosign.pub.
+    let printed: Vec<String> = summary["verify_commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(printed.len(), 3 + platforms.len(), "{printed:?}");
+    let in_notes = commands_in_notes(&notes);
+    for command in &printed {
+        assert!(
+            in_notes.contains(command),
+            "{command} is not in the notes:\n{notes}"
+        );
+    }
+    assert!(
+        in_notes
+            .iter()
+            .any(|c| c.starts_with("cosign verify-blob ")),
+        "{notes}"
+    );
+    let shim = CargoShim::new();
+    for command in &in_notes {
+        let output = shim.run(command, &assets);
+        assert!(
+            output.status.success(),
+            "`{command}` failed\nstdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     // 3. A re-run resumes: nothing is signed twice, every tag stays.
     let again = ok_json(&ws.release(&args));
     assert_eq!(again["digest"], digest.as_str());
@@ -585,6 +758,31 @@ fn releases_v0_1_0_then_v0_2_0_then_maintenance_v0_1_1_with_faults_on_the_way() 
     assert_eq!(rewiped["resumed"], serde_json::json!([]));
     assert_eq!(rewiped["digest"], digest.as_str());
     assert_signed_and_attested_once(&repo, &rewiped);
+
+    // 3c. The attested files are gone (another target directory): the
+    //     release could not ship them, and fails before any tag step.
+    let amd64 = platforms["linux/amd64"].as_str().unwrap();
+    let attested_sbom = attested
+        .join(amd64.trim_start_matches("sha256:"))
+        .join("linux-amd64.cdx.json");
+    let kept = std::fs::read(&attested_sbom).unwrap();
+    std::fs::remove_file(&attested_sbom).unwrap();
+    let missing = ws.release(&args);
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("[6/8] verify: failed after") && !stderr.contains("[7/8]"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.lines().last().unwrap_or_default().ends_with(&format!(
+            "cannot ship the attested cyclonedx of linux/amd64: {} is missing; run the release again with the target directory that attested {amd64}",
+            attested_sbom.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(skopeo_tags(&repo), referrers_before);
+    std::fs::write(&attested_sbom, kept).unwrap();
 
     // 4. Without --push: everything lands under target/release/V, and the
     //    same inputs give the same digest.
@@ -676,6 +874,34 @@ fn releases_v0_1_0_then_v0_2_0_then_maintenance_v0_1_1_with_faults_on_the_way() 
     assert_eq!(digests["v0.1.0"], v010);
     assert_eq!(digests["latest"], d020);
     assert_eq!(digests["v0.2"], d020);
+    // The provenance must name the commit the version tag points to: with
+    // v0.1.1 tagged on another commit, verify fails and names both.
+    let git = |args: &[&str]| run_ok(Command::new("git").args(args).current_dir(&ws.path));
+    git(&["tag", "v0.1.1", &v020]);
+    let wrong = ws.xtask(&[
+        "verify",
+        &format!("{repo}:v0.1.1"),
+        "--key",
+        public.to_str().unwrap(),
+        "--no-tlog",
+        "--insecure",
+        "--expect-version",
+        "v0.1.1",
+    ]);
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.lines().last().unwrap_or_default(),
+        format!("error: verification of {repo}@{d011} failed: provenance of linux/amd64, provenance of linux/arm64, provenance of index")
+    );
+    let table = String::from_utf8_lossy(&wrong.stdout);
+    assert!(
+        table.contains(&format!(
+            "the provenance of index says it was built from {v011}, but the tag v0.1.1 is {v020}"
+        )),
+        "{table}"
+    );
+    git(&["tag", "-f", "v0.1.1", &v011]);
     let verified = ws.xtask(&[
         "verify",
         &format!("{repo}:v0.1.1"),

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
-use serde_json::Value;
-use support::{run, run_ok, seed_base, skopeo_raw, skopeo_tags, tool, Registry};
+use serde_json::{json, Value};
+use support::{run, run_ok, seed_base, skopeo_raw, skopeo_tags, tag_digests, tool, Registry};
 
 const PASSWORD: &str = "test-password";
 const SIGNATURE_TYPE: &str = "https://sigstore.dev/cosign/sign/v1";
@@ -660,7 +660,8 @@ fn unsigned_partly_signed_and_unattested_images_fail_verify_by_name() {
         ]
     );
 
-    // Signed, but only the provenance attached: the SBOM checks fail.
+    // Signed, but only an empty provenance attached: the SBOM checks fail,
+    // and so do the provenance checks, since it vouches for nothing.
     let bare = push_image(&registry, &base, "bare");
     let bare_ref = bare.by_digest();
     xtask_ok(&[&["sign", &bare_ref, "--key", key], &common[..]].concat());
@@ -695,8 +696,16 @@ fn unsigned_partly_signed_and_unattested_images_fail_verify_by_name() {
     assert_eq!(
         error,
         format!(
-            "error: verification of {bare_ref} failed: sbom of linux/amd64, sbom of linux/arm64"
+            "error: verification of {bare_ref} failed: sbom of linux/amd64, provenance of linux/amd64, sbom of linux/arm64, provenance of linux/arm64, provenance of index"
         )
+    );
+    assert!(
+        table.lines().any(|l| l
+            == format!(
+            "FAIL   provenance  index       the provenance of index names the image none, not {}",
+            bare.repo
+        )),
+        "{table}"
     );
     assert!(
         table.lines().any(|l| l.starts_with(&format!(
@@ -1033,4 +1042,170 @@ fn no_tlog_signing_and_attesting_touch_only_the_registry() {
         predicate_types(&image.repo, &image.digest),
         [SIGNATURE_TYPE, "https://slsa.dev/provenance/v1"]
     );
+}
+
+fn read_json(path: &Path) -> Value {
+    let bytes =
+        std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `cosign attest` by hand, with a key the verifier trusts: a validly
+/// signed statement, whatever it says.
+fn attest_by_hand(key: &str, no_rekor: &str, kind: &str, predicate: &Path, target: &str) {
+    let out = cosign(&[
+        "attest",
+        "--yes",
+        "--key",
+        key,
+        "--signing-config",
+        no_rekor,
+        "--type",
+        kind,
+        "--predicate",
+        path(predicate),
+        target,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Pushed with --image elsewhere than the configured repository, the signed
+/// statements name where the image went; and a validly signed statement
+/// about something else (an SBOM of the other platform, a provenance of
+/// another base or commit) fails verify with a line naming the mismatch,
+/// and changes nothing in the registry.
+#[test]
+fn statements_name_the_pushed_image_and_signed_falsehoods_fail_verify() {
+    let registry = Registry::start();
+    let (base, _) = seed_base(&registry, "base");
+    let keys = generate_keys();
+    let key = path(&keys.private);
+    let public = path(&keys.public);
+    let common = ["--no-tlog", "--insecure"];
+    let work = tempfile::tempdir().unwrap();
+    let no_rekor = write_no_rekor_config(work.path());
+    let no_rekor = path(&no_rekor);
+    let image = push_image(&registry, &base, "elsewhere");
+    let reference = image.by_digest();
+    let repo = &image.repo;
+    xtask_ok(&[&["sign", &reference, "--key", key], &common[..]].concat());
+    xtask_ok(&[&["attest", &reference, "--key", key], &common[..]].concat());
+
+    // What attest wrote, and signed, names the repository pushed to.
+    let attest_dir = support::workspace_root().join("target/attest");
+    let dir = |digest: &str| attest_dir.join(digest.trim_start_matches("sha256:"));
+    for (platform, digest) in &image.platforms {
+        let slug = platform.replace('/', "-");
+        let bom = read_json(&dir(digest).join(format!("{slug}.cdx.json")));
+        let properties = bom["metadata"]["component"]["properties"]
+            .as_array()
+            .unwrap();
+        assert!(properties.contains(&json!({"name": "oci:image:repository", "value": repo})));
+        assert!(properties.contains(&json!({"name": "oci:image:digest", "value": digest})));
+        let spdx = read_json(&dir(digest).join(format!("{slug}.spdx.json")));
+        assert_eq!(
+            spdx["packages"][0]["externalRefs"][1]["referenceLocator"],
+            format!("{repo}@{digest}")
+        );
+        let provenance = read_json(&dir(digest).join("provenance.json"));
+        let external = &provenance["buildDefinition"]["externalParameters"];
+        assert_eq!(external["image"], repo.as_str());
+        assert_eq!(external["platform"], platform.as_str());
+    }
+    let index = read_json(&dir(&image.digest).join("provenance.json"));
+    assert_eq!(
+        index["buildDefinition"]["externalParameters"]["image"],
+        repo.as_str()
+    );
+    for entry in std::fs::read_dir(dir(&image.platforms[0].1)).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        assert!(!text.contains("ghcr.io/example-org/rust-release"));
+    }
+    xtask_ok(&[&["verify", &reference, "--key", public], &common[..]].concat());
+
+    // The amd64 SBOM, attested onto the arm64 manifest: validly signed,
+    // but false.
+    let (amd64, amd64_digest) = &image.platforms[0];
+    let (arm64, arm64_digest) = &image.platforms[1];
+    assert_eq!(
+        (amd64.as_str(), arm64.as_str()),
+        ("linux/amd64", "linux/arm64")
+    );
+    attest_by_hand(
+        key,
+        no_rekor,
+        "cyclonedx",
+        &dir(amd64_digest).join("linux-amd64.cdx.json"),
+        &format!("{repo}@{arm64_digest}"),
+    );
+    let before = tag_digests(repo);
+    let (error, table) =
+        xtask_err(&[&["verify", &reference, "--key", public], &common[..]].concat());
+    assert_eq!(
+        error,
+        format!("error: verification of {reference} failed: sbom of linux/arm64")
+    );
+    let line = format!(
+        "FAIL   sbom        linux/arm64 the CycloneDX SBOM attached to linux/arm64 describes linux/amd64 {repo}@{amd64_digest}, not linux/arm64 {repo}@{arm64_digest}"
+    );
+    assert!(table.lines().any(|l| l == line), "{table}");
+    assert_eq!(tag_digests(repo), before, "verify changed the registry");
+
+    // A provenance of another base on amd64, one of another commit on the
+    // index.
+    let mut other_base = read_json(&dir(amd64_digest).join("provenance.json"));
+    let base_digest = format!(
+        "sha256:{}",
+        other_base["buildDefinition"]["resolvedDependencies"][1]["digest"]["sha256"]
+            .as_str()
+            .unwrap()
+    );
+    other_base["buildDefinition"]["resolvedDependencies"][1]["digest"]["sha256"] =
+        json!("f".repeat(64));
+    let other_base_path = work.path().join("other-base.json");
+    std::fs::write(&other_base_path, other_base.to_string()).unwrap();
+    attest_by_hand(
+        key,
+        no_rekor,
+        "slsaprovenance1",
+        &other_base_path,
+        &format!("{repo}@{amd64_digest}"),
+    );
+    let mut other_commit = index.clone();
+    other_commit["buildDefinition"]["externalParameters"]["source"]["revision"] =
+        json!("0".repeat(40));
+    let other_commit_path = work.path().join("other-commit.json");
+    std::fs::write(&other_commit_path, other_commit.to_string()).unwrap();
+    attest_by_hand(
+        key,
+        no_rekor,
+        "slsaprovenance1",
+        &other_commit_path,
+        &reference,
+    );
+    let before = tag_digests(repo);
+    let (error, table) =
+        xtask_err(&[&["verify", &reference, "--key", public], &common[..]].concat());
+    assert_eq!(
+        error,
+        format!("error: verification of {reference} failed: provenance of linux/amd64, sbom of linux/arm64, provenance of index")
+    );
+    for line in [
+        format!(
+            "FAIL   provenance  linux/amd64 the provenance of linux/amd64 pins the base image at sha256:{}, but the image's org.opencontainers.image.base.digest says {base_digest}",
+            "f".repeat(64)
+        ),
+        format!(
+            "FAIL   provenance  index       the provenance of index says it was built from {}, but the image's org.opencontainers.image.revision label is {}",
+            "0".repeat(40),
+            support::head_sha()
+        ),
+    ] {
+        assert!(table.lines().any(|l| l == line), "{line}\n{table}");
+    }
+    assert_eq!(tag_digests(repo), before, "verify changed the registry");
 }

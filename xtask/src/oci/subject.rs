@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context, Result};
 
 use crate::oci::client::{Client, Reference};
-use crate::oci::{self, Index, Manifest, BASE_DIGEST, BASE_NAME};
+use crate::oci::{self, Index, Layout, Manifest, BASE_DIGEST, BASE_NAME};
 use crate::support::config::Platform;
 
 /// The image being signed, attested or verified, resolved once.
@@ -124,6 +124,54 @@ impl Subject {
     }
 }
 
+impl Subject {
+    /// The index `digest` in an OCI layout on disk, as it will be once
+    /// pushed to `name`: what a release without --push describes.
+    pub fn from_layout(name: &str, layout: &Layout, digest: &str) -> Result<Subject> {
+        let reference = Reference::parse(&format!("{name}@{digest}"))?;
+        let index: Index = layout.read_json(digest)?;
+        let mut platforms = Vec::new();
+        for entry in &index.manifests {
+            let Some(spec) = entry.platform.as_ref().filter(|p| p.os != "unknown") else {
+                continue;
+            };
+            let platform: Platform = format!("{}/{}", spec.os, spec.architecture)
+                .parse()
+                .with_context(|| format!("the index {digest} lists {}", entry.digest))?;
+            let manifest: Manifest = layout.read_json(&entry.digest)?;
+            let config: serde_json::Value = layout.read_json(&manifest.config.digest)?;
+            platforms.push(PlatformImage {
+                platform,
+                digest: entry.digest.clone(),
+                manifest,
+                labels: labels_of(&config),
+            });
+        }
+        Ok(Subject {
+            name: reference.name(),
+            reference,
+            resolved_from_tag: None,
+            digest: digest.to_owned(),
+            is_index: true,
+            annotations: index.annotations.unwrap_or_default(),
+            platforms,
+        })
+    }
+}
+
+/// An image config's `config.Labels`.
+fn labels_of(config: &serde_json::Value) -> BTreeMap<String, String> {
+    config["config"]["Labels"]
+        .as_object()
+        .map(|labels| {
+            labels
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn read_config(
     client: &Client,
     repository: &str,
@@ -145,20 +193,11 @@ fn read_platform(
     let manifest: Manifest = serde_json::from_slice(&bytes)
         .with_context(|| format!("the {platform} manifest {digest} is not valid JSON"))?;
     let config = read_config(client, repository, &manifest)?;
-    let labels = config["config"]["Labels"]
-        .as_object()
-        .map(|labels| {
-            labels
-                .iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default();
     Ok(PlatformImage {
         platform,
         digest: digest.to_owned(),
         manifest,
-        labels,
+        labels: labels_of(&config),
     })
 }
 

@@ -20,6 +20,7 @@ pub const BASE_NAME: &str = "org.opencontainers.image.base.name";
 pub const BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
 pub const REVISION: &str = "org.opencontainers.image.revision";
 pub const CREATED: &str = "org.opencontainers.image.created";
+pub const VERSION: &str = "org.opencontainers.image.version";
 
 /// Everything a registry may answer for a manifest, index first.
 pub const MANIFEST_ACCEPT: &[&str] = &[INDEX, MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];

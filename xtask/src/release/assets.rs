@@ -2,17 +2,18 @@
 //! per-platform SBOMs and provenance, the public key and the release
 //! notes; uploaded with `gh` when GITHUB_TOKEN is set.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Shell};
 
 use super::Release;
+use crate::attest;
 use crate::build::assemble::Built;
 use crate::build::binaries::{self, ArtifactKind};
+use crate::oci::subject::Subject;
+use crate::oci::Layout;
 use crate::release::preflight::Preflight;
 use crate::supply_chain::cosign::{self, Cosign, Identity};
-use crate::supply_chain::{provenance, sbom};
-use crate::support::config::Platform;
 use crate::support::source::Source;
 use crate::support::tools;
 
@@ -45,25 +46,7 @@ impl Release<'_> {
             sums.push_str(&format!("{}  {name}\n", artifact.sha256));
             written.push(to);
         }
-        let build_command = self.build_command(&preflight.tag);
-        for platform in &built.platforms {
-            let parsed: Platform = platform.platform.parse()?;
-            let files = sbom::write(self.config, &parsed, Some(&platform.digest), &assets)?;
-            written.push(files.cyclonedx);
-            written.push(files.spdx);
-            let predicate = provenance::predicate(&provenance::ProvenanceInput {
-                config: self.config,
-                source,
-                platform: Some(&parsed),
-                base_name: &built.base_name,
-                base_digest: platform.base_digest.as_deref(),
-                build_command: &build_command,
-            })?;
-            let path = assets.join(format!("provenance-{}.json", parsed.slug()));
-            let text = serde_json::to_string_pretty(&predicate)? + "\n";
-            std::fs::write(&path, text).with_context(|| format!("cannot write {path}"))?;
-            written.push(path);
-        }
+        written.extend(self.copy_predicates(out, source, built, &assets)?);
         let sums_path = assets.join("SHA256SUMS");
         std::fs::write(&sums_path, &sums).with_context(|| format!("cannot write {sums_path}"))?;
         written.push(sums_path.clone());
@@ -93,6 +76,69 @@ impl Release<'_> {
         }
         written.push(notes);
         Ok(written)
+    }
+
+    /// The SBOMs and provenance, copied byte for byte from the files that
+    /// were attested (target/attest/<hex>/), so that what a user downloads
+    /// is what the registry's signed statements say. Without --push nothing
+    /// was attested: the same writer makes them under the release's own
+    /// directory, naming the repository the image would be pushed to.
+    fn copy_predicates(
+        &self,
+        out: &Utf8Path,
+        source: &Source,
+        built: &Built,
+        assets: &Utf8Path,
+    ) -> Result<Vec<Utf8PathBuf>> {
+        let root = if self.flags.push {
+            self.config.target_dir.join("attest")
+        } else {
+            let root = out.join("unattested");
+            let subject =
+                Subject::from_layout(&self.repo, &Layout::open(&built.layout)?, &built.digest)?;
+            attest::write_predicates(self.config, source, &subject, &root)?;
+            root
+        };
+        let mut written = Vec::new();
+        for (from, name) in self.predicate_files(&root, built)? {
+            let to = assets.join(name);
+            std::fs::copy(&from, &to).with_context(|| format!("cannot copy {from} to {to}"))?;
+            written.push(to);
+        }
+        Ok(written)
+    }
+
+    /// Every predicate file under `root` for this image, with its asset
+    /// name. Checked before the tags move too: a release whose attested
+    /// files are gone could not ship them, and must fail while nothing a
+    /// user pulls has changed.
+    pub(super) fn predicate_files(
+        &self,
+        root: &Utf8Path,
+        built: &Built,
+    ) -> Result<Vec<(Utf8PathBuf, String)>> {
+        let subject =
+            Subject::from_layout(&self.repo, &Layout::open(&built.layout)?, &built.digest)?;
+        let mut files = Vec::new();
+        for attestation in attest::plan(&subject, root) {
+            let slug = attestation.subject.replace('/', "-");
+            let name = match attestation.kind {
+                "cyclonedx" => format!("sbom-{slug}.cdx.json"),
+                "spdxjson" => format!("sbom-{slug}.spdx.json"),
+                _ => format!("provenance-{slug}.json"),
+            };
+            if !attestation.predicate.is_file() {
+                bail!(
+                    "cannot ship the attested {} of {}: {} is missing; run the release again with the target directory that attested {}",
+                    attestation.kind,
+                    attestation.subject,
+                    attestation.predicate,
+                    attestation.digest
+                );
+            }
+            files.push((attestation.predicate, name));
+        }
+        Ok(files)
     }
 
     /// `cosign sign-blob` on SHA256SUMS, with the key, or keyless in CI.
@@ -160,14 +206,6 @@ impl Release<'_> {
             .with_context(|| format!("cannot create GitHub release {tag}"))?;
         }
         Ok(())
-    }
-
-    pub(super) fn build_command(&self, tag: &str) -> Vec<String> {
-        let mut command = vec!["cargo".into(), "xtask".into(), "release".into(), tag.into()];
-        if self.flags.push {
-            command.push("--push".into());
-        }
-        command
     }
 
     pub(super) fn release_notes(

@@ -109,7 +109,11 @@ impl Release<'_> {
             }
             // Never skipped: it is what makes moving the tags safe.
             let verifying = self.verify_options(&reference, &out)?;
-            steps.run_nested("verify", |nest| self.verify(&verifying, nest))?;
+            steps.run_nested("verify", |nest| {
+                self.verify(&verifying, nest)?;
+                let attested = self.config.target_dir.join("attest");
+                self.predicate_files(&attested, &built).map(drop)
+            })?;
             let (changes, not_set) = steps.run("tag: exact first, floating last", || {
                 self.move_tags(client, &preflight, &built)
             })?;

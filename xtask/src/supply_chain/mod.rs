@@ -2,6 +2,7 @@
 //! compiled into each binary, the SBOMs and the SLSA provenance.
 
 pub mod claims;
+pub mod content;
 pub mod cosign;
 pub mod crate_graph;
 pub mod identity;

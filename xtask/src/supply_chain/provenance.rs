@@ -20,8 +20,12 @@ pub struct ProvenanceInput<'a> {
     pub config: &'a Config,
     /// crate::support::source::Source: sha + SOURCE_DATE_EPOCH
     pub source: &'a Source,
+    /// `host/repository` the image was actually pushed to.
+    pub image: &'a str,
     /// None for the index
     pub platform: Option<&'a Platform>,
+    /// The index's platforms; read only when `platform` is None.
+    pub platforms: &'a [Platform],
     pub base_name: &'a str,
     pub base_digest: Option<&'a str>,
     pub build_command: &'a [String],
@@ -99,7 +103,7 @@ fn started_on() -> u64 {
 pub fn predicate(input: &ProvenanceInput<'_>) -> Result<Value> {
     let platforms: Vec<Platform> = match input.platform {
         Some(platform) => vec![platform.clone()],
-        None => input.config.platforms.clone(),
+        None => input.platforms.to_vec(),
     };
     let mut crates: BTreeMap<String, Crate> = BTreeMap::new();
     for platform in &platforms {
@@ -134,12 +138,12 @@ pub fn predicate_with(
     let mut external = json!({
         "version": config.version.to_string(),
         "source": { "repository": repository, "revision": sha },
-        "image": config.image,
+        "image": input.image,
     });
     match input.platform {
         Some(platform) => external["platform"] = json!(platform.to_string()),
         None => {
-            external["platforms"] = json!(config
+            external["platforms"] = json!(input
                 .platforms
                 .iter()
                 .map(ToString::to_string)
@@ -295,7 +299,9 @@ mod tests {
         let input = ProvenanceInput {
             config: &config,
             source: &source,
+            image: "ghcr.io/example-org/rust-release",
             platform: Some(&platform),
+            platforms: &[],
             base_name: "gcr.io/distroless/static-debian13:nonroot",
             base_digest: Some(&base_digest),
             build_command: &command,
@@ -359,7 +365,9 @@ mod tests {
         let input = ProvenanceInput {
             config: &config,
             source: &source,
+            image: "ghcr.io/example-org/rust-release",
             platform: None,
+            platforms: &config.platforms,
             base_name: "scratch",
             base_digest: None,
             build_command: &command,
@@ -397,7 +405,9 @@ mod tests {
         let input = ProvenanceInput {
             config: &config,
             source: &source,
+            image: "ghcr.io/example-org/rust-release",
             platform: None,
+            platforms: &config.platforms,
             base_name: "scratch",
             base_digest: None,
             build_command: &command,
@@ -458,7 +468,9 @@ mod tests {
         let input = ProvenanceInput {
             config: &config,
             source: &unknown,
+            image: "ghcr.io/example-org/rust-release",
             platform: None,
+            platforms: &config.platforms,
             base_name: "scratch",
             base_digest: None,
             build_command: &command,

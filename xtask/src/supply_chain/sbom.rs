@@ -29,6 +29,16 @@ pub struct SbomFiles {
     pub spdx: Utf8PathBuf,
 }
 
+/// The image an SBOM describes: the repository it was actually pushed to
+/// (not the configured one, which a push with --image bypasses) and the
+/// platform manifest's digest.
+#[derive(Debug, Clone)]
+pub struct ImageRef {
+    /// `host/repository`.
+    pub name: String,
+    pub digest: String,
+}
+
 /// What the documents say beyond the crates.
 #[derive(Debug, Clone)]
 pub struct DocumentInfo {
@@ -57,20 +67,21 @@ pub fn spdx_path(out_dir: &Utf8Path, platform: &Platform) -> Utf8PathBuf {
 }
 
 /// Writes `<out_dir>/sbom-<os>-<arch>.cdx.json` (CycloneDX 1.6) and `.spdx.json` (SPDX 2.3).
+/// `image` is None for an SBOM of the crates alone, before any push.
 pub fn write(
     config: &Config,
     platform: &Platform,
-    image_digest: Option<&str>,
+    image: Option<&ImageRef>,
     out_dir: &Utf8Path,
 ) -> Result<SbomFiles> {
-    if let Some(digest) = image_digest {
-        check_image_digest(digest)?;
+    if let Some(image) = image {
+        check_image_digest(&image.digest)?;
     }
     let graph = crate_graph(config, platform)?;
     let info = DocumentInfo {
         source: Source::detect(&config.workspace_root)?,
-        image: config.image.clone(),
-        image_digest: image_digest.map(str::to_owned),
+        image: image.map_or_else(|| config.image.clone(), |i| i.name.clone()),
+        image_digest: image.map(|i| i.digest.clone()),
         repository: config.repository.clone(),
     };
     std::fs::create_dir_all(out_dir)
