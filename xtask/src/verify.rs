@@ -188,13 +188,19 @@ pub fn verify(config: &Config, options: &VerifyOptions, nest: &Nest) -> Result<R
     let subject = steps.run("resolve the image", || {
         Subject::resolve(&options.reference, &client)
     })?;
-    let tag = version_tag(config, &expected_version);
+    // Only a release is held to its version tag: a branch build carries
+    // the same Cargo version from a later commit. A release is what the
+    // caller names as one (--expect-version, as the release task does
+    // before any tag exists), or what the version tag resolved to.
+    let release_tag = format!("v{expected_version}");
+    let is_release = options.expect_version.is_some()
+        || subject.resolved_from_tag.as_deref() == Some(release_tag.as_str());
+    let tag = if is_release {
+        version_tag(config, &expected_version)
+    } else {
+        None
+    };
     let mut checks = Vec::new();
-    // Whether cosign proved every signature and every attestation to come
-    // from the trusted identity. A statement that is signed but says
-    // something else (another version) is a failed check, not a lack of
-    // proof.
-    let mut proven = true;
     steps.run("verify the signatures", || {
         let mut targets = vec![("index".to_owned(), subject.digest.clone())];
         if subject.is_index {
@@ -209,7 +215,6 @@ pub fn verify(config: &Config, options: &VerifyOptions, nest: &Nest) -> Result<R
         }
         for (name, digest) in targets {
             let result = verify_signature(&cosign, &cosign_options, &subject, &digest);
-            proven &= result.is_ok();
             checks.push(Check::new("signature", &name, &digest, result));
         }
         Ok(())
@@ -224,33 +229,33 @@ pub fn verify(config: &Config, options: &VerifyOptions, nest: &Nest) -> Result<R
                 &subject,
                 &facts,
                 &expected_version,
-                &mut proven,
             );
             checks.push(Check::new("sbom", &name, &platform.digest, result));
-            let result = verify_provenance(&cosign, &cosign_options, &subject, &facts, &mut proven);
+            let result = verify_provenance(&cosign, &cosign_options, &subject, &facts);
             checks.push(Check::new("provenance", &name, &platform.digest, result));
         }
         if subject.is_index {
             let facts = Facts::of_index(&subject, &expected_version, &tag);
-            let result = verify_provenance(&cosign, &cosign_options, &subject, &facts, &mut proven);
+            let result = verify_provenance(&cosign, &cosign_options, &subject, &facts);
             checks.push(Check::new("provenance", "index", &subject.digest, result));
         }
         Ok(())
     })?;
-    if options.run && !proven {
-        // Never run what is not proven to come from the trusted signer: the
-        // binary would run on this machine, as the caller.
-        let unverified: Vec<String> = checks.iter().filter(|c| !c.ok).map(Check::name).collect();
+    let failed: Vec<String> = checks.iter().filter(|c| !c.ok).map(Check::name).collect();
+    if options.run && !failed.is_empty() {
+        // Never run what is not verified: the binary would run on this
+        // machine, as the caller. A signed statement that says something
+        // false is as much a reason as a missing signature.
         eprintln!(
             "not running any platform's server: {} did not pass",
-            unverified.join(", ")
+            failed.join(", ")
         );
         checks.push(Check::new(
             "run",
             "all",
             &subject.digest,
             Err(anyhow::format_err!(
-                "not run: the image's signatures and attestations are not all proven to come from the trusted signer"
+                "not run: the signature and attestation checks did not all pass"
             )),
         ));
     } else if options.run {
@@ -302,8 +307,8 @@ pub fn verify(config: &Config, options: &VerifyOptions, nest: &Nest) -> Result<R
 }
 
 /// The commit the version tag points to in this checkout, if it has the
-/// tag: the provenance's source revision must be that commit. Without git
-/// or the tag, the image's revision label is the reference instead.
+/// tag: a release's provenance must name that commit as its source. Without
+/// git or the tag, the image's revision label is the reference instead.
 fn version_tag(config: &Config, version: &str) -> TagCommit {
     let tag = format!("v{version}");
     let commit = Git::open(&config.workspace_root)
@@ -321,10 +326,9 @@ fn verify_sbom(
     subject: &Subject,
     facts: &Facts,
     expected_version: &str,
-    proven: &mut bool,
 ) -> Result<String> {
     let statements = verified_statements(cosign, options, subject, &facts.digest, "cyclonedx")
-        .inspect_err(|_| *proven = false)?;
+?;
     for statement in &statements {
         if statement["predicateType"] != CYCLONEDX_PREDICATE {
             bail!(
@@ -343,7 +347,7 @@ fn verify_sbom(
         content::check_cyclonedx(&statement["predicate"], facts)?;
     }
     let documents = verified_statements(cosign, options, subject, &facts.digest, "spdxjson")
-        .inspect_err(|_| *proven = false)?;
+?;
     for statement in &documents {
         if statement["predicateType"] != SPDX_PREDICATE {
             bail!(
@@ -365,11 +369,10 @@ fn verify_provenance(
     options: &cosign::Options,
     subject: &Subject,
     facts: &Facts,
-    proven: &mut bool,
 ) -> Result<String> {
     let digest = &facts.digest;
     let statements = verified_statements(cosign, options, subject, digest, "slsaprovenance1")
-        .inspect_err(|_| *proven = false)?;
+?;
     for statement in &statements {
         if statement["predicateType"] != SLSA_V1_PREDICATE {
             bail!(
@@ -387,7 +390,7 @@ fn verify_provenance(
 
 /// Runs one platform's `/server version --json` from the registry, and
 /// checks that it is the build the image says it is. Called only once the
-/// image is proven to come from the trusted signer.
+/// image passed every signature and attestation check.
 fn run_platform(
     config: &Config,
     client: &Client,
