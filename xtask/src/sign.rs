@@ -6,7 +6,8 @@ use serde::Serialize;
 
 use crate::flags;
 use crate::oci::subject::Subject;
-use crate::supply_chain::cosign::{self, Identity, SigningArgs};
+use crate::supply_chain::cosign::{self, SigningArgs};
+use crate::supply_chain::identity::Identity;
 use crate::supply_chain::session::Session;
 use crate::support::config::Config;
 use crate::support::progress::{Nest, Steps};

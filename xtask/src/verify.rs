@@ -15,7 +15,8 @@ use crate::oci::subject::{client_for, PlatformImage, Subject};
 use crate::oci::REVISION;
 use crate::supply_chain::claims::{verified_statements, verify_signature};
 use crate::supply_chain::content::{self, Facts, TagCommit};
-use crate::supply_chain::cosign::{self, Cosign, Identity, SigningArgs};
+use crate::supply_chain::cosign::{self, Cosign, SigningArgs};
+use crate::supply_chain::identity::{self, Identity};
 use crate::support::config::Config;
 use crate::support::git::Git;
 use crate::support::progress::{Nest, Steps};
@@ -164,9 +165,9 @@ pub fn run(flags: &flags::Verify) -> Result<()> {
 /// when verification could not run at all. With `run`, nothing from the
 /// image is executed unless every signature and attestation check passed.
 pub fn verify(config: &Config, options: &VerifyOptions, nest: &Nest) -> Result<Report> {
-    let identity = cosign::verifying_identity(&options.signing)?;
+    let identity = identity::verifying_identity(&options.signing)?;
     let identity_regexp = match identity {
-        Identity::Keyless => Some(cosign::release_identity_regexp(&config.repository)?),
+        Identity::Keyless => Some(identity::release_identity_regexp(&config.repository)?),
         Identity::Key(_) => None,
     };
     let cosign = Cosign::find()?;
@@ -327,8 +328,7 @@ fn verify_sbom(
     facts: &Facts,
     expected_version: &str,
 ) -> Result<String> {
-    let statements = verified_statements(cosign, options, subject, &facts.digest, "cyclonedx")
-?;
+    let statements = verified_statements(cosign, options, subject, &facts.digest, "cyclonedx")?;
     for statement in &statements {
         if statement["predicateType"] != CYCLONEDX_PREDICATE {
             bail!(
@@ -346,8 +346,7 @@ fn verify_sbom(
         }
         content::check_cyclonedx(&statement["predicate"], facts)?;
     }
-    let documents = verified_statements(cosign, options, subject, &facts.digest, "spdxjson")
-?;
+    let documents = verified_statements(cosign, options, subject, &facts.digest, "spdxjson")?;
     for statement in &documents {
         if statement["predicateType"] != SPDX_PREDICATE {
             bail!(
@@ -371,8 +370,7 @@ fn verify_provenance(
     facts: &Facts,
 ) -> Result<String> {
     let digest = &facts.digest;
-    let statements = verified_statements(cosign, options, subject, digest, "slsaprovenance1")
-?;
+    let statements = verified_statements(cosign, options, subject, digest, "slsaprovenance1")?;
     for statement in &statements {
         if statement["predicateType"] != SLSA_V1_PREDICATE {
             bail!(

@@ -165,6 +165,9 @@ fn uses_finds_both_forms() {
     let found = uses("use crate::{flags, sign::Signed};\nlet x = crate::oci::digest_of(b);");
     assert_eq!(
         found,
-        ["flags", "oci", "sign"].map(String::from).into_iter().collect()
+        ["flags", "oci", "sign"]
+            .map(String::from)
+            .into_iter()
+            .collect()
     );
 }

@@ -18,7 +18,8 @@ use crate::oci::push::push_tree;
 use crate::oci::subject::Subject;
 use crate::oci::{self, Descriptor, Index};
 use crate::supply_chain::claims::verify_signature;
-use crate::supply_chain::cosign::{self, Cosign, Identity};
+use crate::supply_chain::cosign::{self, Cosign};
+use crate::supply_chain::identity::{self, Identity};
 use crate::support::config::Config;
 use crate::support::progress::Steps;
 
@@ -195,9 +196,9 @@ pub fn load(
     }
 
     // Whom to trust is settled before anything is pushed.
-    let identity = cosign::verifying_identity(&flags.signing)?;
+    let identity = identity::verifying_identity(&flags.signing)?;
     let identity_regexp = match identity {
-        Identity::Keyless => Some(cosign::release_identity_regexp(&config.repository)?),
+        Identity::Keyless => Some(identity::release_identity_regexp(&config.repository)?),
         Identity::Key(_) => None,
     };
     let cosign = Cosign::find()?;

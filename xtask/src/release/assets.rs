@@ -13,7 +13,8 @@ use crate::build::binaries::{self, ArtifactKind};
 use crate::oci::subject::Subject;
 use crate::oci::Layout;
 use crate::release::preflight::Preflight;
-use crate::supply_chain::cosign::{self, Cosign, Identity};
+use crate::supply_chain::cosign::{self, Cosign};
+use crate::supply_chain::identity::{self, Identity};
 use crate::support::source::Source;
 use crate::support::tools;
 
@@ -150,13 +151,13 @@ impl Release<'_> {
     ) -> Result<Option<Utf8PathBuf>> {
         let identity = match &self.flags.signing.key {
             Some(key) => Identity::Key(key.clone()),
-            None if cosign::github_oidc_available() => Identity::Keyless,
+            None if identity::github_oidc_available() => Identity::Keyless,
             None => {
                 eprintln!("note: SHA256SUMS is not signed: no --key and no GitHub OIDC token");
                 return Ok(None);
             }
         };
-        cosign::check_password(&identity)?;
+        identity::check_password(&identity)?;
         let signing_config = if self.flags.signing.no_tlog {
             Some(cosign::write_no_tlog_signing_config(&cosign::work_dir(
                 &self.config.target_dir,

@@ -27,7 +27,8 @@ use crate::flags;
 use crate::oci::client::{Client, Reference};
 use crate::oci::push::TagChange;
 use crate::oci::reference;
-use crate::supply_chain::cosign::{self, Identity};
+use crate::supply_chain::cosign;
+use crate::supply_chain::identity::{self, Identity};
 use crate::support::config::Config;
 
 pub fn run(flags: &flags::Release) -> Result<()> {
@@ -94,7 +95,7 @@ impl Release<'_> {
             None => Identity::Keyless,
         };
         let identity_regexp = match identity {
-            Identity::Keyless => Some(cosign::release_identity_regexp(&self.config.repository)?),
+            Identity::Keyless => Some(identity::release_identity_regexp(&self.config.repository)?),
             Identity::Key(_) => None,
         };
         Ok(cosign::Options {

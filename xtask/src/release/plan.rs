@@ -8,7 +8,8 @@ use serde_json::json;
 use super::Release;
 use crate::build::binaries;
 use crate::release::preflight::{self, Preflight};
-use crate::supply_chain::cosign::{self, Identity};
+use crate::supply_chain::cosign;
+use crate::supply_chain::identity::Identity;
 use crate::support::config::Platform;
 use crate::tags::{self, Build};
 

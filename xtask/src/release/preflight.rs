@@ -18,7 +18,8 @@ use serde::Serialize;
 use xshell::{cmd, Shell};
 
 use crate::oci::client::{Client, Reference};
-use crate::supply_chain::cosign::{self, Cosign, Identity, SigningArgs};
+use crate::supply_chain::cosign::{Cosign, SigningArgs};
+use crate::supply_chain::identity::{self, Identity};
 use crate::support::config::Config;
 use crate::support::git::Git;
 use crate::support::tools;
@@ -169,14 +170,14 @@ pub fn check(
 /// checksums are signed too, pushed or not.
 fn check_signing(signing: Signing, passed: &mut Vec<String>, problems: &mut Vec<String>) {
     let identity = if signing.push || signing.args.key.is_some() {
-        match cosign::signing_identity(signing.args) {
+        match identity::signing_identity(signing.args) {
             Ok(identity) => Some(identity),
             Err(err) => {
                 problems.push(format!("{err:#}"));
                 None
             }
         }
-    } else if cosign::github_oidc_available() {
+    } else if identity::github_oidc_available() {
         Some(Identity::Keyless)
     } else {
         None
@@ -220,7 +221,7 @@ fn check_key_opens(
     if key.contains("://") && !key.starts_with("env://") {
         return;
     }
-    if let Err(err) = cosign::check_password(&Identity::Key(key.to_owned())) {
+    if let Err(err) = identity::check_password(&Identity::Key(key.to_owned())) {
         problems.push(format!("{err:#}"));
         return;
     }

@@ -7,7 +7,8 @@ use base64::Engine;
 use serde_json::Value;
 
 use crate::oci::subject::Subject;
-use crate::supply_chain::cosign::{self, Cosign, Identity};
+use crate::supply_chain::cosign::{self, Cosign};
+use crate::supply_chain::identity::Identity;
 
 /// The `critical.type` of a claim made by `cosign sign`.
 pub const SIGNATURE_TYPE: &str = "https://sigstore.dev/cosign/sign/v1";

@@ -11,10 +11,7 @@
 //! (the referrers tag schema). Adding one rewrites that index, which is why
 //! writes to one repository run one after another.
 
-pub use crate::supply_chain::identity::{
-    check_password, github_oidc_available, release_identity_regexp, signing_identity,
-    verifying_identity, Identity,
-};
+use crate::supply_chain::identity::Identity;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -427,6 +424,7 @@ pub fn write_public_key(cosign: &Cosign, key: &str, out: &Utf8Path) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::supply_chain::identity::release_identity_regexp;
 
     #[test]
     fn identity_regexp_is_anchored_to_the_release_workflow() {

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::supply_chain::sbom::{self, Crate, CrateSource};
+use crate::supply_chain::crate_graph::{self, Crate, CrateSource};
 use crate::support::config::{is_digest, Config, Platform};
 use crate::support::source::{rfc3339_utc, Source};
 
@@ -107,7 +107,7 @@ pub fn predicate(input: &ProvenanceInput<'_>) -> Result<Value> {
     };
     let mut crates: BTreeMap<String, Crate> = BTreeMap::new();
     for platform in &platforms {
-        for c in sbom::crate_graph(input.config, platform)?.crates {
+        for c in crate_graph::crate_graph(input.config, platform)?.crates {
             crates.entry(c.key()).or_insert(c);
         }
     }
@@ -414,20 +414,20 @@ mod tests {
         };
         let predicate = predicate(&input).unwrap();
         let lock = std::fs::read_to_string(config.workspace_root.join("Cargo.lock")).unwrap();
-        let sums = sbom::lock_checksums(&lock).unwrap();
+        let sums = crate_graph::lock_checksums(&lock).unwrap();
         let resolved = predicate["buildDefinition"]["resolvedDependencies"]
             .as_array()
             .unwrap();
         let mut expected = BTreeMap::new();
         for platform in &config.platforms {
-            for c in sbom::crate_graph(&config, platform).unwrap().crates {
+            for c in crate_graph::crate_graph(&config, platform).unwrap().crates {
                 expected.insert(c.purl(), c);
             }
         }
         assert_eq!(resolved.len(), 1 + expected.len());
         for (entry, (purl, c)) in resolved[1..].iter().zip(&expected) {
             assert_eq!(entry["uri"], purl.as_str());
-            let key = sbom::LockKey {
+            let key = crate_graph::LockKey {
                 name: c.name.clone(),
                 version: c.version.clone(),
                 source: "registry+https://github.com/rust-lang/crates.io-index".into(),

@@ -8,9 +8,7 @@
 //! `cargo build -p server` compiles. The checksums come from Cargo.lock.
 //! See docs/sbom-and-provenance.md.
 
-pub use crate::supply_chain::crate_graph::{
-    crate_graph, lock_checksums, Crate, CrateGraph, CrateSource, LockKey, CRATES_IO_INDEX,
-};
+use crate::supply_chain::crate_graph::{crate_graph, Crate, CrateGraph, CrateSource};
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
@@ -338,6 +336,7 @@ pub fn spdx(graph: &CrateGraph, info: &DocumentInfo) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::supply_chain::crate_graph::{lock_checksums, LockKey, CRATES_IO_INDEX};
     use crate::supply_chain::crate_graph::{normalize_license, parse_tree_features};
 
     fn krate(name: &str, version: &str, deps: &[&str]) -> Crate {

@@ -5,7 +5,8 @@ use anyhow::{Context, Result};
 use camino::Utf8PathBuf;
 
 use crate::oci::subject::{client_for, Subject};
-use crate::supply_chain::cosign::{self, Cosign, Identity, SigningArgs};
+use crate::supply_chain::cosign::{self, Cosign, SigningArgs};
+use crate::supply_chain::identity::{self, Identity};
 use crate::support::config::Config;
 use crate::support::progress::Steps;
 
@@ -30,11 +31,11 @@ impl Session {
         dry_run: bool,
         steps: &mut Steps,
     ) -> Result<Session> {
-        let identity = cosign::signing_identity(signing)?;
+        let identity = identity::signing_identity(signing)?;
         let (cosign, cosign_for_plan) = if dry_run {
             (None, cosign::for_plan())
         } else {
-            cosign::check_password(&identity)?;
+            identity::check_password(&identity)?;
             let cosign = Cosign::find()?;
             let shown = cosign.path.display().to_string();
             (Some(cosign), shown)
