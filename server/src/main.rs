@@ -55,6 +55,16 @@ fn serve() -> ExitCode {
         Err(err) => return config_error(&err.0),
     };
     logging::init(config.log_level, config.log_format);
+    let names: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .collect();
+    for (name, closest) in config::unknown_variables(names.iter().map(String::as_str)) {
+        logging::log(
+            logging::Level::Warn,
+            &format!("ignoring unknown variable {name}: did you mean {closest}?"),
+            &[("variable", name.into()), ("closest", closest.into())],
+        );
+    }
     // Bind before starting the runtime so that a taken port is a
     // configuration error with its own exit code, not a runtime failure.
     let listener = match std::net::TcpListener::bind(config.addr) {

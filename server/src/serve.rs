@@ -1,6 +1,7 @@
 //! The HTTP server: routing, timeouts, and graceful shutdown.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,14 +10,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::build_info::BuildInfo;
 use crate::config::Config;
@@ -56,9 +58,12 @@ async fn serve(config: Config, listener: StdTcpListener) -> std::io::Result<()> 
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout)
         .keep_alive(true);
-    let graceful = GracefulShutdown::new();
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
+    let acceptor = Acceptor {
+        http,
+        graceful: GracefulShutdown::new(),
+        state: state.clone(),
+        limit: Arc::new(Semaphore::new(config.max_connections)),
+    };
 
     let info = BuildInfo::current();
     logging::log(
@@ -68,54 +73,133 @@ async fn serve(config: Config, listener: StdTcpListener) -> std::io::Result<()> 
             ("addr", json!(local.to_string())),
             ("version", json!(info.version)),
             ("git_sha", json!(info.git_sha)),
+            ("max_connections", json!(config.max_connections)),
         ],
     );
 
-    let signal = loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        // Usually EMFILE: back off instead of spinning.
-                        logging::log(Level::Warn, "accept failed", &[("error", json!(err.to_string()))]);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let state = state.clone();
-                let service = service_fn(move |req| handle(state.clone(), req, peer));
-                let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(async move {
-                    if let Err(err) = connection.await {
-                        logging::log(Level::Debug, "connection error", &[("peer", json!(peer.to_string())), ("error", json!(err.to_string()))]);
-                    }
-                });
-            }
-            signal = &mut shutdown => break signal,
-        }
-    };
+    let signal = acceptor.accept_until(&listener, shutdown_signal()).await;
 
+    // Keep accepting while load balancers notice the 503 on /readyz and take
+    // this instance out: closing the listener at once would refuse the
+    // connections they still send. Every response from now on says
+    // `Connection: close`, so keep-alive clients reconnect elsewhere.
     state.draining.store(true, Ordering::SeqCst);
-    drop(listener);
     logging::log(
         Level::Info,
         "shutting down",
         &[
             ("signal", json!(signal)),
             (
+                "drain_delay_ms",
+                json!(config.drain_delay.as_millis() as u64),
+            ),
+            (
                 "timeout_ms",
                 json!(config.shutdown_timeout.as_millis() as u64),
             ),
         ],
     );
+    acceptor
+        .accept_until(&listener, tokio::time::sleep(config.drain_delay))
+        .await;
+    let backlog = acceptor.accept_backlog(listener)?;
+    logging::log(
+        Level::Info,
+        "stopped accepting",
+        &[("accepted_from_backlog", json!(backlog))],
+    );
     tokio::select! {
-        _ = graceful.shutdown() => logging::log(Level::Info, "stopped", &[]),
+        _ = acceptor.graceful.shutdown() => logging::log(Level::Info, "stopped", &[]),
         _ = tokio::time::sleep(config.shutdown_timeout) => {
             logging::log(Level::Warn, "shutdown timeout reached, closing remaining connections", &[]);
         }
     }
     Ok(())
+}
+
+struct Acceptor {
+    http: http1::Builder,
+    graceful: GracefulShutdown,
+    state: Arc<State>,
+    /// One permit per open connection. Waiting for a permit before
+    /// `accept` leaves the excess in the kernel's backlog, where it waits
+    /// for a slot instead of costing memory and a file descriptor here.
+    limit: Arc<Semaphore>,
+}
+
+impl Acceptor {
+    /// Accepts and serves connections until `until` completes.
+    async fn accept_until<F: Future>(&self, listener: &TcpListener, until: F) -> F::Output {
+        tokio::pin!(until);
+        loop {
+            let permit = tokio::select! {
+                biased;
+                out = &mut until => return out,
+                permit = self.limit.clone().acquire_owned() => permit,
+            };
+            // The semaphore is never closed; this only keeps the types total.
+            let Ok(permit) = permit else {
+                return until.await;
+            };
+            tokio::select! {
+                biased;
+                out = &mut until => return out,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => self.serve_connection(stream, peer, permit),
+                    Err(err) => {
+                        // Usually EMFILE: back off instead of spinning.
+                        logging::log(Level::Warn, "accept failed", &[("error", json!(err.to_string()))]);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Takes the connections that completed their handshake but were not
+    /// accepted yet, then closes the listener. Closing it with a backlog
+    /// would reset connections whose clients already sent a request.
+    fn accept_backlog(&self, listener: TcpListener) -> std::io::Result<usize> {
+        let listener = listener.into_std()?;
+        listener.set_nonblocking(true)?;
+        let mut count = 0;
+        while let Ok(permit) = self.limit.clone().try_acquire_owned() {
+            let Ok((stream, peer)) = listener.accept() else {
+                break;
+            };
+            stream.set_nonblocking(true)?;
+            self.serve_connection(TcpStream::from_std(stream)?, peer, permit);
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    fn serve_connection(&self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+        let state = self.state.clone();
+        let service = service_fn(move |req| handle(state.clone(), req, peer));
+        let connection = self
+            .graceful
+            .watch(self.http.serve_connection(TokioIo::new(stream), service));
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                // hyper answers an oversized head itself, before any handler
+                // runs: count it here, or /metrics would never show it.
+                if err.is_parse_too_large() {
+                    state.metrics.request_finished("other", "other", 431);
+                }
+                logging::log(
+                    Level::Debug,
+                    "connection error",
+                    &[
+                        ("peer", json!(peer.to_string())),
+                        ("error", json!(err.to_string())),
+                    ],
+                );
+            }
+            drop(permit);
+        });
+    }
 }
 
 async fn shutdown_signal() -> &'static str {
@@ -141,7 +225,7 @@ async fn handle(
     peer: SocketAddr,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let started = Instant::now();
-    state.metrics.request_started();
+    let _in_flight = state.metrics.request_started();
     let method = method_label(req.method());
     let path = req.uri().path().to_owned();
     let route = route_label(&path);
@@ -152,10 +236,22 @@ async fn handle(
         Ok(()) => route_request(&state, &parts.method, route),
     };
 
+    let mut response = response;
+    if state.draining.load(Ordering::SeqCst) {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     let status = response.status().as_u16();
     state.metrics.request_finished(route, method, status);
+    // Probes and scrapes come every few seconds from machines; at info they
+    // would drown the requests of people.
+    let level = match route {
+        "/healthz" | "/readyz" | "/metrics" => Level::Debug,
+        _ => Level::Info,
+    };
     logging::log(
-        Level::Info,
+        level,
         "request",
         &[
             ("method", json!(parts.method.as_str())),
