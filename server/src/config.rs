@@ -16,12 +16,17 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("SERVER_DRAIN_DELAY", "5s"),
     ("SERVER_SHUTDOWN_TIMEOUT", "10s"),
     ("SERVER_MAX_CONNECTIONS", "1024"),
+    ("SERVER_DATABASE_URL", ""),
+    ("SERVER_DATABASE_WAIT", "30s"),
     ("SERVER_HEADER_TIMEOUT", "5s"),
     ("SERVER_BODY_TIMEOUT", "10s"),
 ];
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// None: the server is stateless and has no /v1 API.
+    pub database: Option<tokio_postgres::Config>,
+    pub database_wait: Duration,
     pub addr: SocketAddr,
     pub log_level: Level,
     pub log_format: Format,
@@ -70,7 +75,13 @@ impl Config {
                 "invalid {var}={log_format:?}: expected one of auto, json, text"
             ))
         })?;
+        let (url, _) = value("SERVER_DATABASE_URL");
         Ok(Config {
+            database: match url.as_str() {
+                "" => None,
+                url => Some(crate::db::parse_url(url)?),
+            },
+            database_wait: duration_var(value("SERVER_DATABASE_WAIT"), Duration::ZERO)?,
             addr: parse_addr_var(&value("SERVER_ADDR").0)?,
             log_level,
             log_format,

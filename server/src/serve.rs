@@ -20,23 +20,38 @@ use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::api;
 use crate::build_info::BuildInfo;
 use crate::config::Config;
+use crate::db::{self, Db};
 use crate::logging::{self, Level};
 use crate::metrics::Metrics;
+use crate::migrate;
 
-/// Request bodies are read and discarded; none of the routes takes input,
-/// so anything large is refused rather than buffered.
+/// Only the items API takes a body; anything larger is refused rather than
+/// buffered.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
 struct State {
     draining: AtomicBool,
+    /// None when SERVER_DATABASE_URL is unset: no /v1 API, no database in
+    /// readiness.
+    db: Option<Arc<Db>>,
     metrics: Metrics,
     version_json: String,
     body_timeout: Duration,
 }
 
-pub fn run(config: Config, listener: StdTcpListener) -> std::io::Result<()> {
+/// Why the server stopped: the exit code and one line.
+pub struct Failure(pub u8, pub String);
+
+impl From<std::io::Error> for Failure {
+    fn from(err: std::io::Error) -> Failure {
+        Failure(1, err.to_string())
+    }
+}
+
+pub fn run(config: Config, listener: StdTcpListener) -> Result<(), Failure> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -44,12 +59,40 @@ pub fn run(config: Config, listener: StdTcpListener) -> std::io::Result<()> {
     runtime.block_on(serve(config, listener))
 }
 
-async fn serve(config: Config, listener: StdTcpListener) -> std::io::Result<()> {
+/// Connects with bounded retry and applies the pending migrations, before
+/// the server takes its first request.
+async fn open_database(config: &Config) -> Result<Option<Arc<Db>>, Failure> {
+    let Some(pg) = &config.database else {
+        return Ok(None);
+    };
+    let (mut client, task) = db::connect(pg, config.database_wait)
+        .await
+        .map_err(|line| Failure(1, line))?;
+    match migrate::up(&mut client).await {
+        Ok(applied) if applied.is_empty() => {
+            logging::log(Level::Info, "no pending migrations", &[]);
+        }
+        Ok(applied) => logging::log(
+            Level::Info,
+            &format!("migrations applied: {}", applied.join(", ")),
+            &[("applied", json!(applied))],
+        ),
+        Err(migrate::Error::Refused(line)) => {
+            return Err(Failure(migrate::REFUSED_EXIT_CODE, line))
+        }
+        Err(err) => return Err(Failure(1, err.to_string())),
+    }
+    Ok(Some(Db::supervise(pg.clone(), client, task)))
+}
+
+async fn serve(config: Config, listener: StdTcpListener) -> Result<(), Failure> {
+    let db = open_database(&config).await?;
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
     let local = listener.local_addr()?;
     let state = Arc::new(State {
         draining: AtomicBool::new(false),
+        db,
         metrics: Metrics::default(),
         version_json: BuildInfo::current().json(),
         body_timeout: config.body_timeout,
@@ -233,7 +276,12 @@ async fn handle(
 
     let response = match read_body(body, state.body_timeout).await {
         Err(status) => text(status, status.canonical_reason().unwrap_or("error")),
-        Ok(()) => route_request(&state, &parts.method, route),
+        Ok(body) => match (&state.db, path.strip_prefix(api::PREFIX)) {
+            (Some(db), Some(key)) => {
+                api::handle(db, &parts.method, key, &parts.headers, body).await
+            }
+            _ => route_request(&state, &parts.method, route),
+        },
     };
 
     let mut response = response;
@@ -269,19 +317,20 @@ async fn handle(
 
 /// Reads the body to its end, so that a slow client holds the request open
 /// no longer than the body timeout, and keep-alive stays usable.
-async fn read_body(body: Incoming, timeout: Duration) -> Result<(), StatusCode> {
+async fn read_body(body: Incoming, timeout: Duration) -> Result<Bytes, StatusCode> {
     match tokio::time::timeout(timeout, Limited::new(body, MAX_BODY_BYTES).collect()).await {
         Err(_) => Err(StatusCode::REQUEST_TIMEOUT),
         Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
             Err(StatusCode::PAYLOAD_TOO_LARGE)
         }
         Ok(Err(_)) => Err(StatusCode::BAD_REQUEST),
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
 }
 
 fn route_request(state: &State, method: &Method, route: &'static str) -> Response<Full<Bytes>> {
-    if route == "other" {
+    // Without a database there is no API: its paths are as unknown as any.
+    if route == "other" || route == "/v1/items" {
         return text(StatusCode::NOT_FOUND, "not found");
     }
     if method != Method::GET && method != Method::HEAD {
@@ -295,6 +344,9 @@ fn route_request(state: &State, method: &Method, route: &'static str) -> Respons
         "/healthz" => text(StatusCode::OK, "ok"),
         "/readyz" if state.draining.load(Ordering::SeqCst) => {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining")
+        }
+        "/readyz" if state.db.as_ref().is_some_and(|db| db.client().is_none()) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
         }
         "/readyz" => text(StatusCode::OK, "ready"),
         "/version" => with_type(
@@ -317,6 +369,7 @@ fn route_label(path: &str) -> &'static str {
         "/readyz" => "/readyz",
         "/version" => "/version",
         "/metrics" => "/metrics",
+        _ if path.starts_with(api::PREFIX) => "/v1/items",
         _ => "other",
     }
 }
@@ -332,11 +385,11 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+pub fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     with_type(status, format!("{body}\n"), "text/plain; charset=utf-8")
 }
 
-fn with_type(
+pub fn with_type(
     status: StatusCode,
     body: String,
     content_type: &'static str,
