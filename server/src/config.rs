@@ -25,7 +25,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
 #[derive(Debug, Clone)]
 pub struct Config {
     /// None: the server is stateless and has no /v1 API.
-    pub database: Option<tokio_postgres::Config>,
+    pub database: Option<crate::db::Target>,
     pub database_wait: Duration,
     pub addr: SocketAddr,
     pub log_level: Level,

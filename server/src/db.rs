@@ -11,24 +11,51 @@ use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Config as PgConfig, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::ConfigError;
 use crate::logging::{self, Level};
 
+/// Where the database is, and how to talk to it.
+#[derive(Clone)]
+pub struct Target {
+    pub pg: PgConfig,
+    /// None for `sslmode=disable`.
+    tls: Option<MakeRustlsConnect>,
+}
+
+impl std::fmt::Debug for Target {
+    // Not derived: the configuration holds the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Target {{ tls: {} }}", self.tls.is_some())
+    }
+}
+
 /// Parses `SERVER_DATABASE_URL`. The value is never echoed: it may hold a
 /// password.
-pub fn parse_url(url: &str) -> Result<PgConfig, ConfigError> {
-    let config: PgConfig = url.parse().map_err(|err| {
+pub fn parse_url(url: &str) -> Result<Target, ConfigError> {
+    // tokio-postgres knows disable, prefer and require; libpq's two
+    // verifying modes are read here and passed on as require.
+    let verify = ["sslmode=verify-full", "sslmode=verify-ca"]
+        .iter()
+        .any(|mode| url.contains(mode));
+    let url = url
+        .replace("sslmode=verify-full", "sslmode=require")
+        .replace("sslmode=verify-ca", "sslmode=require");
+    let pg: PgConfig = url.parse().map_err(|err| {
         ConfigError(format!(
             "invalid SERVER_DATABASE_URL: {err}; expected postgres://USER:PASSWORD@HOST:PORT/DATABASE"
         ))
     })?;
-    if config.get_ssl_mode() == SslMode::Require {
-        return Err(ConfigError(
-            "SERVER_DATABASE_URL asks for sslmode=require, but this build has no TLS client; connect over a private network with sslmode=disable".to_owned(),
-        ));
-    }
-    Ok(config)
+    let tls = match pg.get_ssl_mode() {
+        SslMode::Disable => None,
+        _ => Some(crate::tls::connector(verify).map_err(|err| {
+            ConfigError(format!(
+                "{err}; set sslmode=disable in SERVER_DATABASE_URL to connect without TLS"
+            ))
+        })?),
+    };
+    Ok(Target { pg, tls })
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -40,27 +67,33 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Connects once; the returned task drives the connection and ends when
 /// the connection does.
-async fn connect_once(
-    config: &PgConfig,
-) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error> {
-    let (client, connection) = config.connect(NoTls).await?;
-    let task = tokio::spawn(async move {
-        if let Err(err) = connection.await {
-            logging::log(
-                Level::Warn,
-                "database connection lost",
-                &[("error", json!(err.to_string()))],
-            );
+async fn connect_once(target: &Target) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error> {
+    // The connection's type depends on the TLS connector: spawn it in each
+    // branch.
+    Ok(match &target.tls {
+        None => {
+            let (client, connection) = target.pg.connect(NoTls).await?;
+            (client, tokio::spawn(drive(connection)))
         }
-    });
-    Ok((client, task))
+        Some(tls) => {
+            let (client, connection) = target.pg.connect(tls.clone()).await?;
+            (client, tokio::spawn(drive(connection)))
+        }
+    })
+}
+
+async fn drive(connection: impl std::future::Future<Output = Result<(), tokio_postgres::Error>>) {
+    if let Err(err) = connection.await {
+        logging::log(
+            Level::Warn,
+            "database connection lost",
+            &[("error", json!(err.to_string()))],
+        );
+    }
 }
 
 /// Connects, retrying with backoff until `wait` has passed.
-pub async fn connect(
-    config: &PgConfig,
-    wait: Duration,
-) -> Result<(Client, JoinHandle<()>), String> {
+pub async fn connect(config: &Target, wait: Duration) -> Result<(Client, JoinHandle<()>), String> {
     let deadline = Instant::now() + wait;
     let mut delay = Duration::from_millis(100);
     loop {
@@ -80,12 +113,29 @@ pub async fn connect(
             }
             Err(err) => {
                 return Err(format!(
-                    "cannot reach the database within SERVER_DATABASE_WAIT={}ms: {err}; check SERVER_DATABASE_URL and that PostgreSQL is up",
-                    wait.as_millis()
+                    "cannot reach the database within SERVER_DATABASE_WAIT={}ms: {}; check SERVER_DATABASE_URL and that PostgreSQL is up",
+                    wait.as_millis(),
+                    with_causes(&err)
                 ))
             }
         }
     }
+}
+
+/// The error and its causes on one line: tokio-postgres says only "error
+/// performing TLS handshake", and the reason is in its source.
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
 }
 
 /// The server's connection, replaced by the supervisor when it is lost.
@@ -104,7 +154,7 @@ impl Db {
     }
 
     /// Starts the supervisor with a first connection made by `connect`.
-    pub fn supervise(config: PgConfig, client: Client, task: JoinHandle<()>) -> Arc<Db> {
+    pub fn supervise(config: Target, client: Client, task: JoinHandle<()>) -> Arc<Db> {
         let db = Arc::new(Db {
             current: Mutex::new(Some(Arc::new(client))),
         });
@@ -144,10 +194,15 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert!(parse_url("postgres://app:secret@db:5432/app").is_ok());
+        let tls = |url: &str| parse_url(url).unwrap().tls.is_some();
+        assert!(tls("postgres://app:secret@db:5432/app"));
+        assert!(!tls("postgres://app:secret@db:5432/app?sslmode=disable"));
+        assert!(tls("postgres://app:secret@db:5432/app?sslmode=require"));
+        assert!(tls("postgres://app:secret@db:5432/app?sslmode=verify-full"));
+        assert!(tls("host=db user=app sslmode=verify-ca"));
         assert_eq!(
-            parse_url("postgres://app:secret@db:5432/app?sslmode=require").unwrap_err().0,
-            "SERVER_DATABASE_URL asks for sslmode=require, but this build has no TLS client; connect over a private network with sslmode=disable"
+            format!("{:?}", parse_url("postgres://app:secret@db/app").unwrap()),
+            "Target { tls: true }"
         );
         let err = parse_url("postgres://app:secret@db:5432/app?sslmode=bogus")
             .unwrap_err()

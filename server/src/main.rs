@@ -13,6 +13,7 @@ mod logging;
 mod metrics;
 mod migrate;
 mod serve;
+mod tls;
 
 use std::process::ExitCode;
 use std::time::Duration;

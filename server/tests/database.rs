@@ -390,3 +390,54 @@ fn an_unreachable_database_at_start_exits_1_after_the_wait() {
     );
     assert_eq!(stderr.lines().count(), 1);
 }
+
+#[test]
+fn sslmode_require_encrypts_and_verify_full_refuses_a_self_signed_certificate() {
+    let pg = Postgres::start_with_tls();
+    let url = format!("{}?sslmode=require", pg.url("postgres"));
+    let server = Server::start(&[
+        ("SERVER_DATABASE_URL", url.as_str()),
+        ("SERVER_DRAIN_DELAY", "0s"),
+    ]);
+    assert_eq!(server.get("/readyz").status, 200);
+    // psql connects without TLS: the one encrypted session is the server's.
+    assert_eq!(
+        pg.psql("postgres", "SELECT count(*) FROM pg_stat_ssl WHERE ssl"),
+        "1"
+    );
+    stop(server);
+
+    let url = format!("{}?sslmode=verify-full", pg.url("postgres"));
+    let output = support::run(
+        &["serve"],
+        &[
+            ("SERVER_ADDR", "127.0.0.1:0"),
+            ("SERVER_DATABASE_URL", &url),
+            ("SERVER_DATABASE_WAIT", "0s"),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    // The certificate is its own issuer, which no root vouches for.
+    assert_eq!(
+        support::text(&output.stderr),
+        "server: cannot reach the database within SERVER_DATABASE_WAIT=0ms: error performing TLS handshake: invalid peer certificate: Other(OtherError(CaUsedAsEndEntity)); check SERVER_DATABASE_URL and that PostgreSQL is up\n"
+    );
+}
+
+#[test]
+fn sslmode_require_against_a_server_without_tls_fails_with_one_line() {
+    let pg = Postgres::start();
+    let url = format!("{}?sslmode=require", pg.url("postgres"));
+    let output = support::run(
+        &["serve"],
+        &[
+            ("SERVER_ADDR", "127.0.0.1:0"),
+            ("SERVER_DATABASE_URL", &url),
+            ("SERVER_DATABASE_WAIT", "0s"),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = support::text(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("TLS"), "{stderr}");
+}

@@ -37,10 +37,20 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     child: Option<Child>,
     pub port: u16,
+    tls: bool,
 }
 
 impl Postgres {
     pub fn start() -> Postgres {
+        Postgres::init(false)
+    }
+
+    /// With `ssl=on` and a self-signed certificate for 127.0.0.1.
+    pub fn start_with_tls() -> Postgres {
+        Postgres::init(true)
+    }
+
+    fn init(tls: bool) -> Postgres {
         let dir = tempfile::tempdir().expect("cannot create a temporary directory");
         chown(dir.path(), Some(NOBODY), Some(NOBODY)).expect("cannot chown the data directory");
         let data = dir.path().join("data");
@@ -59,10 +69,29 @@ impl Postgres {
             .and_then(|l| l.local_addr())
             .expect("cannot find a free port")
             .port();
+        if tls {
+            let output = as_nobody(Path::new("/usr/bin/openssl"))
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                ])
+                .args(["-subj", "/CN=127.0.0.1"])
+                .arg("-keyout")
+                .arg(data.join("server.key"))
+                .arg("-out")
+                .arg(data.join("server.crt"))
+                .output()
+                .expect("cannot run openssl");
+            assert!(
+                output.status.success(),
+                "openssl failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
         let mut pg = Postgres {
             dir,
             child: None,
             port,
+            tls,
         };
         pg.resume();
         pg
@@ -78,6 +107,7 @@ impl Postgres {
             .arg(self.dir.path())
             .args(["-p", &self.port.to_string()])
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args(["-c", if self.tls { "ssl=on" } else { "ssl=off" }])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -124,6 +154,12 @@ impl Postgres {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
+    /// The URL psql uses: never TLS, so that its own session is not
+    /// counted among the encrypted ones.
+    fn psql_url(&self, database: &str) -> String {
+        format!("{}?sslmode=disable", self.url(database))
+    }
+
     /// Runs SQL with psql; returns its unaligned, tuples-only output.
     pub fn psql(&self, database: &str, sql: &str) -> String {
         let output = Command::new(tool("psql"))
@@ -134,7 +170,7 @@ impl Postgres {
                 "-v",
                 "ON_ERROR_STOP=1",
                 "-d",
-                &self.url(database),
+                &self.psql_url(database),
                 "-c",
                 sql,
             ])
