@@ -67,16 +67,38 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Connects once; the returned task drives the connection and ends when
 /// the connection does.
-async fn connect_once(target: &Target) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error> {
+async fn connect_once(target: &Target) -> Result<(Client, JoinHandle<()>), String> {
+    // A database host that accepts the TCP connection but never answers
+    // the startup would otherwise hold this attempt, and every later one,
+    // forever.
+    tokio::time::timeout(CONNECT_TIMEOUT, connect_unbounded(target))
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no answer to the startup within {}ms",
+                CONNECT_TIMEOUT.as_millis()
+            ))
+        })
+}
+
+async fn connect_unbounded(target: &Target) -> Result<(Client, JoinHandle<()>), String> {
     // The connection's type depends on the TLS connector: spawn it in each
     // branch.
     Ok(match &target.tls {
         None => {
-            let (client, connection) = target.pg.connect(NoTls).await?;
+            let (client, connection) = target
+                .pg
+                .connect(NoTls)
+                .await
+                .map_err(|e| with_causes(&e))?;
             (client, tokio::spawn(drive(connection)))
         }
         Some(tls) => {
-            let (client, connection) = target.pg.connect(tls.clone()).await?;
+            let (client, connection) = target
+                .pg
+                .connect(tls.clone())
+                .await
+                .map_err(|e| with_causes(&e))?;
             (client, tokio::spawn(drive(connection)))
         }
     })
@@ -104,7 +126,7 @@ pub async fn connect(config: &Target, wait: Duration) -> Result<(Client, JoinHan
                     Level::Warn,
                     "database not reachable yet, retrying",
                     &[
-                        ("error", json!(err.to_string())),
+                        ("error", json!(err)),
                         ("retry_ms", json!(delay.as_millis() as u64)),
                     ],
                 );
@@ -113,9 +135,8 @@ pub async fn connect(config: &Target, wait: Duration) -> Result<(Client, JoinHan
             }
             Err(err) => {
                 return Err(format!(
-                    "cannot reach the database within SERVER_DATABASE_WAIT={}ms: {}; check SERVER_DATABASE_URL and that PostgreSQL is up",
-                    wait.as_millis(),
-                    with_causes(&err)
+                    "cannot reach the database within SERVER_DATABASE_WAIT={}ms: {err}; check SERVER_DATABASE_URL and that PostgreSQL is up",
+                    wait.as_millis()
                 ))
             }
         }
@@ -137,6 +158,10 @@ fn with_causes(err: &dyn std::error::Error) -> String {
     }
     line
 }
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const PING_INTERVAL: Duration = Duration::from_secs(2);
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The server's connection, replaced by the supervisor when it is lost.
 pub struct Db {
@@ -162,7 +187,14 @@ impl Db {
         tokio::spawn(async move {
             let mut task = task;
             loop {
-                let _ = task.await;
+                tokio::select! {
+                    _ = &mut task => {}
+                    () = supervised.until_unresponsive() => {
+                        // Dropping the connection makes the next one new.
+                        task.abort();
+                        let _ = (&mut task).await;
+                    }
+                }
                 supervised.set(None);
                 let mut delay = Duration::from_millis(100);
                 task = loop {
@@ -179,6 +211,38 @@ impl Db {
             }
         });
         db
+    }
+
+    /// Pings the database every few seconds and returns once it does not
+    /// answer in time: a host that vanished without closing the connection
+    /// (a partition, a frozen VM) would otherwise look alive for as long as
+    /// TCP keeps trying.
+    async fn until_unresponsive(&self) {
+        loop {
+            tokio::time::sleep(PING_INTERVAL).await;
+            let Some(client) = self.client() else {
+                return;
+            };
+            match tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1")).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => {
+                    logging::log(
+                        Level::Warn,
+                        "database ping failed",
+                        &[("error", json!(with_causes(&err)))],
+                    );
+                    return;
+                }
+                Err(_) => {
+                    logging::log(
+                        Level::Warn,
+                        "database did not answer a ping in time",
+                        &[("timeout_ms", json!(PING_TIMEOUT.as_millis() as u64))],
+                    );
+                    return;
+                }
+            }
+        }
     }
 
     fn set(&self, client: Option<Arc<Client>>) {

@@ -441,3 +441,50 @@ fn sslmode_require_against_a_server_without_tls_fails_with_one_line() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("TLS"), "{stderr}");
 }
+
+/// SIGSTOP or SIGCONT to the postmaster and its backends: a database that
+/// keeps its connections open but answers nothing, like a frozen host.
+fn freeze(pg: &Postgres, signal: &str) {
+    let postmaster = pg.pid().to_string();
+    let children = std::process::Command::new("pgrep")
+        .args(["-P", &postmaster])
+        .output()
+        .unwrap();
+    let mut pids: Vec<String> = support::text(&children.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    pids.push(postmaster);
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .args(&pids)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn a_database_that_stops_answering_turns_readyz_503_and_back_when_it_answers() {
+    let pg = Postgres::start();
+    let server = boot(&pg, "postgres");
+    assert_eq!(server.get("/readyz").status, 200);
+    freeze(&pg, "STOP");
+    support::wait_until("/readyz 503", || {
+        let r = server.get("/readyz");
+        (r.status, r.body.as_str()) == (503, "database unavailable\n")
+    });
+    freeze(&pg, "CONT");
+    support::wait_until("/readyz 200", || server.get("/readyz").status == 200);
+    let warned: Vec<String> = messages(&server)
+        .into_iter()
+        .filter(|m| m.starts_with("database"))
+        .collect();
+    assert_eq!(
+        warned,
+        [
+            "database did not answer a ping in time",
+            "database connection restored"
+        ]
+    );
+    stop(server);
+}

@@ -184,6 +184,11 @@ impl Postgres {
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
+    /// The postmaster's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("postgres is running").id()
+    }
+
     pub fn tool(&self, name: &str) -> PathBuf {
         tool(name)
     }
