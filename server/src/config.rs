@@ -13,17 +13,26 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("SERVER_ADDR", "0.0.0.0:8080"),
     ("SERVER_LOG", "info"),
     ("SERVER_LOG_FORMAT", "auto"),
+    ("SERVER_DRAIN_DELAY", "5s"),
     ("SERVER_SHUTDOWN_TIMEOUT", "10s"),
+    ("SERVER_MAX_CONNECTIONS", "1024"),
+    ("SERVER_DATABASE_URL", ""),
+    ("SERVER_DATABASE_WAIT", "30s"),
     ("SERVER_HEADER_TIMEOUT", "5s"),
     ("SERVER_BODY_TIMEOUT", "10s"),
 ];
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// None: the server is stateless and has no /v1 API.
+    pub database: Option<crate::db::Target>,
+    pub database_wait: Duration,
     pub addr: SocketAddr,
     pub log_level: Level,
     pub log_format: Format,
+    pub drain_delay: Duration,
     pub shutdown_timeout: Duration,
+    pub max_connections: usize,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
 }
@@ -66,13 +75,21 @@ impl Config {
                 "invalid {var}={log_format:?}: expected one of auto, json, text"
             ))
         })?;
+        let (url, _) = value("SERVER_DATABASE_URL");
         Ok(Config {
+            database: match url.as_str() {
+                "" => None,
+                url => Some(crate::db::parse_url(url)?),
+            },
+            database_wait: duration_var(value("SERVER_DATABASE_WAIT"), Duration::ZERO)?,
             addr: parse_addr_var(&value("SERVER_ADDR").0)?,
             log_level,
             log_format,
             // Zero is a valid shutdown timeout (exit without draining), but a
             // zero header or body timeout would refuse every slow-ish client.
+            drain_delay: duration_var(value("SERVER_DRAIN_DELAY"), Duration::ZERO)?,
             shutdown_timeout: duration_var(value("SERVER_SHUTDOWN_TIMEOUT"), Duration::ZERO)?,
+            max_connections: count_var(value("SERVER_MAX_CONNECTIONS"), MAX_CONNECTIONS)?,
             header_timeout: duration_var(value("SERVER_HEADER_TIMEOUT"), Duration::from_millis(1))?,
             body_timeout: duration_var(value("SERVER_BODY_TIMEOUT"), Duration::from_millis(1))?,
         })
@@ -110,6 +127,57 @@ fn duration_var(
         )));
     }
     Ok(duration)
+}
+
+/// The most connections `SERVER_MAX_CONNECTIONS` may allow: far above what
+/// the default file descriptor limit lets a process open anyway.
+pub const MAX_CONNECTIONS: usize = 1 << 20;
+
+fn count_var((value, var): (String, &'static str), max: usize) -> Result<usize, ConfigError> {
+    match value.trim().parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(ConfigError(format!(
+            "invalid {var}={value:?}: expected a whole number from 1 to {max} such as 1024"
+        ))),
+    }
+}
+
+/// The `SERVER_*` names in `names` that the server does not read, each with
+/// the known variable closest in spelling: a typo such as `SERVER_ADDRESS`
+/// would otherwise be ignored without a word while the default applies.
+pub fn unknown_variables<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+) -> Vec<(&'a str, &'static str)> {
+    names
+        .into_iter()
+        .filter(|name| name.starts_with("SERVER_"))
+        .filter(|name| !VARIABLES.iter().any(|(known, _)| known == name))
+        .filter_map(|name| {
+            VARIABLES
+                .iter()
+                .map(|(known, _)| *known)
+                .min_by_key(|known| edit_distance(name, known))
+                .map(|closest| (name, closest))
+        })
+        .collect()
+}
+
+/// Levenshtein distance: the number of single-character edits.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// Accepts `500ms`, `10s`, `2m`, `1h`, or a bare number of seconds.
@@ -152,6 +220,46 @@ mod tests {
         assert_eq!(c.log_level, Level::Info);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(c.header_timeout, Duration::from_secs(5));
+        assert_eq!(c.drain_delay, Duration::from_secs(5));
+        assert_eq!(c.max_connections, 1024);
+    }
+
+    #[test]
+    fn connection_limits() {
+        assert_eq!(
+            config(&[("SERVER_MAX_CONNECTIONS", "2")])
+                .unwrap()
+                .max_connections,
+            2
+        );
+        for bad in ["0", "-1", "many", "1048577"] {
+            assert_eq!(
+                config(&[("SERVER_MAX_CONNECTIONS", bad)]).unwrap_err().0,
+                format!("invalid SERVER_MAX_CONNECTIONS={bad:?}: expected a whole number from 1 to 1048576 such as 1024")
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_variables_name_the_closest_known_one() {
+        assert_eq!(
+            unknown_variables([
+                "SERVER_ADDRESS",
+                "SERVER_ADDR",
+                "PATH",
+                "SERVER_SHUTDOWN_TIMOUT",
+                "SERVER_DRAIN_DELY",
+                "SERVER_LOG_FMT"
+            ]),
+            [
+                ("SERVER_ADDRESS", "SERVER_ADDR"),
+                ("SERVER_SHUTDOWN_TIMOUT", "SERVER_SHUTDOWN_TIMEOUT"),
+                ("SERVER_DRAIN_DELY", "SERVER_DRAIN_DELAY"),
+                ("SERVER_LOG_FMT", "SERVER_LOG_FORMAT"),
+            ]
+        );
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
     }
 
     #[test]

@@ -3,12 +3,17 @@
 //! Arguments are parsed by hand: the binary has three subcommands and a
 //! size budget, and an argument-parsing crate would be its largest part.
 
+mod admin;
+mod api;
 mod build_info;
 mod config;
+mod db;
 mod healthcheck;
 mod logging;
 mod metrics;
+mod migrate;
 mod serve;
+mod tls;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -23,6 +28,8 @@ commands:
   serve                         serve HTTP on SERVER_ADDR (the default command)
   healthcheck [--url URL] [--timeout DURATION]
                                 probe /healthz of the local server; exit 0 if healthy, 1 if not
+  migrate status|up [--json]    show or apply the database migrations (SERVER_DATABASE_URL)
+  bootstrap                     create the first API token and print it once
   version [--json]              print the build information
 
 Configuration is read from SERVER_* environment variables; see docs/configuration.md.";
@@ -33,6 +40,8 @@ fn main() -> ExitCode {
     match args.as_slice() {
         [] | ["serve"] => serve(),
         ["healthcheck", rest @ ..] => healthcheck(rest),
+        ["migrate", rest @ ..] => admin::migrate(rest),
+        ["bootstrap"] => admin::bootstrap(),
         ["version"] | ["--version"] | ["-V"] => {
             println!("{}", BuildInfo::current().line());
             ExitCode::SUCCESS
@@ -55,6 +64,16 @@ fn serve() -> ExitCode {
         Err(err) => return config_error(&err.0),
     };
     logging::init(config.log_level, config.log_format);
+    let names: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .collect();
+    for (name, closest) in config::unknown_variables(names.iter().map(String::as_str)) {
+        logging::log(
+            logging::Level::Warn,
+            &format!("ignoring unknown variable {name}: did you mean {closest}?"),
+            &[("variable", name.into()), ("closest", closest.into())],
+        );
+    }
     // Bind before starting the runtime so that a taken port is a
     // configuration error with its own exit code, not a runtime failure.
     let listener = match std::net::TcpListener::bind(config.addr) {
@@ -68,9 +87,9 @@ fn serve() -> ExitCode {
     };
     match serve::run(config, listener) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("server: {err}");
-            ExitCode::FAILURE
+        Err(serve::Failure(code, line)) => {
+            eprintln!("server: {line}");
+            ExitCode::from(code)
         }
     }
 }
@@ -98,12 +117,12 @@ fn healthcheck(args: &[&str]) -> ExitCode {
     ExitCode::from(healthcheck::run(url, timeout.min(Duration::from_secs(60))))
 }
 
-fn config_error(message: &str) -> ExitCode {
+pub fn config_error(message: &str) -> ExitCode {
     eprintln!("server: {message}");
     ExitCode::from(2)
 }
 
-fn usage_error(message: &str) -> ExitCode {
+pub fn usage_error(message: &str) -> ExitCode {
     eprintln!("server: {message}; run `server --help` for usage");
     ExitCode::from(2)
 }

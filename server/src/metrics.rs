@@ -14,15 +14,27 @@ pub struct Metrics {
     in_flight: AtomicI64,
 }
 
+/// Counts one request in flight for as long as it lives. A guard rather
+/// than a pair of calls, because hyper drops a handler's future when its
+/// client goes away, and a decrement written after an `.await` would then
+/// never run.
+pub struct InFlight<'a>(&'a Metrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Metrics {
-    pub fn request_started(&self) {
+    pub fn request_started(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self)
     }
 
     /// `route` is one of the known routes or `other`, so that scanners
     /// requesting random paths cannot grow the series without bound.
     pub fn request_finished(&self, route: &'static str, method: &'static str, status: u16) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
         if let Ok(mut requests) = self.requests.lock() {
             *requests.entry((route, method, status)).or_default() += 1;
         }
@@ -70,11 +82,13 @@ mod tests {
     fn counts_by_route_method_and_status() {
         let m = Metrics::default();
         for _ in 0..2 {
-            m.request_started();
+            let _in_flight = m.request_started();
             m.request_finished("/healthz", "GET", 200);
         }
-        m.request_started();
+        let in_flight = m.request_started();
         m.request_finished("other", "GET", 404);
+        assert!(m.render().contains("server_http_requests_in_flight 1\n"));
+        drop(in_flight);
         let text = m.render();
         assert!(text.contains(
             "server_http_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"} 2\n"
@@ -84,5 +98,17 @@ mod tests {
         ));
         assert!(text.contains("server_http_requests_in_flight 0\n"));
         assert!(text.contains("server_build_info{version=\""));
+    }
+
+    #[test]
+    fn a_dropped_request_leaves_the_in_flight_gauge() {
+        let m = Metrics::default();
+        let first = m.request_started();
+        let second = m.request_started();
+        assert!(m.render().contains("server_http_requests_in_flight 2\n"));
+        // Dropped without request_finished: a client that went away.
+        drop(second);
+        drop(first);
+        assert!(m.render().contains("server_http_requests_in_flight 0\n"));
     }
 }

@@ -73,7 +73,12 @@ fn healthy_server_exits_0_with_one_line() {
 
 #[test]
 fn a_server_bound_to_0_0_0_0_is_probed_on_loopback_through_server_addr() {
-    let mut server = Server::start(&[("SERVER_ADDR", "0.0.0.0:0")]);
+    // Probes are logged at debug level; no drain delay, nothing to drain.
+    let mut server = Server::start(&[
+        ("SERVER_ADDR", "0.0.0.0:0"),
+        ("SERVER_LOG", "debug"),
+        ("SERVER_DRAIN_DELAY", "0s"),
+    ]);
     assert!(server.addr.ip().is_unspecified(), "{}", server.addr);
     let port = server.port();
     // The same SERVER_ADDR the server was given, as in a container where

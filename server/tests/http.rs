@@ -114,7 +114,7 @@ server_build_info{{version=\"{}\",git_sha=\"{sha}\",target=\"{target}\"}} 1
 
 #[test]
 fn one_json_log_line_per_request_when_stdout_is_not_a_terminal() {
-    let mut server = Server::start(&[]);
+    let mut server = Server::start(&[("SERVER_LOG", "debug"), ("SERVER_DRAIN_DELAY", "0s")]);
     let paths = ["/healthz", "/readyz", "/nope", "/healthz"];
     for path in paths {
         server.get(path);
@@ -133,11 +133,20 @@ fn one_json_log_line_per_request_when_stdout_is_not_a_terminal() {
             "request",
             "request",
             "shutting down",
+            "stopped accepting",
             "stopped"
         ]
     );
     let requests: Vec<_> = logs.iter().filter(|r| r["msg"] == "request").collect();
-    for (record, (path, status)) in requests.iter().zip(paths.iter().zip([200, 200, 404, 200])) {
+    // Probes are debug, so that they do not drown the requests of people.
+    let expected = [
+        (200, "debug"),
+        (200, "debug"),
+        (404, "info"),
+        (200, "debug"),
+    ];
+    assert_eq!(requests.len(), expected.len());
+    for (record, (path, (status, level))) in requests.iter().zip(paths.iter().zip(expected)) {
         let mut keys: Vec<&str> = record
             .as_object()
             .unwrap()
@@ -158,7 +167,7 @@ fn one_json_log_line_per_request_when_stdout_is_not_a_terminal() {
                 "ts"
             ]
         );
-        assert_eq!(record["level"], "info");
+        assert_eq!(record["level"], level);
         assert_eq!(record["method"], "GET");
         assert_eq!(record["path"], *path);
         assert_eq!(record["status"], status);
@@ -177,8 +186,11 @@ fn one_json_log_line_per_request_when_stdout_is_not_a_terminal() {
 fn the_log_level_comes_from_server_log() {
     // Only the warning about the shutdown timeout is at warn level or above;
     // the start-up, request and shutdown lines are info.
-    let mut server =
-        Server::start_without_logs(&[("SERVER_LOG", "warn"), ("SERVER_SHUTDOWN_TIMEOUT", "200ms")]);
+    let mut server = Server::start_without_logs(&[
+        ("SERVER_LOG", "warn"),
+        ("SERVER_SHUTDOWN_TIMEOUT", "200ms"),
+        ("SERVER_DRAIN_DELAY", "0s"),
+    ]);
     assert_eq!(server.get("/healthz").status, 200);
     let mut stalled = server.connect();
     stalled
@@ -203,8 +215,9 @@ fn the_log_level_comes_from_server_log() {
 
 #[test]
 fn server_log_format_text_gives_readable_lines() {
-    let mut server = Server::start_without_logs(&[("SERVER_LOG_FORMAT", "text")]);
-    assert_eq!(server.get("/healthz").status, 200);
+    let mut server =
+        Server::start_without_logs(&[("SERVER_LOG_FORMAT", "text"), ("SERVER_DRAIN_DELAY", "0s")]);
+    assert_eq!(server.get("/version").status, 200);
     server.signal("TERM");
     assert_eq!(server.wait_exit(STEP_TIMEOUT).code(), Some(0));
     let lines = server.stdout_lines();
@@ -216,6 +229,7 @@ fn server_log_format_text_gives_readable_lines() {
             ("INFO", "listening"),
             ("INFO", "request"),
             ("INFO", "shutting"),
+            ("INFO", "stopped"),
             ("INFO", "stopped")
         ],
         "{lines:?}"
@@ -223,7 +237,7 @@ fn server_log_format_text_gives_readable_lines() {
     assert!(is_rfc3339_millis(fields[1][0]), "{lines:?}");
     assert_eq!(
         &fields[1][4..7],
-        ["method=GET", "path=/healthz", "status=200"],
+        ["method=GET", "path=/version", "status=200"],
         "{lines:?}"
     );
 }

@@ -9,8 +9,9 @@
 
 mod support;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use support::{Server, STEP_TIMEOUT};
 
@@ -41,44 +42,8 @@ fn finish_slow_request(mut stream: TcpStream) -> support::Response {
     support::read_response(&mut stream)
 }
 
-#[test]
-fn sigterm_lets_a_slow_request_finish_turns_readyz_503_and_exits_0() {
-    let mut server = Server::start(&[("SERVER_SHUTDOWN_TIMEOUT", "10s")]);
-    let slow_healthz = start_slow_request(&server, "/healthz");
-    // Routing happens after the body is read, so this request sees the
-    // readiness of the moment it completes: after the signal.
-    let slow_readyz = start_slow_request(&server, "/readyz");
-    wait_in_flight(&server, 3);
-
-    server.signal("TERM");
-    let shutting_down = server.wait_for_log("shutting down");
-    assert_eq!(shutting_down["signal"], "SIGTERM");
-    assert_eq!(shutting_down["timeout_ms"], 10_000);
-
-    // The listener is closed before that line is written: no new requests.
-    let refused = TcpStream::connect(server.addr)
-        .map(|_| ())
-        .map_err(|e| e.kind());
-    assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused));
-
-    let readyz = finish_slow_request(slow_readyz);
-    assert_eq!((readyz.status, readyz.body.as_str()), (503, "draining\n"));
-    let healthz = finish_slow_request(slow_healthz);
-    assert_eq!((healthz.status, healthz.body.as_str()), (200, "ok\n"));
-
-    let status = server.wait_exit(STEP_TIMEOUT);
-    assert_eq!(status.code(), Some(0), "{status}");
-    let messages: Vec<String> = server
-        .logs()
-        .iter()
-        .map(|r| r["msg"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(
-        messages.last().map(String::as_str),
-        Some("stopped"),
-        "{messages:?}"
-    );
-    let statuses: Vec<(String, u64)> = server
+fn log_statuses(server: &Server) -> Vec<(String, u64)> {
+    server
         .logs()
         .iter()
         .filter(|r| r["msg"] == "request" && r["path"] != "/metrics")
@@ -88,16 +53,115 @@ fn sigterm_lets_a_slow_request_finish_turns_readyz_503_and_exits_0() {
                 r["status"].as_u64().unwrap(),
             )
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn sigterm_keeps_accepting_for_the_drain_delay_with_readyz_503_and_connection_close() {
+    // The default drain delay, 5s.
+    let mut server = Server::start(&[("SERVER_SHUTDOWN_TIMEOUT", "10s"), ("SERVER_LOG", "debug")]);
+    let mut keep_alive = server.connect();
+    keep_alive
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let before = support::read_one_response(&mut keep_alive).unwrap();
+    assert_eq!((before.status, before.header("connection")), (200, None));
+    let slow_healthz = start_slow_request(&server, "/healthz");
+    wait_in_flight(&server, 2);
+
+    server.signal("TERM");
+    let shutting_down = server.wait_for_log("shutting down");
+    let signalled = Instant::now();
+    assert_eq!(shutting_down["signal"], "SIGTERM");
+    assert_eq!(shutting_down["drain_delay_ms"], 5_000);
+    assert_eq!(shutting_down["timeout_ms"], 10_000);
+
+    // A new connection is still accepted, and told the instance is going.
+    let readyz = server.get("/readyz");
     assert_eq!(
-        statuses,
-        [("/readyz".to_owned(), 503), ("/healthz".to_owned(), 200)]
+        (
+            readyz.status,
+            readyz.body.as_str(),
+            readyz.header("connection")
+        ),
+        (503, "draining\n", Some("close"))
+    );
+    // A keep-alive connection gets its answer, then is closed by the server.
+    keep_alive
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let during = support::read_one_response(&mut keep_alive).unwrap();
+    assert_eq!(
+        (during.status, during.header("connection")),
+        (200, Some("close"))
+    );
+    let mut rest = Vec::new();
+    assert_eq!(keep_alive.read_to_end(&mut rest).unwrap(), 0);
+
+    // Late in the delay, connections are still accepted.
+    std::thread::sleep(Duration::from_millis(4_000).saturating_sub(signalled.elapsed()));
+    let version = server.get("/version");
+    assert_eq!(
+        (version.status, version.header("connection")),
+        (200, Some("close"))
+    );
+
+    let stopped_accepting = server.wait_for_log("stopped accepting");
+    let drained = (support::ts_millis(&stopped_accepting) + 86_400_000
+        - support::ts_millis(&shutting_down))
+        % 86_400_000;
+    assert!(drained >= 5_000, "the listener closed after {drained}ms");
+    assert_eq!(stopped_accepting["accepted_from_backlog"], 0);
+    let refused = TcpStream::connect(server.addr)
+        .map(|_| ())
+        .map_err(|e| e.kind());
+    assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused));
+
+    // The request in flight all along still finishes.
+    let healthz = finish_slow_request(slow_healthz);
+    assert_eq!((healthz.status, healthz.body.as_str()), (200, "ok\n"));
+
+    let status = server.wait_exit(STEP_TIMEOUT);
+    assert_eq!(status.code(), Some(0), "{status}");
+    let logs = server.logs();
+    assert_eq!(logs.last().unwrap()["msg"], "stopped", "{logs:?}");
+    assert_eq!(
+        log_statuses(&server),
+        [
+            ("/healthz".to_owned(), 200),
+            ("/readyz".to_owned(), 503),
+            ("/healthz".to_owned(), 200),
+            ("/version".to_owned(), 200),
+            ("/healthz".to_owned(), 200),
+        ]
     );
 }
 
 #[test]
+fn a_slow_request_sees_the_readiness_of_the_moment_it_completes() {
+    let mut server = Server::start(&[("SERVER_DRAIN_DELAY", "0s"), ("SERVER_LOG", "debug")]);
+    // Routing happens after the body is read, so this request sees the
+    // readiness of the moment it completes: after the signal.
+    let slow_readyz = start_slow_request(&server, "/readyz");
+    wait_in_flight(&server, 2);
+    server.signal("TERM");
+    server.wait_for_log("stopped accepting");
+    let readyz = finish_slow_request(slow_readyz);
+    assert_eq!(
+        (
+            readyz.status,
+            readyz.body.as_str(),
+            readyz.header("connection")
+        ),
+        (503, "draining\n", Some("close"))
+    );
+    assert_eq!(server.wait_exit(STEP_TIMEOUT).code(), Some(0));
+    assert_eq!(log_statuses(&server), [("/readyz".to_owned(), 503)]);
+}
+
+#[test]
 fn sigint_drains_the_same_way() {
-    let mut server = Server::start(&[]);
+    let mut server = Server::start(&[("SERVER_DRAIN_DELAY", "0s")]);
     let slow = start_slow_request(&server, "/healthz");
     wait_in_flight(&server, 2);
     server.signal("INT");
@@ -107,8 +171,8 @@ fn sigint_drains_the_same_way() {
 }
 
 #[test]
-fn an_idle_server_exits_0_at_once_on_sigterm() {
-    let mut server = Server::start(&[]);
+fn an_idle_server_exits_0_at_once_on_sigterm_without_a_drain_delay() {
+    let mut server = Server::start(&[("SERVER_DRAIN_DELAY", "0s")]);
     // An idle keep-alive connection must not hold the shutdown up.
     let mut idle = server.connect();
     idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -130,6 +194,7 @@ fn a_request_slower_than_the_shutdown_timeout_is_cut_and_the_server_exits_0() {
     let mut server = Server::start(&[
         ("SERVER_SHUTDOWN_TIMEOUT", "300ms"),
         ("SERVER_BODY_TIMEOUT", "60s"),
+        ("SERVER_DRAIN_DELAY", "0s"),
     ]);
     let mut never_finishes = start_slow_request(&server, "/healthz");
     wait_in_flight(&server, 2);

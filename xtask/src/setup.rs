@@ -24,6 +24,8 @@ const APT_PACKAGES: &[&str] = &[
     "cargo-web",
     "libstd-rust-web-dev:arm64",
     "wrk",
+    // PostgreSQL 15: the server's database tests run initdb and postgres.
+    "postgresql",
     "hyperfine",
     // htpasswd: the bcrypt users of the test registry with Basic auth.
     "apache2-utils",

@@ -87,12 +87,15 @@ fn empty_env_file() -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+/// The one knob without a default: compose refuses to run without it.
+const PASSWORD: (&str, &str) = ("POSTGRES_PASSWORD", "0123abcd");
+
 fn default_config() -> Value {
     let (_dir, empty) = empty_env_file();
     parsed(&compose_config(
         &workspace_root().join("docker-compose.yml"),
         &empty,
-        &[],
+        &[PASSWORD],
     ))
 }
 
@@ -155,6 +158,20 @@ fn violations(config: &Value) -> Vec<String> {
         &proxy["networks"],
         json!({"edge": null, "internal": null}),
     );
+    let db = &services["db"];
+    expect(
+        "db.healthcheck.test",
+        &db["healthcheck"]["test"],
+        json!(["CMD", "pg_isready", "-U", "app", "-d", "app"]),
+    );
+    expect(
+        "server.depends_on.db.condition",
+        &server["depends_on"]["db"]["condition"],
+        json!("service_healthy"),
+    );
+    expect("db.networks", &db["networks"], json!({"internal": null}));
+    expect("db.cap_drop", &db["cap_drop"], json!(["ALL"]));
+    expect("db.restart", &db["restart"], json!("unless-stopped"));
     let published: Vec<Value> = proxy["ports"]
         .as_array()
         .map(|ports| {
@@ -191,6 +208,12 @@ fn violations(config: &Value) -> Vec<String> {
             "proxy.image: expected an exact version or a digest, got {proxy_image:?}"
         ));
     }
+    let db_image = db["image"].as_str().unwrap_or_default();
+    if !is_pinned(db_image) && !is_postgres_release(db_image) {
+        found.push(format!(
+            "db.image: expected an exact version or a digest, got {db_image:?}"
+        ));
+    }
     found
 }
 
@@ -211,6 +234,19 @@ fn is_pinned(image: &str) -> bool {
             .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// `postgres:MAJOR.MINOR[-distro]`: PostgreSQL releases have two numbers.
+fn is_postgres_release(image: &str) -> bool {
+    let Some(tag) = image.strip_prefix("postgres:") else {
+        return false;
+    };
+    let version = tag.split('-').next().unwrap_or_default();
+    let parts: Vec<&str> = version.split('.').collect();
+    parts.len() == 2
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
 #[test]
 fn compose_config_passes_and_holds_every_invariant() {
     let config = default_config();
@@ -224,7 +260,22 @@ fn compose_config_passes_and_holds_every_invariant() {
         json!("ghcr.io/example-org/rust-release:latest")
     );
     let services: Vec<&String> = config["services"].as_object().unwrap().keys().collect();
-    assert_eq!(services, ["proxy", "server"]);
+    assert_eq!(services, ["db", "proxy", "server"]);
+    // The database's data is a named volume; the server finds it by the
+    // password from .env.
+    let db_volumes = &config["services"]["db"]["volumes"];
+    assert_eq!(
+        (&db_volumes[0]["source"], &db_volumes[0]["target"]),
+        (&json!("db-data"), &json!("/var/lib/postgresql/data"))
+    );
+    assert_eq!(
+        config["services"]["server"]["environment"]["SERVER_DATABASE_URL"],
+        json!("postgres://app:0123abcd@db:5432/app?sslmode=disable")
+    );
+    assert_eq!(
+        config["services"]["db"]["environment"]["POSTGRES_PASSWORD"],
+        json!("0123abcd")
+    );
     // The certificates are the deployment's only state: a named volume,
     // and the Caddyfile read-only.
     let volumes: Vec<(String, String, bool)> = config["services"]["proxy"]["volumes"]
@@ -264,7 +315,11 @@ fn server_image_can_be_pinned_by_version_or_digest() {
         "ghcr.io/example-org/rust-release:v1.2.3",
         "ghcr.io/example-org/rust-release@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
     ] {
-        let config = parsed(&compose_config(&file, &empty, &[("SERVER_IMAGE", image)]));
+        let config = parsed(&compose_config(
+            &file,
+            &empty,
+            &[("SERVER_IMAGE", image), PASSWORD],
+        ));
         assert_eq!(config["services"]["server"]["image"], json!(image));
         assert_eq!(violations(&config), Vec::<String>::new());
     }
@@ -278,9 +333,11 @@ fn env_example_lists_every_knob_with_its_default() {
     let with_example = parsed(&compose_config(
         &workspace_root().join("docker-compose.yml"),
         &workspace_root().join(".env.example"),
-        &[],
+        &[PASSWORD],
     ));
     assert_eq!(with_example, default_config());
+    // Except the password, which is empty there and never committed.
+    assert!(env_example().contains(&("POSTGRES_PASSWORD".to_owned(), String::new())));
     // .env is ignored (it holds the operator's values), .env.example is not.
     let ignored = |path: &str| {
         run(Command::new("git")
@@ -339,6 +396,21 @@ fn invariant_checker_catches_each_weakening() {
             "proxy.image: expected an exact version or a digest, got \"caddy:latest\"",
         ),
         (
+            "/services/db/healthcheck/test",
+            json!(["CMD-SHELL", "true"]),
+            "db.healthcheck.test: expected [\"CMD\",\"pg_isready\",\"-U\",\"app\",\"-d\",\"app\"], got [\"CMD-SHELL\",\"true\"]",
+        ),
+        (
+            "/services/server/depends_on/db/condition",
+            json!("service_started"),
+            "server.depends_on.db.condition: expected \"service_healthy\", got \"service_started\"",
+        ),
+        (
+            "/services/db/image",
+            json!("postgres:15"),
+            "db.image: expected an exact version or a digest, got \"postgres:15\"",
+        ),
+        (
             "/networks/internal/internal",
             json!(false),
             "networks.internal.internal: expected true, got false",
@@ -367,7 +439,7 @@ fn a_broken_compose_file_is_rejected() {
     let file = dir.path().join("docker-compose.yml");
     std::fs::write(&file, broken).unwrap();
     let (_env_dir, empty) = empty_env_file();
-    let output = compose_config(&file, &empty, &[]);
+    let output = compose_config(&file, &empty, &[PASSWORD]);
     assert!(
         !output.status.success(),
         "compose accepted read_only: maybe"
@@ -376,4 +448,18 @@ fn a_broken_compose_file_is_rejected() {
         String::from_utf8_lossy(&output.stderr).trim(),
         "error while interpolating services.server.read_only: failed to cast to expected type: invalid boolean: maybe"
     );
+}
+
+#[test]
+fn compose_refuses_to_run_without_a_database_password() {
+    let (_dir, empty) = empty_env_file();
+    for env in [&[][..], &[("POSTGRES_PASSWORD", "")][..]] {
+        let output = compose_config(&workspace_root().join("docker-compose.yml"), &empty, env);
+        assert!(!output.status.success(), "compose ran without a password");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("set POSTGRES_PASSWORD in .env, see .env.example"),
+            "{stderr}"
+        );
+    }
 }

@@ -241,9 +241,13 @@ fn configuration_docs_list_exactly_what_the_server_reads() {
         [
             "SERVER_ADDR",
             "SERVER_BODY_TIMEOUT",
+            "SERVER_DATABASE_URL",
+            "SERVER_DATABASE_WAIT",
+            "SERVER_DRAIN_DELAY",
             "SERVER_HEADER_TIMEOUT",
             "SERVER_LOG",
             "SERVER_LOG_FORMAT",
+            "SERVER_MAX_CONNECTIONS",
             "SERVER_SHUTDOWN_TIMEOUT"
         ]
     );

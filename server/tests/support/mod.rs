@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -400,4 +402,39 @@ pub fn host_target() -> String {
         .find_map(|line| line.strip_prefix("host: "))
         .expect("rustc -vV prints the host")
         .to_owned()
+}
+
+/// Reads exactly one response from a keep-alive connection: the head, then
+/// as many body bytes as its Content-Length says. Fails on anything else,
+/// including a connection closed before the response was complete.
+pub fn read_one_response(stream: &mut TcpStream) -> std::io::Result<Response> {
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    while !bytes.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("closed after {} bytes of the response head", bytes.len()),
+            ));
+        }
+        bytes.push(byte[0]);
+    }
+    let head = parse_response(&bytes);
+    let length: usize = head
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body)?;
+    bytes.extend_from_slice(&body);
+    Ok(parse_response(&bytes))
+}
+
+/// Milliseconds since midnight UTC of a log record's `ts`
+/// (`YYYY-MM-DDTHH:MM:SS.mmmZ`).
+pub fn ts_millis(record: &serde_json::Value) -> u64 {
+    let ts = record["ts"].as_str().expect("a log record has a ts");
+    let time = &ts[11..23];
+    let number = |range: std::ops::Range<usize>| -> u64 { time[range].parse().unwrap() };
+    ((number(0..2) * 60 + number(3..5)) * 60 + number(6..8)) * 1000 + number(9..12)
 }
