@@ -245,6 +245,23 @@ fn each_platform_unpacks_and_runs_from_its_rootfs() {
         assert_eq!(version["git_sha"], head_sha().as_str());
     }
 
+    // The migration CLI ships in the same binary: no other image, no shell.
+    // Without a database URL it names the one setting it needs.
+    let server = work.path().join("bundle-amd64/rootfs/server");
+    let migrate = run(Command::new(&server)
+        .args(["migrate", "status"])
+        .env_remove("SERVER_DATABASE_URL"));
+    assert_eq!(
+        (
+            migrate.status.code(),
+            String::from_utf8_lossy(&migrate.stderr).into_owned()
+        ),
+        (
+            Some(2),
+            "server: SERVER_DATABASE_URL is not set; set it to postgres://USER:PASSWORD@HOST:PORT/DATABASE\n".to_owned()
+        )
+    );
+
     // The amd64 rootfs serves, and its own healthcheck says so.
     let server = work.path().join("bundle-amd64/rootfs/server");
     let port = support::free_port();
