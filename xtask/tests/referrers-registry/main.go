@@ -3,6 +3,12 @@
 // `crane registry serve` leaves go-containerregistry's referrers support
 // off. It keeps everything in memory and serves plain HTTP on the address
 // given with -addr, which the tests pick on loopback.
+//
+// Its listing is not quite OCI 1.1: each referrer's artifactType is its
+// config's media type (application/vnd.oci.empty.v1+json for cosign's
+// bundles) and annotations are left out. It is kept as it is, because the
+// xtask must read such a registry too (oci/referrers.rs reads the
+// manifests then), and cosign 3 does.
 package main
 
 import (
