@@ -215,10 +215,19 @@ mod tests {
         assert_eq!(subject_of("x.tar".into(), &d_a.digest, &blobs).unwrap(), a);
 
         let fallbacks = fallback_indexes(&[&tagged], &[(a.clone(), &d_a)], &mut blobs).unwrap();
+        // The archive's order: its tagged index first, kept as it is.
         assert_eq!(fallbacks.len(), 2);
-        assert_eq!(fallbacks[0].tag, a.replace(':', "-"));
-        assert!(!fallbacks[0].from_archive);
-        let built: Index = serde_json::from_slice(&blobs[&fallbacks[0].digest]).unwrap();
+        assert_eq!(
+            fallbacks[0],
+            Fallback {
+                tag: b.replace(':', "-"),
+                digest: tagged.digest.clone(),
+                from_archive: true
+            }
+        );
+        assert_eq!(fallbacks[1].tag, a.replace(':', "-"));
+        assert!(!fallbacks[1].from_archive);
+        let built: Index = serde_json::from_slice(&blobs[&fallbacks[1].digest]).unwrap();
         assert_eq!(built.manifests.len(), 1);
         assert_eq!(built.manifests[0].digest, d_a.digest);
         assert_eq!(
@@ -228,14 +237,6 @@ mod tests {
         assert_eq!(
             built.manifests[0].annotations.as_ref().unwrap()["dev.sigstore.bundle.predicateType"],
             "https://sigstore.dev/cosign/sign/v1"
-        );
-        assert_eq!(
-            fallbacks[1],
-            Fallback {
-                tag: b.replace(':', "-"),
-                digest: tagged.digest.clone(),
-                from_archive: true
-            }
         );
     }
 
