@@ -459,4 +459,45 @@ mod tests {
         ];
         assert!(owned("a.tar".into(), "v2.0.0-rc.1", &prerelease, &subjects).is_err());
     }
+
+    #[test]
+    fn refuses_an_untagged_referrer_of_another_image() {
+        let foreign = digest('f');
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": oci::MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": oci::digest_of(b"{}"), "size": 2},
+            "layers": [],
+            "subject": {"mediaType": oci::INDEX, "digest": foreign, "size": 1},
+        }))
+        .unwrap();
+        let referrer = Descriptor::of(oci::MANIFEST, &manifest);
+        let blobs = Blobs::from([(referrer.digest.clone(), manifest)]);
+        let refs = [named("v1.2.3", &digest('a')), referrer.clone()];
+        let subjects = [digest('a'), digest('b')];
+        let err = untagged("a.tar".into(), "v1.2.3", &refs, &subjects, &blobs).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot load a.tar: its index.json holds {}, attached to {foreign}, which is neither v1.2.3 ({}) nor one of its platforms; the archive was altered, bundle the release again",
+                referrer.digest,
+                digest('a')
+            )
+        );
+        // Attached to a platform, it is the release's.
+        let own = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "subject": {"mediaType": oci::MANIFEST, "digest": digest('b'), "size": 1},
+        }))
+        .unwrap();
+        let referrer = Descriptor::of(oci::MANIFEST, &own);
+        let blobs = Blobs::from([(referrer.digest.clone(), own)]);
+        let refs = [named("v1.2.3", &digest('a')), referrer.clone()];
+        let found = untagged("a.tar".into(), "v1.2.3", &refs, &subjects, &blobs).unwrap();
+        assert_eq!(found, [(digest('b'), &referrer)]);
+        assert!(owned("a.tar".into(), "v1.2.3", &refs, &subjects)
+            .unwrap()
+            .referrers
+            .is_empty());
+    }
 }
