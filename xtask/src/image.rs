@@ -20,7 +20,7 @@ use crate::supply_chain::cosign;
 use crate::support::config::{Config, Platform};
 use crate::support::progress::Steps;
 use crate::support::source::Source;
-use crate::tags;
+use crate::{floating, tags};
 
 /// What `image --json` prints.
 #[derive(Debug, Serialize)]
@@ -309,6 +309,12 @@ fn publish(
         })?;
         verify = signed.map(|s| s.verify);
     }
+    // As the tag plan was computed: only a release's floating tags have
+    // an order to keep.
+    let build = match tag_plan.is_empty() {
+        true => None,
+        false => Some(tags::resolve_build(config, &flags.build)?.0),
+    };
     let changes = steps.run("move tags", || {
         push::move_tags(
             client,
@@ -317,7 +323,12 @@ fn publish(
             &layout,
             &built.digest,
             flags.force,
+            &|tag, published| {
+                let build = build.as_ref()?;
+                floating::newer_release(build, tag, published)
+            },
         )
+        .map(|moved| moved.changes)
     })?;
     Ok(Published {
         report,

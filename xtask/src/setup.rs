@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
 use crate::flags;
+use crate::support::config::Config;
 use crate::support::tools::{
     self, ACTIONLINT_VERSION, CARGO_AUDITABLE_VERSION, COSIGN_VERSION, CRANE_VERSION,
 };
@@ -124,6 +125,10 @@ pub fn run(flags: &flags::Setup) -> Result<()> {
             .env("GOTOOLCHAIN", "local")
             .run()
             .with_context(|| format!("go install {module}@{version} failed"))?;
+    }
+
+    if let Some(gap) = build_referrers_registry(&sh, flags, go_checked)? {
+        missing.push(gap);
     }
 
     if !cargo_installed(&sh, "cargo-auditable", CARGO_AUDITABLE_VERSION) {
@@ -257,6 +262,38 @@ fn cargo_installed(sh: &Shell, crate_name: &str, version: &str) -> bool {
     listing
         .lines()
         .any(|line| line == format!("{crate_name} v{version}:"))
+}
+
+/// Builds the tests' referrers registry into target/ with the pinned
+/// go.mod and go.sum next to its source. `go build` is incremental, so a
+/// re-run with nothing changed costs a second; `--check` only asks whether
+/// the binary exists. Returns what was missing, if anything.
+fn build_referrers_registry(
+    sh: &Shell,
+    flags: &flags::Setup,
+    go_checked: bool,
+) -> Result<Option<String>> {
+    let config = Config::load()?;
+    let source = config.workspace_root.join("xtask/tests/referrers-registry");
+    let out = tools::referrers_registry(&config.target_dir);
+    let gap = (!out.exists()).then(|| format!("go build: {out}"));
+    if flags.dry_run {
+        println!("would run: GOTOOLCHAIN=local go build -C {source} -o {out} .");
+        return Ok(gap);
+    }
+    if flags.check {
+        return Ok(gap);
+    }
+    if !go_checked {
+        check_go(sh)?;
+    }
+    cmd!(sh, "go build -C {source} -o {out} .")
+        .env("GOTOOLCHAIN", "local")
+        .run()
+        .with_context(|| {
+            format!("cannot build the referrers registry from {source}; check that Go can fetch github.com/google/go-containerregistry (GOPROXY)")
+        })?;
+    Ok(gap)
 }
 
 /// Go is not installed here: Debian's Go is too old for cosign 3, so the

@@ -572,7 +572,7 @@ fn bundle_round_trips_into_another_registry_and_verifies_there() {
     assert_eq!(
         String::from_utf8_lossy(&unsigned.stderr).lines().last().unwrap(),
         format!(
-            "error: {}@{} has no cosign signature (no tag sha256-{h} or sha256-{h}.sig); sign the release first (cargo xtask sign), an unsigned bundle could not be verified after loading",
+            "error: {}@{} has no cosign signature (no referrer, no tag sha256-{h} or sha256-{h}.sig); sign the release first (cargo xtask sign), an unsigned bundle could not be verified after loading",
             a.repo("unsigned"),
             signed.index,
             h = hex(&signed.index)

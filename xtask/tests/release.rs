@@ -918,4 +918,55 @@ fn releases_v0_1_0_then_v0_2_0_then_maintenance_v0_1_1_with_faults_on_the_way() 
         "{}",
         String::from_utf8_lossy(&verified.stderr)
     );
+
+    // 7. The same release to a registry with the OCI referrers API (the
+    //    build is reused): signed, attested and verified there, with the
+    //    signatures and attestations as referrers and no sha256-<hex> tag.
+    let referrers = Registry::start_with_referrers();
+    let there = referrers.repo("app");
+    let args = [
+        "v0.1.1",
+        "--push",
+        "--insecure",
+        "--image",
+        &there,
+        "--base",
+        &base,
+        "--key",
+        key,
+        "--no-tlog",
+        "--json",
+    ];
+    let summary = ok_json(&ws.release(&args));
+    assert_eq!(summary["digest"], d011.as_str());
+    assert_eq!(
+        skopeo_tags(&there),
+        [
+            "latest".to_owned(),
+            format!("sha-{}", &v011[..7]),
+            "v0.1".to_owned(),
+            "v0.1.1".to_owned()
+        ]
+    );
+    let listed = |digest: &str| {
+        let (status, body) =
+            support::http_get(referrers.port, &format!("/v2/app/referrers/{digest}")).unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()["manifests"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(
+        listed(&d011),
+        2,
+        "a signature and a provenance on the index"
+    );
+    for (platform, digest) in summary["platforms"].as_object().unwrap() {
+        assert_eq!(listed(digest.as_str().unwrap()), 4, "{platform}");
+    }
+    // A re-run finds all of it through the API and adds nothing.
+    let again = ok_json(&ws.release(&args));
+    assert_eq!(again["resumed"], serde_json::json!(["sign", "attest"]));
+    assert_eq!(listed(&d011), 2);
 }

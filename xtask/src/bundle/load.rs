@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context, Result};
 use camino::Utf8Path;
 
+use super::convert::{self, Fallback};
 use super::{print_json, ref_entries, ref_name, subject_entries, Report};
 use crate::flags;
 use crate::oci::client::{Client, Reference};
@@ -23,8 +24,7 @@ use crate::supply_chain::identity::{self, Identity};
 use crate::support::config::Config;
 use crate::support::progress::Steps;
 
-/// Manifests and blobs by digest.
-type Blobs = BTreeMap<String, Vec<u8>>;
+use convert::Blobs;
 
 /// The refs of an archive that belong to its release, in the order their
 /// tags are set: signatures first, then the version, floating tags last,
@@ -80,6 +80,10 @@ fn owned<'a>(
     };
     for r in refs.iter().filter(|r| !std::ptr::eq(*r, release)) {
         let name = ref_name(r);
+        if name.is_empty() {
+            // A referrer read through the API: `untagged` checks it.
+            continue;
+        }
         if floating.iter().any(|f| f == name) {
             if r.digest != release.digest {
                 bail!(
@@ -144,6 +148,56 @@ fn subjects_of(archive: &Utf8Path, release: &Descriptor, blobs: &Blobs) -> Resul
         .collect())
 }
 
+/// The archive's untagged entries, referrers read through the API, with
+/// the subject each names; refuses one attached to anything but the
+/// release's index or one of its platforms.
+fn untagged<'a>(
+    archive: &Utf8Path,
+    version: &str,
+    refs: &'a [Descriptor],
+    subjects: &[String],
+    blobs: &Blobs,
+) -> Result<Vec<(String, &'a Descriptor)>> {
+    let mut untagged = Vec::new();
+    for r in refs.iter().filter(|r| ref_name(r).is_empty()) {
+        let subject = convert::subject_of(archive, &r.digest, blobs)?;
+        if !subjects.contains(&subject) {
+            bail!(
+                "cannot load {archive}: its index.json holds {}, attached to {subject}, which is neither {version} ({}) nor one of its platforms; the archive was altered, bundle the release again",
+                r.digest,
+                subjects[0]
+            );
+        }
+        untagged.push((subject, r));
+    }
+    Ok(untagged)
+}
+
+/// The tags to set, in order: the fallback tags (only where the registry
+/// lacks the referrers API), older cosign's `.sig`/`.att`/`.sbom` tags, the
+/// version, floating tags last. Each is a name, a digest and a media type.
+fn tag_order(
+    owned: &Owned,
+    fallbacks: &[Fallback],
+    fallback_tags: bool,
+) -> Vec<(String, String, String)> {
+    let mut tags = Vec::new();
+    if fallback_tags {
+        for f in fallbacks {
+            tags.push((f.tag.clone(), f.digest.clone(), oci::INDEX.to_owned()));
+        }
+    }
+    for r in owned.in_tag_order() {
+        let name = ref_name(r);
+        if name.starts_with("sha256-") && !name.contains('.') {
+            // In `fallbacks`, possibly with referrers added.
+            continue;
+        }
+        tags.push((name.to_owned(), r.digest.clone(), r.media_type.clone()));
+    }
+    tags
+}
+
 pub fn load(
     config: &Config,
     flags: &flags::Bundle,
@@ -151,13 +205,16 @@ pub fn load(
     archive: &Utf8Path,
 ) -> Result<()> {
     let mut steps = Steps::new(if flags.dry_run { 1 } else { 4 });
-    let (refs, blobs) = steps.run(&format!("read {archive}"), || read_archive(archive))?;
+    let (refs, mut blobs) = steps.run(&format!("read {archive}"), || read_archive(archive))?;
     let release = find_release(archive, &flags.version, &refs)?;
     let subjects = subjects_of(archive, release, &blobs)?;
     let owned = owned(archive, &flags.version, &refs, &subjects)?;
+    let untagged = untagged(archive, &flags.version, &refs, &subjects, &blobs)?;
+    let fallbacks = convert::fallback_indexes(&owned.referrers, &untagged, &mut blobs)?;
     let name = reference.name();
     let repo = &reference.repository;
-    let tags: Vec<&Descriptor> = owned.in_tag_order();
+    // A dry run does not ask the registry, so it lists the fallback tags.
+    let tags = tag_order(&owned, &fallbacks, true);
     let mut report = Report {
         action: "load".to_owned(),
         dry_run: flags.dry_run,
@@ -180,7 +237,7 @@ pub fn load(
         blobs: blobs.len(),
         bytes: blobs.values().map(|b| b.len() as u64).sum(),
         verified: Vec::new(),
-        tags: tags.iter().map(|r| ref_name(r).to_owned()).collect(),
+        tags: tags.iter().map(|(tag, _, _)| tag.clone()).collect(),
     };
     if flags.dry_run {
         if flags.json {
@@ -189,8 +246,8 @@ pub fn load(
         println!("would load {archive} into {name}:");
         println!("  {} manifests and blobs, by digest", blobs.len());
         println!("  then verify the signatures of {} digests", subjects.len());
-        for r in &tags {
-            println!("  tag {name}:{} -> {}", ref_name(r), r.digest);
+        for (tag, digest, _) in &tags {
+            println!("  tag {name}:{tag} -> {digest}");
         }
         return Ok(());
     }
@@ -204,17 +261,48 @@ pub fn load(
     let cosign = Cosign::find()?;
     let insecure = flags.registry.transport.insecure;
     let client = Client::new(&reference.host, insecure)?;
-    steps.run("push manifests and blobs by digest, untagged", || {
-        for r in owned.referrers.iter().chain([&owned.release]) {
+    let has_api = steps.run("push manifests and blobs by digest, untagged", || {
+        // Referrer manifests first: a registry with the API lists each as
+        // it arrives, and nothing tagged names the release yet.
+        for (_, r) in &untagged {
             push_tree(&client, repo, &blobs, &r.digest, &r.media_type, None)?;
         }
-        Ok(())
+        for r in &owned.referrers {
+            push_tree(&client, repo, &blobs, &r.digest, &r.media_type, None)?;
+        }
+        for f in fallbacks.iter().filter(|f| !f.from_archive) {
+            push_tree(&client, repo, &blobs, &f.digest, oci::INDEX, None)?;
+        }
+        push_tree(
+            &client,
+            repo,
+            &blobs,
+            &owned.release.digest,
+            &owned.release.media_type,
+            None,
+        )?;
+        Ok(client.referrers(repo, &owned.release.digest)?.is_some())
     })?;
+    let tags = tag_order(&owned, &fallbacks, !has_api);
+    report.tags = tags.iter().map(|(tag, _, _)| tag.clone()).collect();
+    if has_api && !fallbacks.is_empty() {
+        eprintln!(
+            "{name} has the OCI referrers API: it lists the signatures and attestations, no sha256-<hex> tag is set"
+        );
+    }
     report.verified = steps.run("verify the signatures of what was pushed", || {
-        let overlay_tags = owned
-            .referrers
+        // The overlay answers 404 to the referrers API, so cosign reads
+        // the fallback tags there, whatever the registry's kind.
+        let overlay_tags = fallbacks
             .iter()
-            .map(|r| (ref_name(r).to_owned(), r.digest.clone()))
+            .map(|f| (f.tag.clone(), f.digest.clone()))
+            .chain(
+                owned
+                    .referrers
+                    .iter()
+                    .filter(|r| ref_name(r).contains('.'))
+                    .map(|r| (ref_name(r).to_owned(), r.digest.clone())),
+            )
             .collect();
         let overlay = Overlay::start(Client::new(&reference.host, insecure)?, repo, overlay_tags)?;
         let options = cosign::Options {
@@ -250,13 +338,13 @@ pub fn load(
     steps.run(
         "set the tags: signatures, the version, floating tags",
         || {
-            for r in &tags {
+            for (tag, digest, media_type) in &tags {
                 let bytes = blobs
-                    .get(&r.digest)
-                    .with_context(|| format!("{archive} lacks manifest {}", r.digest))?;
+                    .get(digest)
+                    .with_context(|| format!("{archive} lacks manifest {digest}"))?;
                 client
-                    .put_manifest(repo, ref_name(r), &r.media_type, bytes)
-                    .with_context(|| format!("cannot tag {name}:{}", ref_name(r)))?;
+                    .put_manifest(repo, tag, media_type, bytes)
+                    .with_context(|| format!("cannot tag {name}:{tag}"))?;
             }
             Ok(())
         },
@@ -371,5 +459,46 @@ mod tests {
             named("latest", &digest('a')),
         ];
         assert!(owned("a.tar".into(), "v2.0.0-rc.1", &prerelease, &subjects).is_err());
+    }
+
+    #[test]
+    fn refuses_an_untagged_referrer_of_another_image() {
+        let foreign = digest('f');
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": oci::MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": oci::digest_of(b"{}"), "size": 2},
+            "layers": [],
+            "subject": {"mediaType": oci::INDEX, "digest": foreign, "size": 1},
+        }))
+        .unwrap();
+        let referrer = Descriptor::of(oci::MANIFEST, &manifest);
+        let blobs = Blobs::from([(referrer.digest.clone(), manifest)]);
+        let refs = [named("v1.2.3", &digest('a')), referrer.clone()];
+        let subjects = [digest('a'), digest('b')];
+        let err = untagged("a.tar".into(), "v1.2.3", &refs, &subjects, &blobs).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot load a.tar: its index.json holds {}, attached to {foreign}, which is neither v1.2.3 ({}) nor one of its platforms; the archive was altered, bundle the release again",
+                referrer.digest,
+                digest('a')
+            )
+        );
+        // Attached to a platform, it is the release's.
+        let own = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "subject": {"mediaType": oci::MANIFEST, "digest": digest('b'), "size": 1},
+        }))
+        .unwrap();
+        let referrer = Descriptor::of(oci::MANIFEST, &own);
+        let blobs = Blobs::from([(referrer.digest.clone(), own)]);
+        let refs = [named("v1.2.3", &digest('a')), referrer.clone()];
+        let found = untagged("a.tar".into(), "v1.2.3", &refs, &subjects, &blobs).unwrap();
+        assert_eq!(found, [(digest('b'), &referrer)]);
+        assert!(owned("a.tar".into(), "v1.2.3", &refs, &subjects)
+            .unwrap()
+            .referrers
+            .is_empty());
     }
 }

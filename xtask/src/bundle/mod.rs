@@ -13,6 +13,7 @@
 //! copy the image itself (`oci-archive:FILE:vX.Y.Z`). docs/operations.md
 //! has the whole air-gapped procedure.
 
+mod convert;
 mod load;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,7 +26,7 @@ use serde_json::Value;
 
 use crate::flags;
 use crate::oci::client::{Client, Reference};
-use crate::oci::{self, Descriptor};
+use crate::oci::{self, referrers, Descriptor};
 use crate::support::archive::{Format, HashingWriter, TarWriter};
 use crate::support::config::Config;
 use crate::support::progress::Steps;
@@ -253,12 +254,15 @@ fn read_image(client: &Client, repo: &str, plan: &mut Plan) -> Result<()> {
     Ok(())
 }
 
-/// cosign v3 on a registry without the referrers API keeps the referrers of
-/// a digest in an index tagged `sha256-<hex>` (the OCI 1.1 fallback tag);
-/// older cosign used `sha256-<hex>.sig`, `.att` and `.sbom`. Whatever of
-/// these exists, for the index and for every platform, goes in.
+/// What is attached to the index and to every platform, found as cosign 3
+/// stores it (`referrers::attached`): through the referrers API, or the
+/// fallback tag `sha256-<hex>`. A fallback tag goes in under its name, byte
+/// for byte; a referrer that no tag holds goes in untagged, as the API
+/// lists it (the manifest's `subject` says whose it is). Older cosign's
+/// `sha256-<hex>.sig`, `.att` and `.sbom` tags go in by name.
 fn read_signatures(client: &Client, repo: &str, plan: &mut Plan) -> Result<()> {
     let tags: BTreeSet<String> = client.list_tags(repo)?.into_iter().collect();
+    let mut signed = false;
     for (what, digest) in plan.subjects.clone() {
         let hex = digest.strip_prefix("sha256:").unwrap_or(&digest);
         for suffix in ["", ".sig", ".att", ".sbom"] {
@@ -273,6 +277,7 @@ fn read_signatures(client: &Client, repo: &str, plan: &mut Plan) -> Result<()> {
             let (media_type, bytes) = fetch_manifest(client, repo, &tag_digest)
                 .with_context(|| format!("cannot read {tag}, the {what} signatures"))?;
             collect(client, repo, &tag_digest, &mut plan.blobs)?;
+            signed |= digest == plan.index_digest && suffix == ".sig";
             let mut annotations = BTreeMap::new();
             annotations.insert(REF_NAME.to_owned(), tag);
             plan.refs.push(Descriptor {
@@ -280,15 +285,30 @@ fn read_signatures(client: &Client, repo: &str, plan: &mut Plan) -> Result<()> {
                 ..Descriptor::of(&media_type, &bytes)
             });
         }
+        let attached = referrers::attached(client, repo, &digest)
+            .with_context(|| format!("cannot read what is attached to the {what} {digest}"))?;
+        signed |= digest == plan.index_digest
+            && attached
+                .iter()
+                .any(|a| a.kind == referrers::Kind::Signature);
+        for referrer in attached {
+            if plan.blobs.contains_key(&referrer.digest) {
+                // In the archive already, under its fallback tag.
+                continue;
+            }
+            let (media_type, bytes) =
+                fetch_manifest(client, repo, &referrer.digest).with_context(|| {
+                    format!("cannot read {}, attached to the {what}", referrer.digest)
+                })?;
+            collect(client, repo, &referrer.digest, &mut plan.blobs)?;
+            plan.refs
+                .push(convert::referrer_descriptor(&media_type, &bytes)?);
+        }
     }
-    let index_hex = plan.index_digest.trim_start_matches("sha256:");
-    let signed = plan.refs.iter().skip(1).any(|r| {
-        let name = ref_name(r);
-        name == format!("sha256-{index_hex}") || name == format!("sha256-{index_hex}.sig")
-    });
     if !signed {
+        let index_hex = plan.index_digest.trim_start_matches("sha256:");
         bail!(
-            "{}@{} has no cosign signature (no tag sha256-{index_hex} or sha256-{index_hex}.sig); sign the release first (cargo xtask sign), an unsigned bundle could not be verified after loading",
+            "{}@{} has no cosign signature (no referrer, no tag sha256-{index_hex} or sha256-{index_hex}.sig); sign the release first (cargo xtask sign), an unsigned bundle could not be verified after loading",
             plan.image,
             plan.index_digest
         );
@@ -413,7 +433,10 @@ fn print_plan(plan: &Plan, out: &Utf8Path) {
     }
     println!("with these refs (index.json ref names):");
     for r in &plan.refs {
-        println!("  {} -> {} ({})", ref_name(r), r.digest, r.media_type);
+        match ref_name(r) {
+            "" => println!("  (referrer) -> {} ({})", r.digest, r.media_type),
+            name => println!("  {name} -> {} ({})", r.digest, r.media_type),
+        }
     }
     println!(
         "{} manifests and blobs, {total} bytes, into {out} (and {out}.sha256)",

@@ -174,9 +174,11 @@ impl Client {
         Ok(response.body)
     }
 
-    /// Mounts a blob from another repository of the same registry; false if
-    /// the registry declined (it then expects an upload).
-    pub fn mount_blob(&self, repository: &str, digest: &str, from: &str) -> Result<bool> {
+    /// Mounts a blob from another repository of the same registry. A
+    /// registry that declines opens an upload session instead, which the
+    /// caller then fills with `finish_upload`: a declined mount costs no
+    /// extra request.
+    pub fn mount_blob(&self, repository: &str, digest: &str, from: &str) -> Result<Mount> {
         let url = format!(
             "{}/v2/{repository}/blobs/uploads/?mount={digest}&from={from}",
             self.base
@@ -190,16 +192,8 @@ impl Client {
             true,
         )?;
         match response.status {
-            201 => Ok(true),
-            202 => {
-                // An upload session was opened instead; cancel it so it does
-                // not linger.
-                if let Some(location) = response.header("location") {
-                    let url = self.absolute(location);
-                    let _ = self.send("DELETE", &url, &[], None, repository, true);
-                }
-                Ok(false)
-            }
+            201 => Ok(Mount::Mounted),
+            202 => Ok(Mount::Upload(self.session(&response)?)),
             _ => bail!(
                 "cannot mount blob {digest} into {}/{repository}: {}",
                 self.host,
@@ -226,10 +220,26 @@ impl Client {
                 response.error_text()
             );
         }
+        let session = self.session(&response)?;
+        self.finish_upload(repository, &session, digest, bytes)
+    }
+
+    fn session(&self, response: &Response) -> Result<String> {
         let location = response
             .header("location")
             .context("the registry started an upload without a Location")?;
-        let mut url = self.absolute(location);
+        Ok(self.absolute(location))
+    }
+
+    /// The PUT that ends an upload session with the whole blob.
+    pub fn finish_upload(
+        &self,
+        repository: &str,
+        session: &str,
+        digest: &str,
+        bytes: &[u8],
+    ) -> Result<()> {
+        let mut url = session.to_owned();
         url.push(if url.contains('?') { '&' } else { '?' });
         url.push_str(&format!("digest={digest}"));
         let response = self.send(
@@ -357,4 +367,12 @@ mod tests {
         assert!(Client::new("ghcr.io", true).is_err());
         assert!(Client::new("127.0.0.1:5000", true).is_ok());
     }
+}
+
+/// What a cross-repository mount did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mount {
+    Mounted,
+    /// Declined: an upload session was opened at this URL instead.
+    Upload(String),
 }

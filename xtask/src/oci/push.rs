@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::oci::client::Client;
+use crate::oci::client::{Client, Mount};
 use crate::oci::{self, Descriptor, Layout};
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -86,16 +86,21 @@ pub fn push_tree(
             report.skipped.push(blob.clone());
             continue;
         }
-        if let Some(from) = mount_from {
-            if client.mount_blob(repo, blob, from)? {
+        let session = match mount_from.map(|from| client.mount_blob(repo, blob, from)) {
+            Some(Ok(Mount::Mounted)) => {
                 report.mounted.push(blob.clone());
                 continue;
             }
-        }
+            Some(Ok(Mount::Upload(session))) => Some(session),
+            Some(Err(err)) => return Err(err),
+            None => None,
+        };
         let bytes = source.blob(blob)?;
-        client
-            .upload_blob(repo, blob, &bytes)
-            .with_context(|| format!("cannot upload blob {blob} to {repo}"))?;
+        match session {
+            Some(session) => client.finish_upload(repo, &session, blob, &bytes),
+            None => client.upload_blob(repo, blob, &bytes),
+        }
+        .with_context(|| format!("cannot upload blob {blob} to {repo}"))?;
         report.uploaded.push(blob.clone());
     }
     for (digest, media_type, bytes) in manifests {
@@ -230,9 +235,27 @@ pub fn apply_tags(
     Ok(())
 }
 
+/// Which published release a floating tag must stay on, given the tags the
+/// repository has now: None to let it move. The tag policy answers it.
+pub type NewerRelease<'a> = &'a dyn Fn(&str, &[String]) -> Option<String>;
+
+/// What `move_tags` did: the tags it moved, and the floating tags it left
+/// (or put back) on a newer release, each with why.
+#[derive(Debug, Default)]
+pub struct Moved {
+    pub changes: Vec<TagChange>,
+    pub kept: Vec<String>,
+}
+
 /// The commit point of a publication: re-reads every tag right before it
 /// moves (refusing an immutable one that moved meanwhile), then points them
 /// at the pushed index, exact tags first and floating tags last.
+///
+/// A floating tag is checked against the published releases right before
+/// its move, which is skipped when `newer` names a newer release, and again
+/// right after: distribution has no conditional write, so another release
+/// may have moved the tag between the check and the write, and then the
+/// tag is put back on that newer release.
 pub fn move_tags(
     client: &Client,
     repo: &str,
@@ -240,9 +263,44 @@ pub fn move_tags(
     layout: &Layout,
     index_digest: &str,
     force: bool,
-) -> Result<Vec<TagChange>> {
+    newer: NewerRelease,
+) -> Result<Moved> {
     let changes = plan_tags(client, repo, tags, index_digest, force)?;
     let index = layout.read_blob(index_digest)?;
-    apply_tags(client, repo, &changes, &index)?;
-    Ok(changes)
+    let mut moved = Moved::default();
+    for change in changes {
+        if change.immutable {
+            apply_tags(client, repo, std::slice::from_ref(&change), &index)?;
+            moved.changes.push(change);
+            continue;
+        }
+        let published = client.list_tags(repo)?;
+        if let Some(release) = newer(&change.tag, &published) {
+            let note = format!("no {}: {release} was published meanwhile", change.tag);
+            eprintln!("{note}; {} stays where it is", change.tag);
+            moved.kept.push(note);
+            continue;
+        }
+        apply_tags(client, repo, std::slice::from_ref(&change), &index)?;
+        let published = client.list_tags(repo)?;
+        if let Some(release) = newer(&change.tag, &published) {
+            let (media_type, bytes) = client.get_manifest(repo, &release)?.with_context(|| {
+                format!("cannot put {repo}:{} back on {release}: {release} is gone; point it at the newest release by hand", change.tag)
+            })?;
+            client
+                .put_manifest(repo, &change.tag, &media_type, &bytes)
+                .with_context(|| {
+                    format!(
+                        "cannot put {repo}:{} back on {release}; point it there by hand",
+                        change.tag
+                    )
+                })?;
+            let note = format!("no {}: {release} was published while it moved", change.tag);
+            eprintln!("{note}; {} is back on {release}", change.tag);
+            moved.kept.push(note);
+            continue;
+        }
+        moved.changes.push(change);
+    }
+    Ok(moved)
 }

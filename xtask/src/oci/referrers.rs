@@ -20,6 +20,8 @@ use crate::oci::{Descriptor, Index};
 pub const SIGSTORE_BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
 /// The annotation that names a bundle's predicate type.
 pub const PREDICATE_TYPE_ANNOTATION: &str = "dev.sigstore.bundle.predicateType";
+/// The media type of the empty config that artifact manifests carry.
+pub const EMPTY: &str = "application/vnd.oci.empty.v1+json";
 /// The predicate type of a `cosign sign` signature.
 pub const SIGNATURE_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
 
@@ -70,14 +72,27 @@ pub fn attached(client: &Client, repository: &str, digest: &str) -> Result<Vec<A
             .as_ref()
             .and_then(|a| a.get(PREDICATE_TYPE_ANNOTATION))
             .cloned();
-        let predicate_type = match annotated {
-            Some(predicate_type) => Some(predicate_type),
-            None if entry.artifact_type.as_deref() == Some(SIGSTORE_BUNDLE) => {
-                read_predicate_type(client, repository, digest, &entry.digest)?
+        let (artifact_type, predicate_type) = match annotated {
+            Some(predicate_type) => (entry.artifact_type.clone(), Some(predicate_type)),
+            // go-containerregistry's registry lists a referrer with its
+            // config's media type as artifactType and without annotations,
+            // so such an entry is read too.
+            None if matches!(
+                entry.artifact_type.as_deref(),
+                Some(SIGSTORE_BUNDLE | EMPTY) | None
+            ) =>
+            {
+                match read_referrer(client, repository, digest, &entry.digest)? {
+                    Some((artifact_type, predicate_type)) => (
+                        artifact_type.or(entry.artifact_type.clone()),
+                        predicate_type,
+                    ),
+                    None => (entry.artifact_type.clone(), None),
+                }
             }
-            None => None,
+            None => (entry.artifact_type.clone(), None),
         };
-        let kind = match (entry.artifact_type.as_deref(), predicate_type.as_deref()) {
+        let kind = match (artifact_type.as_deref(), predicate_type.as_deref()) {
             (Some(SIGSTORE_BUNDLE), Some(SIGNATURE_PREDICATE)) => Kind::Signature,
             (Some(SIGSTORE_BUNDLE), Some(_)) => Kind::Attestation,
             _ => Kind::Other,
@@ -91,16 +106,19 @@ pub fn attached(client: &Client, repository: &str, digest: &str) -> Result<Vec<A
     Ok(attached)
 }
 
-/// The predicate type a referrer manifest declares; None when it is gone
-/// or names another subject (a stale entry of the fallback tag).
-fn read_predicate_type(
+/// The artifact type and predicate type a referrer manifest declares; None
+/// when it is gone or names another subject (a stale entry of the fallback
+/// tag).
+fn read_referrer(
     client: &Client,
     repository: &str,
     subject: &str,
     referrer: &str,
-) -> Result<Option<String>> {
+) -> Result<Option<(Option<String>, Option<String>)>> {
     #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
     struct Referrer {
+        artifact_type: Option<String>,
         subject: Option<Descriptor>,
         #[serde(default)]
         annotations: std::collections::BTreeMap<String, String>,
@@ -114,5 +132,8 @@ fn read_predicate_type(
     if manifest.subject.as_ref().map(|s| s.digest.as_str()) != Some(subject) {
         return Ok(None);
     }
-    Ok(manifest.annotations.get(PREDICATE_TYPE_ANNOTATION).cloned())
+    Ok(Some((
+        manifest.artifact_type,
+        manifest.annotations.get(PREDICATE_TYPE_ANNOTATION).cloned(),
+    )))
 }

@@ -9,6 +9,7 @@ use crate::attest::{self, AttestOptions};
 use crate::build::assemble::{self, Built, Options};
 use crate::build::base::Bases;
 use crate::build::binaries::{self, DistOptions};
+use crate::floating;
 use crate::image::subtask_failed;
 use crate::oci::client::{Client, Reference};
 use crate::oci::push::{self, TagChange};
@@ -241,15 +242,19 @@ impl Release<'_> {
             &preflight.head,
             &published,
         )?;
-        let changes = push::move_tags(
+        let build = Build::Release(preflight.version.clone());
+        let moved = push::move_tags(
             client,
             &self.target.repository,
             &plan.with_immutability(),
             &Layout::open(&built.layout)?,
             &built.digest,
             self.flags.force,
+            &|tag, published| floating::newer_release(&build, tag, published),
         )?;
-        Ok((changes, plan.not_set))
+        let mut not_set = plan.not_set;
+        not_set.extend(moved.kept);
+        Ok((moved.changes, not_set))
     }
 
     pub(super) fn print_summary(

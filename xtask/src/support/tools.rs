@@ -42,6 +42,13 @@ pub const CARGO_AUDITABLE: Tool = Tool {
     install_hint: "run `cargo xtask setup` (cargo install cargo-auditable --locked)",
 };
 
+/// Where `cargo xtask setup` builds the tests' registry with the OCI 1.1
+/// referrers API (its source is xtask/tests/referrers-registry): under
+/// target/, because it is built from this repository, not installed.
+pub fn referrers_registry(target_dir: &camino::Utf8Path) -> camino::Utf8PathBuf {
+    target_dir.join("tools/referrers-registry")
+}
+
 /// Directories where installers put binaries that may not be on PATH.
 pub fn extra_bin_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();

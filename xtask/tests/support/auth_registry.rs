@@ -27,7 +27,7 @@ impl Registry {
             "auth:\n  htpasswd:\n    realm: xtask-test\n    path: {}\n",
             file.display()
         );
-        Registry::start_in(dir, free_port(), auth)
+        Registry::start_in(dir, free_port(), auth, false)
     }
 
     /// A registry that wants Bearer tokens from `tokens`, which signs them
@@ -41,6 +41,6 @@ impl Registry {
             super::token_service::ISSUER,
             tokens.cert.display()
         );
-        Registry::start_in(dir, free_port(), auth)
+        Registry::start_in(dir, free_port(), auth, false)
     }
 }

@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 mod auth_registry;
+pub mod proxy;
+mod referrers_registry;
 pub mod scripted;
 pub mod token_service;
 
@@ -45,21 +47,38 @@ pub struct Registry {
     log: PathBuf,
     /// The `auth:` section of the configuration, kept for `restart`.
     auth: String,
+    /// What serves: `docker-registry`, or the in-memory referrers registry,
+    /// which cannot restart with its content.
+    program: &'static str,
+    access_log: bool,
 }
 
 impl Registry {
     pub fn start() -> Registry {
         let dir = tempfile::tempdir().expect("cannot create a temporary directory");
-        Registry::start_in(dir, free_port(), String::new())
+        Registry::start_in(dir, free_port(), String::new(), false)
     }
 
-    fn start_in(dir: tempfile::TempDir, port: u16, auth: String) -> Registry {
+    /// Distribution with its access log on: one line per request in
+    /// `log_text()`, to count what a push sent.
+    pub fn start_with_access_log() -> Registry {
+        let dir = tempfile::tempdir().expect("cannot create a temporary directory");
+        Registry::start_in(dir, free_port(), String::new(), true)
+    }
+
+    /// What the registry wrote to its stdout and stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).expect("cannot read the registry log")
+    }
+
+    fn start_in(dir: tempfile::TempDir, port: u16, auth: String, access_log: bool) -> Registry {
         let storage = dir.path().join("storage");
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: {}\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+                !access_log,
                 storage.display()
             ),
         )
@@ -79,6 +98,8 @@ impl Registry {
             dir,
             log,
             auth,
+            program: "docker-registry",
+            access_log,
         };
         registry.wait_until_ready();
         registry
@@ -90,7 +111,8 @@ impl Registry {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     panic!(
-                        "docker-registry exited with {status}: {}",
+                        "{} exited with {status}: {}",
+                        self.program,
                         std::fs::read_to_string(&self.log).unwrap_or_default()
                     );
                 }
@@ -102,8 +124,8 @@ impl Registry {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!(
-            "docker-registry did not answer on 127.0.0.1:{} within 15s",
-            self.port
+            "{} did not answer on 127.0.0.1:{} within 15s",
+            self.program, self.port
         );
     }
 
@@ -127,11 +149,15 @@ impl Registry {
 
     /// Starts it again on the same port with the same storage.
     pub fn restart(&mut self) {
+        assert_eq!(
+            self.program, "docker-registry",
+            "the referrers registry keeps its content in memory and cannot restart with it"
+        );
         self.stop();
         let port = self.port;
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
         let auth = std::mem::take(&mut self.auth);
-        *self = Registry::start_in(dir, port, auth);
+        *self = Registry::start_in(dir, port, auth, self.access_log);
     }
 
     pub fn is_running(&mut self) -> bool {
