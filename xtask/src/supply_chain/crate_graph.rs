@@ -179,7 +179,16 @@ pub fn graph_from_metadata(
         .with_context(|| format!("package `{root_name}` is not a workspace member"))?;
 
     // Depth-first over normal edges; `--filter-platform` already dropped
-    // the edges that do not apply to this target.
+    // the edges that do not apply to this target. cargo metadata resolves
+    // features for the whole workspace at once, so an edge that only
+    // another member's features enable (the xtask's, say) shows up here
+    // too: `cargo tree` for this package alone is the truth of what is
+    // compiled, and an edge to a crate it does not list is not followed.
+    let compiled_into_root = |id: &PackageId| {
+        packages
+            .get(id)
+            .is_some_and(|p| features.contains_key(&format!("{}@{}", p.name, p.version)))
+    };
     let mut reached: BTreeMap<&PackageId, Vec<&PackageId>> = BTreeMap::new();
     let mut stack = vec![root_id];
     while let Some(id) = stack.pop() {
@@ -196,6 +205,7 @@ pub fn graph_from_metadata(
                 dep.dep_kinds
                     .iter()
                     .any(|k| k.kind == DependencyKind::Normal)
+                    && compiled_into_root(&dep.pkg)
             })
             .map(|dep| &dep.pkg)
             .collect();
