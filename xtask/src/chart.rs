@@ -83,11 +83,11 @@ pub fn run(flags: &flags::Chart) -> Result<()> {
     })?;
     let options = ChartOptions {
         release,
-        repository: flags
-            .repository
-            .clone()
-            .or_else(|| Some(config.chart.repository.clone()).filter(|r| !r.is_empty()))
-            .unwrap_or_else(|| default_repository(&image)),
+        repository: repository(
+            &config,
+            flags.repository.as_deref(),
+            flags.registry.image.as_deref(),
+        ),
         image,
         image_digest,
         push: flags.push,
@@ -112,6 +112,18 @@ pub fn run(flags: &flags::Chart) -> Result<()> {
         eprintln!("verify with: {command}");
     }
     Ok(())
+}
+
+/// Where the chart goes: --repository; else next to an --image given on the
+/// command line (a test or a mirror, not the configured registry); else the
+/// configured chart repository; else next to the configured image.
+pub fn repository(config: &Config, flag: Option<&str>, image: Option<&str>) -> String {
+    match (flag, image) {
+        (Some(repository), _) => repository.to_owned(),
+        (None, Some(image)) => default_repository(image),
+        (None, None) if !config.chart.repository.is_empty() => config.chart.repository.clone(),
+        (None, None) => default_repository(&config.image),
+    }
 }
 
 /// `host/owner/charts/server` for the image `host/owner/name`: the charts
