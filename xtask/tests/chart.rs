@@ -369,6 +369,34 @@ fn pushed_chart_is_pulled_by_version_with_the_digest_cosign_verifies() {
         "helm pulls the bytes that were packaged"
     );
 
+    // By the digest that was signed, as docs/kubernetes.md installs it.
+    let by_digest_dir = tempfile::tempdir().unwrap();
+    let output = run(helm(home.path())
+        .args([
+            "pull",
+            &format!("{repository}@{digest}"),
+            "--plain-http",
+            "--destination",
+        ])
+        .arg(by_digest_dir.path()));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let pulled_by_digest: Vec<_> = std::fs::read_dir(by_digest_dir.path()).unwrap().collect();
+    assert_eq!(pulled_by_digest.len(), 1);
+    let values = run_ok(helm(home.path()).args([
+        "show",
+        "values",
+        &format!("{repository}@{digest}"),
+        "--plain-http",
+    ]));
+    assert!(
+        values.contains(&format!("digest: \"{IMAGE_DIGEST}\"")),
+        "{values}"
+    );
+
     let by_digest = format!("{}/team/charts/server@{digest}", registry.host());
     let good = cosign_verify(&keys.path().join("cosign.pub"), &by_digest);
     assert!(
