@@ -254,6 +254,10 @@ pub struct Verify {
     /// The version `/server version --json` must report, with --run (default: Cargo.toml's).
     #[arg(long)]
     pub expect_version: Option<String>,
+    /// Also verify this Helm chart (oci://…/charts/server@sha256:… or :VERSION):
+    /// its signature, and that its default values run the verified image.
+    #[arg(long, value_name = "CHART")]
+    pub chart: Option<String>,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,

@@ -174,4 +174,77 @@ fn release_publishes_the_signed_chart_before_the_tags_and_a_failed_chart_moves_n
         "{notes}"
     );
     assert!(notes.contains(&chart_verify), "{notes}");
+
+    // `verify --chart`: the chart's signature, and that its default values
+    // run the image verified with it.
+    let xtask = |args: &[&str]| {
+        run(Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .current_dir(&ws)
+            .args(args)
+            .env("COSIGN_PASSWORD", PASSWORD))
+    };
+    let public = public.to_str().unwrap();
+    let image = format!("{repo}@{digest}");
+    let verify = |chart: &str| {
+        let output = xtask(&[
+            "verify",
+            &image,
+            "--key",
+            public,
+            "--no-tlog",
+            "--insecure",
+            "--json",
+            "--chart",
+            chart,
+        ]);
+        let report: Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&output.stderr)));
+        let chart_checks: Vec<(String, bool, String)> = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["subject"] == "chart")
+            .map(|c| {
+                (
+                    c["check"].as_str().unwrap().to_owned(),
+                    c["ok"].as_bool().unwrap(),
+                    c["detail"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        (output.status.success(), chart_checks)
+    };
+    let (passed, checks) = verify(&format!("oci://{chart_repo}@{chart_digest}"));
+    assert!(passed, "{checks:?}");
+    assert_eq!(checks.len(), 2);
+    assert!(checks.iter().all(|(_, ok, _)| *ok), "{checks:?}");
+    // A chart signed with the same key that runs another image: refused.
+    let other = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    let pushed = xtask(&[
+        "chart",
+        "--version",
+        "v9.9.9",
+        "--image-digest",
+        other,
+        "--image",
+        &repo,
+        "--push",
+        "--insecure",
+        "--no-tlog",
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    let (passed, checks) = verify(&format!("oci://{chart_repo}:9.9.9"));
+    assert!(!passed);
+    assert!(checks[0].1, "{checks:?}");
+    assert_eq!(checks[1].0, "chart-image");
+    assert!(
+        !checks[1].1 && checks[1].2.contains("not the verified image"),
+        "{checks:?}"
+    );
 }

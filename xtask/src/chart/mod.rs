@@ -24,6 +24,10 @@ use crate::support::config::{is_digest, Config};
 use crate::support::progress::{Nest, Steps};
 use crate::support::source::{rfc3339_utc, Source};
 
+mod verify;
+
+pub use verify::{verify_chart, ChartVerification};
+
 /// The chart's sources, relative to the workspace root.
 pub const CHART_DIR: &str = "deploy/helm/server";
 /// The chart's name: its Chart.yaml's, the last component of its repository.
