@@ -127,7 +127,6 @@ fn release_publishes_the_signed_chart_before_the_tags_and_a_failed_chart_moves_n
     let output = release(&ws, &args);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "{stderr}");
-    drop(proxy);
     let chart_step = stderr
         .find("[7/9] chart: pushed by digest, signed, tagged: done")
         .unwrap();
@@ -184,7 +183,8 @@ fn release_publishes_the_signed_chart_before_the_tags_and_a_failed_chart_moves_n
             .env("COSIGN_PASSWORD", PASSWORD))
     };
     let public = public.to_str().unwrap();
-    let image = format!("{repo}@{digest}");
+    // Under the name it was pushed as: the provenance names it.
+    let image = format!("{proxied_repo}@{digest}");
     let verify = |chart: &str| {
         let output = xtask(&[
             "verify",
@@ -212,10 +212,16 @@ fn release_publishes_the_signed_chart_before_the_tags_and_a_failed_chart_moves_n
                 )
             })
             .collect();
-        (output.status.success(), chart_checks)
+        let failed = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["ok"] == false);
+        let failed: Vec<&Value> = failed.collect();
+        (output.status.success(), chart_checks, failed.len())
     };
-    let (passed, checks) = verify(&format!("oci://{chart_repo}@{chart_digest}"));
-    assert!(passed, "{checks:?}");
+    let (passed, checks, failed) = verify(&format!("oci://{chart_repo}@{chart_digest}"));
+    assert!(passed && failed == 0, "{checks:?}");
     assert_eq!(checks.len(), 2);
     assert!(checks.iter().all(|(_, ok, _)| *ok), "{checks:?}");
     // A chart signed with the same key that runs another image: refused.
@@ -239,12 +245,13 @@ fn release_publishes_the_signed_chart_before_the_tags_and_a_failed_chart_moves_n
         "{}",
         String::from_utf8_lossy(&pushed.stderr)
     );
-    let (passed, checks) = verify(&format!("oci://{chart_repo}:9.9.9"));
-    assert!(!passed);
+    let (passed, checks, failed) = verify(&format!("oci://{chart_repo}:9.9.9"));
+    assert!(!passed && failed == 1, "{checks:?}");
     assert!(checks[0].1, "{checks:?}");
     assert_eq!(checks[1].0, "chart-image");
     assert!(
         !checks[1].1 && checks[1].2.contains("not the verified image"),
         "{checks:?}"
     );
+    drop(proxy);
 }

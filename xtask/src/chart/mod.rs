@@ -104,6 +104,10 @@ pub fn run(flags: &flags::Chart) -> Result<()> {
             .unwrap_or_else(|| config.target_dir.join("chart")),
     };
     let chart = chart(&config, &options, &Nest::top())?;
+    // A dry run's plan is its output: there is no package to name.
+    if flags.dry_run {
+        return Ok(());
+    }
     if flags.json {
         println!("{}", serde_json::to_string_pretty(&chart)?);
         return Ok(());
