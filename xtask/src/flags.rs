@@ -45,6 +45,8 @@ pub enum Command {
     Bench(Bench),
     /// Resolve the configured base tag once and write its digest into Cargo.toml.
     PinBase(PinBase),
+    /// Package the Helm chart pinned to the image digest; --push publishes and signs it.
+    Chart(Chart),
 }
 
 #[derive(Debug, Args)]
@@ -252,6 +254,10 @@ pub struct Verify {
     /// The version `/server version --json` must report, with --run (default: Cargo.toml's).
     #[arg(long)]
     pub expect_version: Option<String>,
+    /// Also verify this Helm chart (oci://…/charts/server@sha256:… or :VERSION):
+    /// its signature, and that its default values run the verified image.
+    #[arg(long, value_name = "CHART")]
+    pub chart: Option<String>,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -329,6 +335,35 @@ pub struct PinBase {
     #[arg(long)]
     pub dry_run: bool,
     /// Print {"base", "digest", "manifest", "changed"} as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Chart {
+    /// The release, such as v1.2.3 (default: Cargo.toml's version).
+    #[arg(long)]
+    pub version: Option<String>,
+    /// The image index digest the chart's default values run.
+    #[arg(long, value_name = "sha256:…")]
+    pub image_digest: Option<String>,
+    /// The chart repository, host/…/charts/server, overriding [workspace.metadata.release.chart].
+    #[arg(long, value_name = "REPOSITORY")]
+    pub repository: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Push the chart by digest, sign that digest, then set its version tag.
+    #[arg(long)]
+    pub push: bool,
+    #[command(flatten)]
+    pub signing: SigningArgs,
+    /// The directory the .tgz is written to (default target/chart).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<Utf8PathBuf>,
+    /// Print the plan; package and push nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print {"name", "version", "image", "file", "sha256", "repository", "digest", "verify"}.
     #[arg(long)]
     pub json: bool,
 }

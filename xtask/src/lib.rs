@@ -10,6 +10,7 @@ pub mod flags;
 pub mod attest;
 pub mod bench;
 pub mod bundle;
+pub mod chart;
 pub mod dist;
 pub mod floating;
 pub mod image;

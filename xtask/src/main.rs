@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use xtask::flags::{self, Command};
 use xtask::{
-    attest, bench, bundle, dist, image, pin_base, release, sbom, setup, sign, tags, test, verify,
+    attest, bench, bundle, chart, dist, image, pin_base, release, sbom, setup, sign, tags, test,
+    verify,
 };
 
 fn main() -> ExitCode {
@@ -24,6 +25,7 @@ fn main() -> ExitCode {
         Command::Bundle(flags) => bundle::run(flags),
         Command::Bench(flags) => bench::run(flags),
         Command::PinBase(flags) => pin_base::run(flags),
+        Command::Chart(flags) => chart::run(flags),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

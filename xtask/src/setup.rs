@@ -9,7 +9,7 @@ use xshell::{cmd, Shell};
 use crate::flags;
 use crate::support::config::Config;
 use crate::support::tools::{
-    self, ACTIONLINT_VERSION, CARGO_AUDITABLE_VERSION, COSIGN_VERSION, CRANE_VERSION,
+    self, ACTIONLINT_VERSION, CARGO_AUDITABLE_VERSION, COSIGN_VERSION, CRANE_VERSION, HELM_VERSION,
 };
 
 const APT_PACKAGES: &[&str] = &[
@@ -65,6 +65,14 @@ const GO_TOOLS: &[(&str, &str, &str, &[&str])] = &[
         "actionlint",
         &["-version"],
     ),
+    // Renders, lints and pulls the chart in the tests; the chart task
+    // itself packages and pushes without it.
+    (
+        "helm.sh/helm/v4/cmd/helm",
+        HELM_VERSION,
+        "helm",
+        &["version", "--short"],
+    ),
 ];
 
 const MIN_GO: (u32, u32) = (1, 25);
@@ -105,7 +113,9 @@ pub fn run(flags: &flags::Setup) -> Result<()> {
 
     let mut go_checked = false;
     for (module, version, command, version_args) in GO_TOOLS {
-        if has_version(&sh, command, version_args, version.trim_start_matches('v')) {
+        if has_version(&sh, command, version_args, version.trim_start_matches('v'))
+            || built_from(&sh, command, module, version)
+        {
             continue;
         }
         missing.push(format!("go: {module}@{version}"));
@@ -246,6 +256,31 @@ fn has_version(sh: &Shell, command: &str, args: &[&str], version: &str) -> bool 
         .read()
         .unwrap_or_default();
     output.contains(version)
+}
+
+/// Whether a `go install`ed binary was built from `module@version`, read
+/// from the build info Go embeds: `helm version` prints only the minor
+/// version when built with `go install`, without release ldflags.
+fn built_from(sh: &Shell, command: &str, module: &str, version: &str) -> bool {
+    let Some(path) = tools::find_opt(command) else {
+        return false;
+    };
+    let Some(go) = tools::find_opt("go") else {
+        return false;
+    };
+    let output = cmd!(sh, "{go} version -m {path}")
+        .quiet()
+        .ignore_status()
+        .ignore_stderr()
+        .read()
+        .unwrap_or_default();
+    let main_module = module.split("/cmd/").next().unwrap_or(module);
+    output.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.first() == Some(&"mod")
+            && fields.get(1) == Some(&main_module)
+            && fields.get(2) == Some(&version)
+    })
 }
 
 /// `cargo auditable --version` forwards to cargo and prints cargo's

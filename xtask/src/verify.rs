@@ -8,6 +8,7 @@ use camino::Utf8Path;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::chart;
 use crate::flags;
 use crate::oci::client::Client;
 use crate::oci::run;
@@ -146,7 +147,25 @@ pub fn run(flags: &flags::Verify) -> Result<()> {
         expect_version: flags.expect_version.clone(),
     };
     let started = std::time::Instant::now();
-    let report = verify(&config, &options, &Nest::top())?;
+    let mut report = verify(&config, &options, &Nest::top())?;
+    if let Some(chart) = &flags.chart {
+        let checked = chart::verify_chart(
+            &config,
+            chart,
+            &options.signing,
+            options.insecure,
+            &report.digest,
+        )?;
+        for (check, result) in [
+            ("signature", checked.signature),
+            ("chart-image", checked.image),
+        ] {
+            report
+                .checks
+                .push(Check::new(check, "chart", &checked.digest, result));
+        }
+        report.passed = report.checks.iter().all(|c| c.ok);
+    }
     if flags.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -66,11 +66,9 @@ impl Release<'_> {
             .map(|p| (p.platform.clone(), p.digest.clone()))
             .collect();
         let notes = assets.join("release-notes.md");
-        std::fs::write(
-            &notes,
-            self.release_notes(&preflight.tag, &platforms, &built.digest)?,
-        )
-        .with_context(|| format!("cannot write {notes}"))?;
+        let text = self.release_notes(&preflight.tag, &platforms, &built.digest)?;
+        std::fs::write(&notes, text + &self.chart_notes(out)?)
+            .with_context(|| format!("cannot write {notes}"))?;
 
         if self.flags.push && std::env::var_os("GITHUB_TOKEN").is_some() {
             self.upload(preflight, &notes, &written)?;

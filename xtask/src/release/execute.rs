@@ -25,7 +25,7 @@ use crate::verify::{self, VerifyOptions};
 impl Release<'_> {
     pub(super) fn execute(&self) -> Result<()> {
         let push = self.flags.push;
-        let mut steps = Steps::new(if push { 8 } else { 4 });
+        let mut steps = Steps::new(if push { 8 + self.chart_steps() } else { 4 });
         // Without --push the release needs no account and no network.
         let client = if push { Some(self.client()?) } else { None };
         let registry = client.as_ref().map(|c| (c, &self.target));
@@ -115,6 +115,7 @@ impl Release<'_> {
                 let attested = self.config.target_dir.join("attest");
                 self.predicate_files(&attested, &built).map(drop)
             })?;
+            summary.chart = self.publish_chart(&built.digest, &out, &mut steps)?;
             let (changes, not_set) = steps.run("tag: exact first, floating last", || {
                 self.move_tags(client, &preflight, &built)
             })?;
@@ -131,6 +132,9 @@ impl Release<'_> {
             .map(|(p, d)| (p.clone(), d.clone()))
             .collect();
         summary.verify_commands = self.verify_commands(&platforms, &built.digest)?;
+        summary
+            .verify_commands
+            .extend(summary.chart.iter().flat_map(|c| c.verify.clone()));
         summary.steps = steps
             .timings
             .iter()

@@ -11,6 +11,7 @@
 //! the GitHub release carries, `state` remembers what a re-run may skip.
 
 mod assets;
+mod chart;
 mod execute;
 mod plan;
 pub mod preflight;
@@ -69,6 +70,8 @@ pub struct Summary {
     pub not_tagged: Vec<String>,
     pub assets: Vec<Utf8PathBuf>,
     pub verify_commands: Vec<String>,
+    /// The Helm chart, when the configuration publishes it.
+    pub chart: Option<crate::chart::Chart>,
     pub resumed: Vec<String>,
     pub steps: Vec<(String, f64)>,
 }

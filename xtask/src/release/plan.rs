@@ -155,6 +155,15 @@ impl Release<'_> {
             "verify".to_owned(),
             vec![format!("{verify} --expect-version={tag}")],
         ));
+        if self.chart_enabled() {
+            steps.push((
+                "chart: pushed by digest, signed, tagged".to_owned(),
+                vec![format!(
+                    "cargo xtask chart --version {tag} --image-digest <index digest> --push (to {})",
+                    crate::chart::repository(self.config, None, self.flags.registry.image.as_deref())
+                )],
+            ));
+        }
         steps.push((
             "tag: exact first, floating last".to_owned(),
             vec![format!("point the tags listed above at {index}")],

@@ -27,6 +27,19 @@ pub struct Config {
     pub toolchains: BTreeMap<String, ToolchainConfig>,
     /// The branch whose builds are tagged as the default branch's.
     pub default_branch: String,
+    pub chart: ChartConfig,
+}
+
+/// `[workspace.metadata.release.chart]`: the Helm chart.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ChartConfig {
+    /// Whether `release` publishes the chart; off until a project opts in.
+    #[serde(default)]
+    pub publish: bool,
+    /// host/…/charts/server; empty: next to the image.
+    #[serde(default)]
+    pub repository: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,6 +59,8 @@ struct RawRelease {
     toolchains: BTreeMap<String, ToolchainConfig>,
     #[serde(default = "default_branch")]
     default_branch: String,
+    #[serde(default)]
+    chart: ChartConfig,
 }
 
 fn default_branch() -> String {
@@ -124,6 +139,7 @@ impl Config {
             package: raw.package,
             toolchains: raw.toolchains,
             default_branch: raw.default_branch,
+            chart: raw.chart,
         })
     }
 

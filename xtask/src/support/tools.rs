@@ -16,12 +16,20 @@ pub struct Tool {
 pub const COSIGN_VERSION: &str = "v3.1.3";
 pub const CRANE_VERSION: &str = "v0.20.6";
 pub const ACTIONLINT_VERSION: &str = "v1.7.12";
+/// Helm 4: the OCI registry is its only chart repository format that we
+/// publish to, and v4 is the supported line (v3 gets security fixes only).
+pub const HELM_VERSION: &str = "v4.3.2";
 pub const CARGO_AUDITABLE_VERSION: &str = "0.7.7";
 
 pub const COSIGN: Tool = Tool {
     name: "cosign",
     install_hint:
         "run `cargo xtask setup` (go install github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3)",
+};
+pub const HELM: Tool = Tool {
+    name: "helm",
+    install_hint:
+        "run `cargo xtask setup` (GOTOOLCHAIN=local go install helm.sh/helm/v4/cmd/helm@v4.3.2)",
 };
 pub const QEMU_AARCH64: Tool = Tool {
     name: "qemu-aarch64-static",
