@@ -167,6 +167,10 @@ enum How {
 const EXPECTATIONS: &[(&str, How)] = &[
     // compose.md
     ("cp .env.example .env", How::Runs(Before::Nothing, env_is_the_example)),
+    (
+        "sed -i \"s/^POSTGRES_PASSWORD=$/POSTGRES_PASSWORD=",
+        How::Runs(Before::Nothing, env_has_a_database_password),
+    ),
     ("docker compose config", How::Runs(Before::Nothing, compose_config_ok)),
     ("docker compose up -d", How::NoEngine),
     ("docker compose ps", How::NoEngine),
@@ -628,7 +632,18 @@ fn prepare(bed: &mut Bed, before: Before) {
     match before {
         Before::Nothing => {}
         Before::DeployedCompose => {
-            std::fs::copy(bed.cwd.join(".env.example"), bed.cwd.join(".env")).unwrap();
+            // A deployment has its database password; compose refuses to
+            // run without one.
+            let example = std::fs::read_to_string(bed.cwd.join(".env.example")).unwrap();
+            let deployed = example.replace(
+                "\nPOSTGRES_PASSWORD=\n",
+                "\nPOSTGRES_PASSWORD=deployedpassword0\n",
+            );
+            assert_ne!(
+                deployed, example,
+                ".env.example has no empty POSTGRES_PASSWORD line"
+            );
+            std::fs::write(bed.cwd.join(".env"), deployed).unwrap();
         }
         Before::CarryBundleIn => {
             let name = format!("server-v{}.oci.tar", bed.version);
@@ -981,6 +996,31 @@ fn env_is_the_example(bed: &mut Bed, _: &DocCommand, _: &Ran) -> Result<(), Stri
     (read(".env") == read(".env.example") && !read(".env").is_empty())
         .then_some(())
         .ok_or_else(|| ".env is not a copy of .env.example".to_owned())
+}
+
+/// `.env` is the example with a password of 32 hex characters added, and
+/// nothing else changed.
+fn env_has_a_database_password(bed: &mut Bed, _: &DocCommand, _: &Ran) -> Result<(), String> {
+    let read = |name: &str| std::fs::read_to_string(bed.cwd.join(name)).unwrap_or_default();
+    let (env, example) = (read(".env"), read(".env.example"));
+    let password = env
+        .lines()
+        .find_map(|l| l.strip_prefix("POSTGRES_PASSWORD="))
+        .unwrap_or_default()
+        .to_owned();
+    if password.len() != 32 || !password.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "POSTGRES_PASSWORD is {password:?}, not 32 hex characters"
+        ));
+    }
+    equal(
+        ".env",
+        &env.replace(
+            &format!("POSTGRES_PASSWORD={password}"),
+            "POSTGRES_PASSWORD=",
+        ),
+        example.trim_end(),
+    )
 }
 
 fn compose_config_ok(_: &mut Bed, _: &DocCommand, ran: &Ran) -> Result<(), String> {
