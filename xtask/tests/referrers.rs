@@ -30,7 +30,8 @@ fn xtask_json(args: &[&str]) -> Value {
     let output = xtask(args);
     assert!(
         output.status.success(),
-        "cargo xtask {args:?} failed\nstderr:\n{}",
+        "cargo xtask {args:?} failed\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).expect("--json prints JSON")
