@@ -171,8 +171,31 @@ pub fn attest_resuming(
         return Ok(None);
     }
 
+    let attached = plan
+        .iter()
+        .map(|attestation| resume.is_attached(attestation))
+        .collect::<Result<Vec<bool>>>()?;
+    // What is attached already keeps the bytes it was attested with (the
+    // release ships those very files); one whose file is gone stays gone,
+    // so that the release refuses to ship a file it cannot vouch for.
+    let kept: Vec<Option<Vec<u8>>> = plan
+        .iter()
+        .zip(&attached)
+        .map(|(a, done)| done.then(|| std::fs::read(&a.predicate).ok()).flatten())
+        .collect();
     steps.run("write the SBOMs and the provenance", || {
-        write_predicates(config, source, subject, &out_root)
+        write_predicates(config, source, subject, &out_root)?;
+        for ((attestation, done), old) in plan.iter().zip(&attached).zip(&kept) {
+            match (done, old) {
+                (true, Some(bytes)) => write_atomically(&attestation.predicate, bytes)?,
+                (true, None) if attestation.predicate.exists() => {
+                    std::fs::remove_file(&attestation.predicate)
+                        .with_context(|| format!("cannot remove {}", attestation.predicate))?
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     })?;
     session.write_signing_config()?;
     let cosign = session.cosign()?;
@@ -180,7 +203,7 @@ pub fn attest_resuming(
         &format!("attach {} attestations, one at a time", plan.len()),
         || {
             for (n, attestation) in plan.iter().enumerate() {
-                let skip = resume.is_attached(attestation)?;
+                let skip = attached[n];
                 eprintln!(
                     "  ({}/{}) {} {} {}{}",
                     n + 1,
