@@ -155,6 +155,14 @@ fn read_crate_graph(config: &Config, platform: &Platform) -> Result<CrateGraph> 
     graph_from_metadata(&metadata, &config.package, platform, &checksums, &features)
 }
 
+fn node_features(node: Option<&&cargo_metadata::Node>) -> Vec<String> {
+    let mut features: Vec<String> = node
+        .map(|n| n.features.iter().map(|f| f.to_string()).collect())
+        .unwrap_or_default();
+    features.sort();
+    features
+}
+
 /// Walks the resolve graph from `root_name` over normal dependencies.
 pub fn graph_from_metadata(
     metadata: &Metadata,
@@ -180,15 +188,10 @@ pub fn graph_from_metadata(
 
     // Depth-first over normal edges; `--filter-platform` already dropped
     // the edges that do not apply to this target. cargo metadata resolves
-    // features for the whole workspace at once, so an edge that only
-    // another member's features enable (the xtask's, say) shows up here
-    // too: `cargo tree` for this package alone is the truth of what is
-    // compiled, and an edge to a crate it does not list is not followed.
-    let compiled_into_root = |id: &PackageId| {
-        packages
-            .get(id)
-            .is_some_and(|p| features.contains_key(&format!("{}@{}", p.name, p.version)))
-    };
+    // features for the whole workspace at once, so it can reach a crate
+    // that only another member's features enable; cargo-auditable records
+    // the same graph in the binary, and scanners read that, so the SBOM
+    // lists it too rather than claim less than the binary says.
     let mut reached: BTreeMap<&PackageId, Vec<&PackageId>> = BTreeMap::new();
     let mut stack = vec![root_id];
     while let Some(id) = stack.pop() {
@@ -205,7 +208,6 @@ pub fn graph_from_metadata(
                 dep.dep_kinds
                     .iter()
                     .any(|k| k.kind == DependencyKind::Normal)
-                    && compiled_into_root(&dep.pkg)
             })
             .map(|dep| &dep.pkg)
             .collect();
@@ -236,9 +238,12 @@ pub fn graph_from_metadata(
             _ => None,
         };
         let key = format!("{name}@{version}");
-        let compiled = features.get(&key).cloned().with_context(|| {
-            format!("`cargo tree` does not list {key}, which cargo metadata reaches over normal dependencies; the two disagree on what is compiled")
-        })?;
+        // `cargo tree` resolves this package alone; where it does not list
+        // a crate, the workspace's resolve says which features it has.
+        let compiled = match features.get(&key) {
+            Some(compiled) => compiled.clone(),
+            None => node_features(nodes.get(id)),
+        };
         by_id.insert(
             id,
             Crate {
