@@ -179,18 +179,7 @@ impl Client {
     /// caller then fills with `finish_upload`: a declined mount costs no
     /// extra request.
     pub fn mount_blob(&self, repository: &str, digest: &str, from: &str) -> Result<Mount> {
-        let url = format!(
-            "{}/v2/{repository}/blobs/uploads/?mount={digest}&from={from}",
-            self.base
-        );
-        let response = self.send(
-            "POST",
-            &url,
-            &[("Content-Length", "0")],
-            Some(&[]),
-            repository,
-            true,
-        )?;
+        let response = self.post_upload(repository, &format!("?mount={digest}&from={from}"))?;
         match response.status {
             201 => Ok(Mount::Mounted),
             202 => Ok(Mount::Upload(self.session(&response)?)),
@@ -202,17 +191,23 @@ impl Client {
         }
     }
 
-    /// A monolithic upload: POST for a session, then PUT with the digest.
-    pub fn upload_blob(&self, repository: &str, digest: &str, bytes: &[u8]) -> Result<()> {
-        let url = format!("{}/v2/{repository}/blobs/uploads/", self.base);
-        let response = self.send(
+    /// The POST that opens an upload session (or, with a mount query,
+    /// mounts a blob from another repository).
+    fn post_upload(&self, repository: &str, query: &str) -> Result<Response> {
+        let url = format!("{}/v2/{repository}/blobs/uploads/{query}", self.base);
+        self.send(
             "POST",
             &url,
             &[("Content-Length", "0")],
             Some(&[]),
             repository,
             true,
-        )?;
+        )
+    }
+
+    /// A monolithic upload: POST for a session, then PUT with the digest.
+    pub fn upload_blob(&self, repository: &str, digest: &str, bytes: &[u8]) -> Result<()> {
+        let response = self.post_upload(repository, "")?;
         if response.status != 202 {
             bail!(
                 "{} refused to start an upload to {repository}: {}",

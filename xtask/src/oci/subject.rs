@@ -84,14 +84,9 @@ impl Subject {
             let index: Index = serde_json::from_slice(&bytes)
                 .with_context(|| format!("the index {digest} is not valid JSON"))?;
             for entry in &index.manifests {
-                // Entries without a platform, or `unknown/unknown` ones
-                // (buildx attestations), are not images to run.
-                let Some(spec) = entry.platform.as_ref().filter(|p| p.os != "unknown") else {
+                let Some(platform) = image_platform(entry, &digest)? else {
                     continue;
                 };
-                let platform: Platform = format!("{}/{}", spec.os, spec.architecture)
-                    .parse()
-                    .with_context(|| format!("the index {digest} lists {}", entry.digest))?;
                 platforms.push(read_platform(client, repository, &entry.digest, platform)?);
             }
             (true, index.annotations.unwrap_or_default())
@@ -132,12 +127,9 @@ impl Subject {
         let index: Index = layout.read_json(digest)?;
         let mut platforms = Vec::new();
         for entry in &index.manifests {
-            let Some(spec) = entry.platform.as_ref().filter(|p| p.os != "unknown") else {
+            let Some(platform) = image_platform(entry, digest)? else {
                 continue;
             };
-            let platform: Platform = format!("{}/{}", spec.os, spec.architecture)
-                .parse()
-                .with_context(|| format!("the index {digest} lists {}", entry.digest))?;
             let manifest: Manifest = layout.read_json(&entry.digest)?;
             let config: serde_json::Value = layout.read_json(&manifest.config.digest)?;
             platforms.push(PlatformImage {
@@ -206,4 +198,16 @@ fn read_platform(
 pub fn client_for(text: &str, insecure: bool) -> Result<Client> {
     let reference = Reference::parse(text)?;
     Client::new(&reference.host, insecure)
+}
+
+/// The platform of an index entry that is an image to run: entries without
+/// a platform, or `unknown/unknown` ones (buildx attestations), are not.
+fn image_platform(entry: &oci::Descriptor, index_digest: &str) -> Result<Option<Platform>> {
+    let Some(spec) = entry.platform.as_ref().filter(|p| p.os != "unknown") else {
+        return Ok(None);
+    };
+    let platform = format!("{}/{}", spec.os, spec.architecture)
+        .parse()
+        .with_context(|| format!("the index {index_digest} lists {}", entry.digest))?;
+    Ok(Some(platform))
 }
