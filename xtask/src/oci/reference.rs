@@ -286,6 +286,7 @@ mod tests {
             repository: String::new(),
             toolchains: Default::default(),
             default_branch: "main".into(),
+            audit: Default::default(),
         }
     }
 

@@ -27,6 +27,8 @@ pub struct Config {
     pub toolchains: BTreeMap<String, ToolchainConfig>,
     /// The branch whose builds are tagged as the default branch's.
     pub default_branch: String,
+    /// `[workspace.metadata.release.audit]`: the vulnerability gate.
+    pub audit: AuditPolicy,
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,6 +48,8 @@ struct RawRelease {
     toolchains: BTreeMap<String, ToolchainConfig>,
     #[serde(default = "default_branch")]
     default_branch: String,
+    #[serde(default)]
+    audit: AuditPolicy,
 }
 
 fn default_branch() -> String {
@@ -124,6 +128,7 @@ impl Config {
             package: raw.package,
             toolchains: raw.toolchains,
             default_branch: raw.default_branch,
+            audit: raw.audit.checked()?,
         })
     }
 
@@ -142,6 +147,115 @@ impl Config {
     pub fn relative<'a>(&self, path: &'a Utf8Path) -> &'a Utf8Path {
         path.strip_prefix(&self.workspace_root).unwrap_or(path)
     }
+}
+
+/// What the audit does with each kind of advisory, and the advisories it
+/// ignores, each for a reason and until a date.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct AuditPolicy {
+    #[serde(default = "default_deny")]
+    pub deny: Vec<AdvisoryKind>,
+    #[serde(default = "default_warn")]
+    pub warn: Vec<AdvisoryKind>,
+    #[serde(default)]
+    pub ignore: Vec<IgnoreEntry>,
+}
+
+/// The kinds cargo-audit reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdvisoryKind {
+    Vulnerability,
+    Unmaintained,
+    Unsound,
+    Yanked,
+}
+
+impl fmt::Display for AdvisoryKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AdvisoryKind::Vulnerability => "vulnerability",
+            AdvisoryKind::Unmaintained => "unmaintained",
+            AdvisoryKind::Unsound => "unsound",
+            AdvisoryKind::Yanked => "yanked",
+        })
+    }
+}
+
+/// One ignored advisory. The reason is mandatory so that every exception
+/// can be reviewed, and the expiry makes each one a decision to renew.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct IgnoreEntry {
+    pub id: String,
+    #[serde(default)]
+    pub reason: String,
+    /// YYYY-MM-DD: the last day the entry applies.
+    pub expires: String,
+}
+
+fn default_deny() -> Vec<AdvisoryKind> {
+    vec![AdvisoryKind::Vulnerability]
+}
+
+fn default_warn() -> Vec<AdvisoryKind> {
+    vec![
+        AdvisoryKind::Unmaintained,
+        AdvisoryKind::Unsound,
+        AdvisoryKind::Yanked,
+    ]
+}
+
+impl Default for AuditPolicy {
+    fn default() -> AuditPolicy {
+        AuditPolicy {
+            deny: default_deny(),
+            warn: default_warn(),
+            ignore: Vec::new(),
+        }
+    }
+}
+
+impl AuditPolicy {
+    fn checked(self) -> Result<AuditPolicy> {
+        const TABLE: &str = "[workspace.metadata.release.audit]";
+        if let Some(kind) = self.deny.iter().find(|k| self.warn.contains(k)) {
+            bail!("{TABLE} lists {kind} in both deny and warn; keep it in one");
+        }
+        for entry in &self.ignore {
+            if entry.reason.trim().is_empty() {
+                bail!(
+                    "{TABLE} ignores {} without a reason; add reason = \"why it does not apply\"",
+                    entry.id
+                );
+            }
+            if parse_date(&entry.expires).is_none() {
+                bail!(
+                    "{TABLE} ignores {} until {:?}, which is not a YYYY-MM-DD date; fix expires",
+                    entry.id,
+                    entry.expires
+                );
+            }
+        }
+        Ok(self)
+    }
+
+    /// What the policy does with `kind`: deny, or only warn.
+    pub fn denies(&self, kind: AdvisoryKind) -> bool {
+        self.deny.contains(&kind)
+    }
+}
+
+/// `YYYY-MM-DD` as (year, month, day), if it is one.
+pub fn parse_date(text: &str) -> Option<(i32, u32, u32)> {
+    let mut parts = text.split('-');
+    let (y, m, d) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || y.len() != 4 || m.len() != 2 || d.len() != 2 {
+        return None;
+    }
+    let date = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
+    ((1..=12).contains(&date.1) && (1..=31).contains(&date.2)).then_some(date)
 }
 
 pub fn is_digest(s: &str) -> bool {

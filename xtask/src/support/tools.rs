@@ -17,6 +17,8 @@ pub const COSIGN_VERSION: &str = "v3.1.3";
 pub const CRANE_VERSION: &str = "v0.20.6";
 pub const ACTIONLINT_VERSION: &str = "v1.7.12";
 pub const CARGO_AUDITABLE_VERSION: &str = "0.7.7";
+/// The scanner behind `cargo xtask audit`; its JSON report is what we parse.
+pub const CARGO_AUDIT_VERSION: &str = "0.22.2";
 
 pub const COSIGN: Tool = Tool {
     name: "cosign",
@@ -40,6 +42,11 @@ pub const GH: Tool = Tool { name: "gh", install_hint: "install the GitHub CLI (a
 pub const CARGO_AUDITABLE: Tool = Tool {
     name: "cargo-auditable",
     install_hint: "run `cargo xtask setup` (cargo install cargo-auditable --locked)",
+};
+
+pub const CARGO_AUDIT: Tool = Tool {
+    name: "cargo-audit",
+    install_hint: "run `cargo xtask setup` (cargo install cargo-audit --version 0.22.2 --locked)",
 };
 
 /// Directories where installers put binaries that may not be on PATH.
