@@ -254,6 +254,10 @@ pub struct Verify {
     /// The version `/server version --json` must report, with --run (default: Cargo.toml's).
     #[arg(long)]
     pub expect_version: Option<String>,
+    /// Require each platform's vuln attestation, scanned with a database at
+    /// most DAYS old.
+    #[arg(long, value_name = "DAYS")]
+    pub max_db_age: Option<u64>,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,

@@ -207,6 +207,8 @@ impl Release<'_> {
             insecure: self.insecure(),
             run: true,
             expect_version: Some(self.flags.version.clone()),
+            max_db_age: None,
+            require_vuln: true,
         })
     }
 

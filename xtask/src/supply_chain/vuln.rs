@@ -236,6 +236,70 @@ pub fn civil_from_days(days: i64) -> (i32, u32, u32) {
     (year, month, day)
 }
 
+/// Days since the epoch of a civil date: the inverse of [`civil_from_days`].
+pub fn days_from_civil((year, month, day): (i32, u32, u32)) -> i64 {
+    let y = i64::from(year) - i64::from(month <= 2);
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Checks the vuln statements cosign verified for one platform: each holds
+/// a scan result, and with `max_db_age` its database is at most that many
+/// days older than `today`. Returns what they report.
+pub fn check_statements(
+    statements: &[Value],
+    max_db_age: Option<u64>,
+    today: (i32, u32, u32),
+) -> Result<String> {
+    let mut details = Vec::new();
+    for statement in statements {
+        if statement["predicateType"] != VULN_PREDICATE {
+            bail!(
+                "the vuln attestation has predicate type {}, not {VULN_PREDICATE}",
+                statement["predicateType"]
+            );
+        }
+        let result: ScanResult =
+            serde_json::from_value(statement["predicate"]["scanner"]["result"].clone())
+                .context("the vuln attestation holds no scan result of cargo xtask audit")?;
+        let updated = result.database.updated.as_deref().unwrap_or("unknown");
+        if let Some(max) = max_db_age {
+            let date = updated
+                .get(..10)
+                .and_then(crate::support::config::parse_date);
+            let Some(date) = date else {
+                bail!("the scan's database date {updated:?} is unreadable, so its age is unknown");
+            };
+            let age = days_from_civil(today) - days_from_civil(date);
+            if age > i64::try_from(max).unwrap_or(i64::MAX) {
+                bail!("the scan used a database from {updated}, {age} days old, more than --max-db-age {max}; rescan with `cargo xtask audit`");
+            }
+        }
+        let findings: Vec<String> = result
+            .findings
+            .iter()
+            .map(|f| format!("{} {} {} ({:?})", f.id, f.krate, f.version, f.action).to_lowercase())
+            .collect();
+        details.push(format!(
+            "{} {}, database {} of {}, findings: {}",
+            result.scanner.name,
+            result.scanner.version,
+            result.database.commit.as_deref().unwrap_or("unknown"),
+            updated,
+            if findings.is_empty() {
+                "none".to_owned()
+            } else {
+                findings.join(", ")
+            }
+        ));
+    }
+    Ok(details.join("; "))
+}
+
 /// Runs `cargo audit bin` on `binary` and applies `policy`. An error means
 /// the scan could not run; findings, denied or not, are in the result.
 pub fn scan(
@@ -450,5 +514,8 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_454), (2026, 1, 1));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        for days in [0, 11_016, 20_454, 20_500] {
+            assert_eq!(days_from_civil(civil_from_days(days)), days);
+        }
     }
 }
