@@ -15,8 +15,9 @@ use serde::Serialize;
 
 use crate::build::binaries::{Artifact, ArtifactKind};
 use crate::flags;
-use crate::oci::run;
+use crate::oci::client::Client;
 use crate::oci::subject::{self, Subject};
+use crate::oci::{reference, run};
 use crate::supply_chain::vuln::{self, Action, Database, ScanResult};
 use crate::support::config::Config;
 use crate::support::tools;
@@ -63,10 +64,51 @@ pub fn run(flags: &flags::Audit) -> Result<()> {
 fn scan(flags: &flags::Audit) -> Result<Vec<PlatformScan>> {
     let config = Config::load()?;
     let database = Database::chosen(flags.db.as_deref());
+    let insecure = flags.registry.transport.insecure;
+    if flags.report_issues && flags.reference.is_none() && !flags.published {
+        anyhow::bail!("--report-issues is for published images; add REF or --published");
+    }
+    if flags.published {
+        let mut scans = Vec::new();
+        for reference in published(&config, flags.registry.image.as_deref(), insecure)? {
+            scans.extend(scan_image(&config, &reference, insecure, &database)?);
+        }
+        return Ok(scans);
+    }
     match &flags.reference {
-        Some(reference) => scan_image(&config, reference, flags.registry.insecure, &database),
+        Some(reference) => scan_image(&config, reference, insecure, &database),
         None => scan_dist(&config, &read_dist(&config)?, &database),
     }
+}
+
+/// `latest` and every floating `vX.Y` tag: what users pull and what an
+/// advisory published after the release concerns.
+fn published(config: &Config, image: Option<&str>, insecure: bool) -> Result<Vec<String>> {
+    let target = reference::target(config, image)?;
+    let client = Client::new(&target.host, insecure)?;
+    let tags = client.list_tags(&target.repository)?;
+    let floating = |tag: &str| {
+        tag == "latest"
+            || tag.strip_prefix('v').is_some_and(|v| {
+                let parts: Vec<&str> = v.split('.').collect();
+                parts.len() == 2
+                    && parts
+                        .iter()
+                        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            })
+    };
+    let refs: Vec<String> = tags
+        .iter()
+        .filter(|t| floating(t))
+        .map(|t| format!("{}:{t}", target.name()))
+        .collect();
+    if refs.is_empty() {
+        anyhow::bail!(
+            "cannot rescan {}: it has no latest or vX.Y tag; release first",
+            target.name()
+        );
+    }
+    Ok(refs)
 }
 
 /// The binaries dist.json lists.

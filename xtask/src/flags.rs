@@ -272,10 +272,14 @@ pub struct Audit {
     /// fetching; without it cargo-audit fetches the database.
     #[arg(long, value_name = "DIR")]
     pub db: Option<String>,
+    /// Scan every published `latest` and floating `vX.Y` tag of the image.
+    #[arg(long, conflicts_with = "reference")]
+    pub published: bool,
     #[command(flatten)]
-    pub registry: Transport,
-    /// Open or update one GitHub issue per denied or warned advisory, with `gh`.
-    #[arg(long, requires = "reference")]
+    pub registry: RegistryArgs,
+    /// Open or update one GitHub issue per advisory found (and not
+    /// ignored) in a published image, with `gh`.
+    #[arg(long)]
     pub report_issues: bool,
     /// Print the results as JSON.
     #[arg(long)]
