@@ -49,7 +49,7 @@ struct RawRelease {
     #[serde(default = "default_branch")]
     default_branch: String,
     #[serde(default)]
-    audit: AuditPolicy,
+    audit: RawAudit,
 }
 
 fn default_branch() -> String {
@@ -151,15 +151,22 @@ impl Config {
 
 /// What the audit does with each kind of advisory, and the advisories it
 /// ignores, each for a reason and until a date.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct AuditPolicy {
-    #[serde(default = "default_deny")]
     pub deny: Vec<AdvisoryKind>,
-    #[serde(default = "default_warn")]
     pub warn: Vec<AdvisoryKind>,
-    #[serde(default)]
     pub ignore: Vec<IgnoreEntry>,
+}
+
+/// The table as written: without `warn`, every kind not denied warns.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default = "default_deny")]
+    deny: Vec<AdvisoryKind>,
+    warn: Option<Vec<AdvisoryKind>>,
+    #[serde(default)]
+    ignore: Vec<IgnoreEntry>,
 }
 
 /// The kinds cargo-audit reports.
@@ -214,6 +221,24 @@ impl Default for AuditPolicy {
             warn: default_warn(),
             ignore: Vec::new(),
         }
+    }
+}
+
+impl RawAudit {
+    fn checked(self) -> Result<AuditPolicy> {
+        let warn = match self.warn {
+            Some(warn) => warn,
+            None => default_warn()
+                .into_iter()
+                .filter(|k| !self.deny.contains(k))
+                .collect(),
+        };
+        AuditPolicy {
+            deny: self.deny,
+            warn,
+            ignore: self.ignore,
+        }
+        .checked()
     }
 }
 
@@ -320,5 +345,54 @@ impl FromStr for Platform {
 impl fmt::Display for Platform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.os, self.arch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(value: serde_json::Value) -> Result<AuditPolicy> {
+        let raw: RawAudit = serde_json::from_value(value)?;
+        raw.checked()
+    }
+
+    #[test]
+    fn an_audit_policy_needs_reasons_dates_and_known_fields() {
+        let ok = policy(serde_json::json!({
+            "deny": ["vulnerability", "unsound"],
+            "ignore": [{"id": "RUSTSEC-2026-0001", "reason": "unused", "expires": "2027-01-31"}],
+        }))
+        .unwrap();
+        assert!(ok.denies(AdvisoryKind::Unsound));
+        assert!(!ok.denies(AdvisoryKind::Yanked));
+
+        let no_reason = policy(serde_json::json!({
+            "ignore": [{"id": "RUSTSEC-2026-0001", "expires": "2027-01-31"}],
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            no_reason.contains("ignores RUSTSEC-2026-0001 without a reason"),
+            "{no_reason}"
+        );
+
+        let bad_date = policy(serde_json::json!({
+            "ignore": [{"id": "RUSTSEC-2026-0001", "reason": "unused", "expires": "next year"}],
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(bad_date.contains("not a YYYY-MM-DD date"), "{bad_date}");
+
+        let both = policy(serde_json::json!({"deny": ["yanked"], "warn": ["yanked"]}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            both.contains("lists yanked in both deny and warn"),
+            "{both}"
+        );
+
+        assert!(policy(serde_json::json!({"denied": ["yanked"]})).is_err());
+        assert!(policy(serde_json::json!({"deny": ["typo"]})).is_err());
     }
 }
