@@ -336,7 +336,20 @@ pub fn scan(
                 String::from_utf8_lossy(&output.stderr).trim()
             )
         })?;
-    from_report(&report, target, policy)
+    let mut result = from_report(&report, target, policy)?;
+    // Read without fetching, the database reports no commit: ask git, so
+    // that the attestation still names the exact advisories scanned.
+    if let (Some(db), None) = (&database.path, &result.database.commit) {
+        let git = tools::GIT.find()?;
+        let head = duct::cmd!(git, "-C", db, "log", "-1", "--format=%H %cI")
+            .stderr_capture()
+            .read()
+            .with_context(|| format!("cannot read the last commit of the advisory database {db}; is it a git checkout with a commit?"))?;
+        let mut parts = head.split_whitespace();
+        result.database.commit = parts.next().map(String::from);
+        result.database.updated = parts.next().map(String::from);
+    }
+    Ok(result)
 }
 
 /// The policy applied to cargo-audit's JSON report.
