@@ -18,7 +18,7 @@ use crate::flags;
 use crate::oci::client::Client;
 use crate::oci::subject::{self, Subject};
 use crate::oci::{reference, run};
-use crate::supply_chain::vuln::{self, Action, Database, ScanResult};
+use crate::supply_chain::vuln::{self, Action, Database, Denied, ScanResult};
 use crate::support::config::Config;
 use crate::support::tools;
 
@@ -37,6 +37,16 @@ impl fmt::Display for NotRun {
 
 impl std::error::Error for NotRun {}
 
+/// Any failure but a verdict (a denied finding, an expired exception)
+/// means the scan could not run.
+fn not_run(err: anyhow::Error) -> anyhow::Error {
+    if err.is::<Denied>() {
+        err
+    } else {
+        NotRun(err).into()
+    }
+}
+
 /// One platform's scan.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlatformScan {
@@ -45,10 +55,7 @@ pub struct PlatformScan {
 }
 
 pub fn run(flags: &flags::Audit) -> Result<()> {
-    let scans = match scan(flags) {
-        Ok(scans) => scans,
-        Err(err) => return Err(NotRun(err).into()),
-    };
+    let scans = scan(flags).map_err(not_run)?;
     if flags.json {
         println!("{}", serde_json::to_string_pretty(&scans)?);
     } else {
@@ -267,7 +274,7 @@ pub fn gate(
     artifacts: &[Artifact],
     database: &Database,
 ) -> Result<Vec<PlatformScan>> {
-    let scans = scan_dist(config, artifacts, database).map_err(NotRun)?;
+    let scans = scan_dist(config, artifacts, database).map_err(not_run)?;
     let results: Vec<ScanResult> = scans.iter().map(|s| s.result.clone()).collect();
     print_table(&scans);
     vuln::gate(&results)?;
