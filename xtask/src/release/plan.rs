@@ -185,7 +185,7 @@ impl Release<'_> {
             .iter()
             .map(|p| {
                 format!(
-                    "cargo audit bin --json{db} {}",
+                    "cargo audit --json{db} bin {}",
                     self.config
                         .dist_dir()
                         .join(p.slug())

@@ -310,14 +310,15 @@ pub fn scan(
 ) -> Result<ScanResult> {
     check_expiry(policy, today())?;
     let cargo_audit = tools::CARGO_AUDIT.find()?;
-    let mut args: Vec<String> = vec!["audit".into(), "bin".into(), "--json".into()];
+    // cargo-audit's own flags come before the `bin` subcommand.
+    let mut args: Vec<String> = vec!["audit".into(), "--json".into()];
     if let Some(db) = &database.path {
         if !Utf8Path::new(db).join(".git").exists() {
             bail!("cannot read the advisory database {db}: not a git checkout; clone https://github.com/RustSec/advisory-db there, or leave out --db to fetch it");
         }
         args.extend(["--db".into(), db.clone(), "--no-fetch".into()]);
     }
-    args.push(binary.to_string());
+    args.extend(["bin".into(), binary.to_string()]);
     // cargo-audit exits 1 both for findings and for failures: the JSON on
     // stdout is what tells them apart.
     let output = duct::cmd(&cargo_audit, &args)

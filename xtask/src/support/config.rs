@@ -159,7 +159,7 @@ pub struct AuditPolicy {
 }
 
 /// The table as written: without `warn`, every kind not denied warns.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct RawAudit {
     #[serde(default = "default_deny")]
@@ -219,6 +219,17 @@ impl Default for AuditPolicy {
         AuditPolicy {
             deny: default_deny(),
             warn: default_warn(),
+            ignore: Vec::new(),
+        }
+    }
+}
+
+impl Default for RawAudit {
+    /// No table at all: the same as an empty one.
+    fn default() -> RawAudit {
+        RawAudit {
+            deny: default_deny(),
+            warn: None,
             ignore: Vec::new(),
         }
     }
@@ -355,6 +366,13 @@ mod tests {
     fn policy(value: serde_json::Value) -> Result<AuditPolicy> {
         let raw: RawAudit = serde_json::from_value(value)?;
         raw.checked()
+    }
+
+    #[test]
+    fn no_audit_table_denies_vulnerabilities() {
+        let policy = RawAudit::default().checked().unwrap();
+        assert!(policy.denies(AdvisoryKind::Vulnerability));
+        assert_eq!(policy.warn.len(), 3);
     }
 
     #[test]
