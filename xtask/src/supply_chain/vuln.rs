@@ -524,6 +524,29 @@ mod tests {
     }
 
     #[test]
+    fn verify_reads_the_attested_scan_and_checks_the_database_age() {
+        let result = from_report(&report(), "bin", &policy(&[])).unwrap();
+        let statement = json!({
+            "predicateType": VULN_PREDICATE,
+            "predicate": result.predicate("2026-01-02T00:00:00Z", "2026-01-02T00:00:01Z"),
+        });
+        let detail =
+            check_statements(std::slice::from_ref(&statement), Some(7), (2026, 1, 8)).unwrap();
+        assert!(detail.contains("database abc of 2026-01-01"), "{detail}");
+        assert!(
+            detail.contains("rustsec-2026-0001 bytes 1.0.0 (deny)"),
+            "{detail}"
+        );
+        let stale = check_statements(&[statement], Some(7), (2026, 1, 9))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            stale.contains("8 days old, more than --max-db-age 7"),
+            "{stale}"
+        );
+    }
+
+    #[test]
     fn days_convert_to_dates() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_454), (2026, 1, 1));
