@@ -199,11 +199,7 @@ fn print_table(scans: &[PlatformScan]) {
             db.updated.as_deref().unwrap_or("unknown")
         );
         for finding in &scan.result.findings {
-            let action = match finding.action {
-                Action::Deny => "deny",
-                Action::Warn => "warn",
-                Action::Ignored => "ignored",
-            };
+            let action = finding.action.name();
             eprintln!(
                 "  {action:<7} {} {} {} {}: {}",
                 finding.id, finding.kind, finding.krate, finding.version, finding.title

@@ -238,6 +238,38 @@ fn the_gate_denies_ignores_expires_and_attests() {
         );
     }
 
+    // verify reports each platform's scan, and --max-db-age holds it to a
+    // database made today.
+    let verified = xtask(
+        &ws,
+        &[
+            "verify",
+            &index,
+            "--key",
+            public.to_str().unwrap(),
+            "--no-tlog",
+            "--insecure",
+            "--max-db-age",
+            "1",
+        ],
+    );
+    let out = text(&verified);
+    assert!(verified.status.success(), "{out}");
+    assert!(
+        out.lines()
+            .filter(|l| l.starts_with("PASS   vuln "))
+            .count()
+            == 2,
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{} {KRATE} {version} (ignored)",
+            ID.to_lowercase()
+        )),
+        "{out}"
+    );
+
     // 4. The published image, scanned from the registry, finds what the
     //    local scan found.
     let remote = xtask(&ws, &["audit", &index, "--insecure", "--db", hit, "--json"]);

@@ -35,7 +35,6 @@ fn a_release_shows_each_sub_step_while_a_slow_cosign_runs() {
         Command::new(tool("cosign"))
             .arg("generate-key-pair")
             .env("COSIGN_PASSWORD", PASSWORD)
-            .env("XTASK_AUDIT_DB", support::advisory_db::empty())
             .current_dir(keys.path()),
     );
     // A cosign that sleeps before every attestation, then is the real one.
@@ -64,6 +63,7 @@ fn a_release_shows_each_sub_step_while_a_slow_cosign_runs() {
         .args(["--base", &base, "--no-tlog", "--key"])
         .arg(&key)
         .env("COSIGN_PASSWORD", PASSWORD)
+        .env("XTASK_AUDIT_DB", support::advisory_db::empty())
         .env("PATH", path)
         .env_remove("GITHUB_TOKEN")
         .env_remove("GITHUB_ACTIONS")

@@ -75,6 +75,16 @@ pub enum Action {
     Ignored,
 }
 
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Deny => "deny",
+            Action::Warn => "warn",
+            Action::Ignored => "ignored",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Finding {
     pub id: String,
@@ -282,7 +292,7 @@ pub fn check_statements(
         let findings: Vec<String> = result
             .findings
             .iter()
-            .map(|f| format!("{} {} {} ({:?})", f.id, f.krate, f.version, f.action).to_lowercase())
+            .map(|f| format!("{} {} {} ({})", f.id, f.krate, f.version, f.action.name()))
             .collect();
         details.push(format!(
             "{} {}, database {} of {}, findings: {}",
@@ -534,7 +544,7 @@ mod tests {
             check_statements(std::slice::from_ref(&statement), Some(7), (2026, 1, 8)).unwrap();
         assert!(detail.contains("database abc of 2026-01-01"), "{detail}");
         assert!(
-            detail.contains("rustsec-2026-0001 bytes 1.0.0 (deny)"),
+            detail.contains("RUSTSEC-2026-0001 bytes 1.0.0 (deny)"),
             "{detail}"
         );
         let stale = check_statements(&[statement], Some(7), (2026, 1, 9))
