@@ -263,10 +263,7 @@ fn the_gate_denies_ignores_expires_and_attests() {
         "{out}"
     );
     assert!(
-        out.contains(&format!(
-            "{} {KRATE} {version} (ignored)",
-            ID.to_lowercase()
-        )),
+        out.contains(&format!("{ID} {KRATE} {version} (ignored)")),
         "{out}"
     );
 
