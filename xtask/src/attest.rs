@@ -18,6 +18,7 @@ use crate::supply_chain::cosign::SigningArgs;
 use crate::supply_chain::provenance::{self, ProvenanceInput};
 use crate::supply_chain::sbom::{self, ImageRef};
 use crate::supply_chain::session::Session;
+use crate::supply_chain::vuln;
 use crate::support::config::{Config, Platform};
 use crate::support::fs::write_atomically;
 use crate::support::progress::{Nest, Steps};
@@ -115,6 +116,7 @@ pub fn predicate_type(kind: &str) -> Option<&'static str> {
         "cyclonedx" => Some("https://cyclonedx.org/bom"),
         "spdxjson" => Some("https://spdx.dev/Document"),
         "slsaprovenance1" => Some("https://slsa.dev/provenance/v1"),
+        "vuln" => Some(vuln::VULN_PREDICATE),
         _ => None,
     }
 }
@@ -258,8 +260,8 @@ pub fn predicate_dir(out_root: &Utf8Path, digest: &str) -> Utf8PathBuf {
 }
 
 /// Every attestation, in the order they are attached: per platform the
-/// CycloneDX SBOM, the SPDX SBOM and the provenance, then the index's
-/// provenance.
+/// CycloneDX SBOM, the SPDX SBOM, the provenance and, when a scan wrote
+/// one, the vulnerability scan; then the index's provenance.
 pub fn plan(subject: &Subject, out_root: &Utf8Path) -> Vec<Attestation> {
     let mut plan = Vec::new();
     for platform in &subject.platforms {
@@ -275,6 +277,17 @@ pub fn plan(subject: &Subject, out_root: &Utf8Path) -> Vec<Attestation> {
                 digest: platform.digest.clone(),
                 kind,
                 predicate: dir.join(file),
+            });
+        }
+        // Only a release scans before it attests: elsewhere there is no
+        // scan result for this digest, and nothing to attach.
+        let scanned = dir.join(vuln::VULN_FILE);
+        if scanned.is_file() {
+            plan.push(Attestation {
+                subject: platform.platform.to_string(),
+                digest: platform.digest.clone(),
+                kind: "vuln",
+                predicate: scanned,
             });
         }
     }

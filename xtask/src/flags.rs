@@ -37,6 +37,8 @@ pub enum Command {
     Attest(Attest),
     /// Verify signatures and attestations of a published image.
     Verify(Verify),
+    /// Scan the crates compiled into target/dist/ or a published image for advisories.
+    Audit(Audit),
     /// Run the whole release: preflight, dist, image, sign, attest, verify, tag.
     Release(Release),
     /// Write an OCI archive of a release with its signatures, for air-gapped installs.
@@ -258,6 +260,33 @@ pub struct Verify {
     /// its signature, and that its default values run the verified image.
     #[arg(long, value_name = "CHART")]
     pub chart: Option<String>,
+    /// Require each platform's vuln attestation, scanned with a database at
+    /// most DAYS old.
+    #[arg(long, value_name = "DAYS")]
+    pub max_db_age: Option<u64>,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Audit {
+    /// IMAGE@sha256:… or IMAGE:TAG to scan instead of target/dist/: each
+    /// platform's /server, pulled by digest and never run.
+    pub reference: Option<String>,
+    /// A local RustSec advisory database (a git checkout), read without
+    /// fetching; without it cargo-audit fetches the database.
+    #[arg(long, value_name = "DIR")]
+    pub db: Option<String>,
+    /// Scan every published `latest` and floating `vX.Y` tag of the image.
+    #[arg(long, conflicts_with = "reference")]
+    pub published: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Open or update one GitHub issue per advisory found (and not
+    /// ignored) in a published image, with `gh`.
+    #[arg(long)]
+    pub report_issues: bool,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -280,6 +309,10 @@ pub struct Release {
     /// Repoint an immutable tag that already names another digest.
     #[arg(long)]
     pub force: bool,
+    /// The audit step's local RustSec advisory database, read without
+    /// fetching; without it cargo-audit fetches the database.
+    #[arg(long, value_name = "DIR")]
+    pub audit_db: Option<String>,
     /// Print the whole plan: checks, tags with reasons, every command; write nothing.
     #[arg(long)]
     pub dry_run: bool,

@@ -8,6 +8,7 @@ pub mod flags;
 
 // Tasks.
 pub mod attest;
+pub mod audit;
 pub mod bench;
 pub mod bundle;
 pub mod chart;

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use xtask::flags::{self, Command};
 use xtask::{
-    attest, bench, bundle, chart, dist, image, pin_base, release, sbom, setup, sign, tags, test,
-    verify,
+    attest, audit, bench, bundle, chart, dist, image, pin_base, release, sbom, setup, sign, tags,
+    test, verify,
 };
 
 fn main() -> ExitCode {
@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         Command::Sign(flags) => sign::run(flags),
         Command::Attest(flags) => attest::run(flags),
         Command::Verify(flags) => verify::run(flags),
+        Command::Audit(flags) => audit::run(flags),
         Command::Release(flags) => release::run(flags),
         Command::Bundle(flags) => bundle::run(flags),
         Command::Bench(flags) => bench::run(flags),
@@ -32,7 +33,13 @@ fn main() -> ExitCode {
         Err(err) => {
             // One line: the error and its context, outermost first.
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            // A scan that could not run is not a verdict: CI tells it
+            // apart from denied findings (exit 1) by its own code.
+            if err.is::<audit::NotRun>() {
+                ExitCode::from(audit::EXIT_NOT_RUN)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

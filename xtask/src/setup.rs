@@ -9,7 +9,8 @@ use xshell::{cmd, Shell};
 use crate::flags;
 use crate::support::config::Config;
 use crate::support::tools::{
-    self, ACTIONLINT_VERSION, CARGO_AUDITABLE_VERSION, COSIGN_VERSION, CRANE_VERSION, HELM_VERSION,
+    self, ACTIONLINT_VERSION, CARGO_AUDITABLE_VERSION, CARGO_AUDIT_VERSION, COSIGN_VERSION,
+    CRANE_VERSION, HELM_VERSION,
 };
 
 const APT_PACKAGES: &[&str] = &[
@@ -152,6 +153,23 @@ pub fn run(flags: &flags::Setup) -> Result<()> {
             )
             .run()
             .context("cargo install cargo-auditable failed")?;
+        }
+    }
+
+    // The vulnerability gate reads the data cargo-auditable embeds.
+    if !cargo_installed(&sh, "cargo-audit", CARGO_AUDIT_VERSION) {
+        missing.push(format!("cargo: cargo-audit@{CARGO_AUDIT_VERSION}"));
+        if flags.dry_run {
+            println!(
+                "would run: cargo install cargo-audit --version {CARGO_AUDIT_VERSION} --locked"
+            );
+        } else if !flags.check {
+            cmd!(
+                sh,
+                "cargo install cargo-audit --version {CARGO_AUDIT_VERSION} --locked"
+            )
+            .run()
+            .context("cargo install cargo-audit failed")?;
         }
     }
 

@@ -18,6 +18,7 @@ use crate::supply_chain::claims::{verified_statements, verify_signature};
 use crate::supply_chain::content::{self, Facts, TagCommit};
 use crate::supply_chain::cosign::{self, Cosign, SigningArgs};
 use crate::supply_chain::identity::{self, Identity};
+use crate::supply_chain::vuln;
 use crate::support::config::Config;
 use crate::support::git::Git;
 use crate::support::progress::{Nest, Steps};
@@ -27,7 +28,7 @@ pub const SLSA_V1_PREDICATE: &str = "https://slsa.dev/provenance/v1";
 pub const SPDX_PREDICATE: &str = "https://spdx.dev/Document";
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
-    /// `signature`, `sbom`, `provenance` or `run`.
+    /// `signature`, `sbom`, `provenance`, `vuln` or `run`.
     pub check: String,
     /// `index` or a platform such as `linux/arm64`.
     pub subject: String,
@@ -68,6 +69,12 @@ pub struct VerifyOptions {
     pub run: bool,
     /// The version the image must be (default: Cargo.toml's).
     pub expect_version: Option<String>,
+    /// The most days the vuln attestation's database may be older than
+    /// today; setting it also requires the attestation.
+    pub max_db_age: Option<u64>,
+    /// Fail when a platform has no vuln attestation: a release scans
+    /// before it attests, so its own verification requires one.
+    pub require_vuln: bool,
 }
 
 /// What `verify --json` prints.
@@ -145,6 +152,8 @@ pub fn run(flags: &flags::Verify) -> Result<()> {
         insecure: flags.registry.insecure,
         run: flags.run,
         expect_version: flags.expect_version.clone(),
+        max_db_age: flags.max_db_age,
+        require_vuln: flags.max_db_age.is_some(),
     };
     let started = std::time::Instant::now();
     let mut report = verify(&config, &options, &Nest::top())?;
@@ -253,6 +262,14 @@ pub fn verify(config: &Config, options: &VerifyOptions, nest: &Nest) -> Result<R
             checks.push(Check::new("sbom", &name, &platform.digest, result));
             let result = verify_provenance(&cosign, &cosign_options, &subject, &facts);
             checks.push(Check::new("provenance", &name, &platform.digest, result));
+            // Reported when attached; required only when asked for.
+            let expected = options.require_vuln;
+            let result =
+                verified_statements(&cosign, &cosign_options, &subject, &platform.digest, "vuln")
+                    .and_then(|s| vuln::check_statements(&s, options.max_db_age, vuln::today()));
+            if expected || result.is_ok() {
+                checks.push(Check::new("vuln", &name, &platform.digest, result));
+            }
         }
         if subject.is_index {
             let facts = Facts::of_index(&subject, &expected_version, &tag);

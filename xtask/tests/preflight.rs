@@ -249,12 +249,13 @@ fn a_clean_release_passes_and_shows_its_tag_plan() {
         [
             "  1. preflight",
             "  2. dist",
-            "  3. image, pushed untagged",
-            "  4. sign",
-            "  5. attest",
-            "  6. verify",
-            "  7. tag: exact first, floating last",
-            "  8. release assets"
+            "  3. audit",
+            "  4. image, pushed untagged",
+            "  5. sign",
+            "  6. attest",
+            "  7. verify",
+            "  8. tag: exact first, floating last",
+            "  9. release assets"
         ]
     );
     assert!(
@@ -317,8 +318,9 @@ fn a_dry_run_without_push_touches_no_network() {
         [
             "  1. preflight",
             "  2. dist",
-            "  3. image",
-            "  4. release assets"
+            "  3. audit",
+            "  4. image",
+            "  5. release assets"
         ]
     );
     assert_eq!(

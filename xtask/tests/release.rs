@@ -53,6 +53,7 @@ impl Clone {
             .arg("release")
             .args(args)
             .env("COSIGN_PASSWORD", PASSWORD)
+            .env("XTASK_AUDIT_DB", support::advisory_db::empty())
             .env_remove("GITHUB_TOKEN")
             .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL");
         run(&mut command)
@@ -67,6 +68,7 @@ impl Clone {
             .arg("release")
             .args(args)
             .env_remove("COSIGN_PASSWORD")
+            .env("XTASK_AUDIT_DB", support::advisory_db::empty())
             .env_remove("GITHUB_TOKEN")
             .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL");
         if let Some(password) = password {
@@ -377,7 +379,7 @@ fn releases_v0_1_0_then_v0_2_0_then_maintenance_v0_1_1_with_faults_on_the_way() 
     let stderr = String::from_utf8_lossy(&crashed.stderr);
     assert_eq!(crashed.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("[3/8] image, pushed by digest, untagged: failed after")
+        stderr.contains("[4/9] image, pushed by digest, untagged: failed after")
             && stderr
                 .lines()
                 .last()
@@ -420,8 +422,8 @@ fn releases_v0_1_0_then_v0_2_0_then_maintenance_v0_1_1_with_faults_on_the_way() 
         stderr.contains("\n  - cosign not found: run `cargo xtask setup` (go install github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3)\n"),
         "{stderr}"
     );
-    assert!(stderr.contains("[1/8] preflight: failed after"), "{stderr}");
-    assert!(!stderr.contains("[2/8]"), "{stderr}");
+    assert!(stderr.contains("[1/9] preflight: failed after"), "{stderr}");
+    assert!(!stderr.contains("[2/9]"), "{stderr}");
     assert_eq!(skopeo_tags(&repo), ["latest"]);
     assert_eq!(tag_digests(&repo)["latest"], old_latest);
     assert_eq!(ws.target_files(), files_before);
@@ -446,7 +448,7 @@ fn releases_v0_1_0_then_v0_2_0_then_maintenance_v0_1_1_with_faults_on_the_way() 
         )),
         "{stderr}"
     );
-    assert!(stderr.contains("[1/8] preflight: failed after"), "{stderr}");
+    assert!(stderr.contains("[1/9] preflight: failed after"), "{stderr}");
     assert_eq!(skopeo_tags(&repo), ["latest"]);
     assert_eq!(tag_digests(&repo)["latest"], old_latest);
     assert_eq!(ws.target_files(), files_before);
@@ -485,7 +487,7 @@ fn releases_v0_1_0_then_v0_2_0_then_maintenance_v0_1_1_with_faults_on_the_way() 
         let failed = ws.release_env(&args, password, token);
         let stderr = String::from_utf8_lossy(&failed.stderr);
         assert_eq!(failed.status.code(), Some(1), "{stderr}");
-        assert!(stderr.contains("[1/8] preflight: failed after"), "{stderr}");
+        assert!(stderr.contains("[1/9] preflight: failed after"), "{stderr}");
         let listed: Vec<&str> = stderr.lines().filter(|l| l.starts_with("  - ")).collect();
         assert_eq!(listed.len(), problems.len(), "{stderr}");
         for (line, problem) in listed.iter().zip(&problems) {
@@ -526,7 +528,7 @@ fn releases_v0_1_0_then_v0_2_0_then_maintenance_v0_1_1_with_faults_on_the_way() 
     let stderr = String::from_utf8_lossy(&crashed.stderr);
     assert_eq!(crashed.status.code(), Some(1), "{stderr}");
     assert!(proxy.has_fired(), "{stderr}");
-    assert!(stderr.contains("[5/8] attest: failed after"), "{stderr}");
+    assert!(stderr.contains("[6/9] attest: failed after"), "{stderr}");
     registry.lock().unwrap().restart();
     // The same address, now only forwarding: the proxy cuts every request
     // that matches its trigger, not only the first.
@@ -771,7 +773,7 @@ fn releases_v0_1_0_then_v0_2_0_then_maintenance_v0_1_1_with_faults_on_the_way() 
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert_eq!(missing.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("[6/8] verify: failed after") && !stderr.contains("[7/8]"),
+        stderr.contains("[7/9] verify: failed after") && !stderr.contains("[8/9]"),
         "{stderr}"
     );
     assert!(

@@ -57,6 +57,7 @@ fn release(ws: &PathBuf, args: &[&str]) -> Output {
         .arg("release")
         .args(args)
         .env("COSIGN_PASSWORD", PASSWORD)
+        .env("XTASK_AUDIT_DB", support::advisory_db::empty())
         .env_remove("GITHUB_TOKEN")
         .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL"))
 }
@@ -111,10 +112,10 @@ fn release_publishes_the_signed_chart_before_the_tags_and_a_failed_chart_moves_n
     assert_eq!(failed.status.code(), Some(1), "{stderr}");
     assert!(proxy.has_fired(), "{stderr}");
     assert!(
-        stderr.contains("[7/9] chart: pushed by digest, signed, tagged: failed after"),
+        stderr.contains("[8/10] chart: pushed by digest, signed, tagged: failed after"),
         "{stderr}"
     );
-    assert!(!stderr.contains("[8/9] tag"), "{stderr}");
+    assert!(!stderr.contains("[9/10] tag"), "{stderr}");
     let port = proxy.port;
     drop(proxy);
     registry.lock().unwrap().restart();
@@ -128,10 +129,10 @@ fn release_publishes_the_signed_chart_before_the_tags_and_a_failed_chart_moves_n
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "{stderr}");
     let chart_step = stderr
-        .find("[7/9] chart: pushed by digest, signed, tagged: done")
+        .find("[8/10] chart: pushed by digest, signed, tagged: done")
         .unwrap();
     let tag_step = stderr
-        .find("[8/9] tag: exact first, floating last")
+        .find("[9/10] tag: exact first, floating last")
         .unwrap();
     assert!(chart_step < tag_step, "{stderr}");
     let summary: Value = serde_json::from_slice(&output.stdout).unwrap();

@@ -63,6 +63,7 @@ fn a_release_shows_each_sub_step_while_a_slow_cosign_runs() {
         .args(["--base", &base, "--no-tlog", "--key"])
         .arg(&key)
         .env("COSIGN_PASSWORD", PASSWORD)
+        .env("XTASK_AUDIT_DB", support::advisory_db::empty())
         .env("PATH", path)
         .env_remove("GITHUB_TOKEN")
         .env_remove("GITHUB_ACTIONS")
@@ -90,14 +91,14 @@ fn a_release_shows_each_sub_step_while_a_slow_cosign_runs() {
     // The attest step's own steps are numbered under it, and the line that
     // starts attaching comes long before the step ends: it was printed
     // when it happened, not collected and printed at the end.
-    let attaching = at("[5/8 › 3/3] attach 7 attestations, one at a time");
-    let attested = at("[5/8] attest: done in");
+    let attaching = at("[6/9 › 3/3] attach 9 attestations, one at a time");
+    let attested = at("[6/9] attest: done in");
     assert!(
         attested >= attaching + Duration::from_secs(ATTEST_DELAY_S * 6),
         "the sub-step appeared at {attaching:?}, the step ended at {attested:?}:\n{text}"
     );
     // Sign and verify nest the same way, in order.
-    let signed = at("[4/8 › 2/2] sign the index and every platform manifest: done in");
-    let verified = at("[6/8 › 3/4] verify the attestations: done in");
+    let signed = at("[5/9 › 2/2] sign the index and every platform manifest: done in");
+    let verified = at("[7/9 › 3/4] verify the attestations: done in");
     assert!(signed < attaching && attested < verified, "{text}");
 }

@@ -29,6 +29,8 @@ const TOOLCHAIN_STEPS: &[&str] = &[
 /// variable, never expanded into the script (template injection).
 const RELEASE_RUN: &str = "cargo xtask release \"$VERSION\" --push";
 const RELEASE_VERSION: &str = "${{ github.ref_name }}";
+/// The rescan: latest and every floating vX.Y, one issue per advisory.
+const RESCAN_RUN: &str = "cargo xtask audit --published --report-issues";
 
 fn workflow_path(name: &str) -> PathBuf {
     support::workspace_root()
@@ -134,6 +136,15 @@ fn violations(name: &str, text: &str) -> Vec<String> {
             .iter()
             .any(|r| r.starts_with("cargo xtask") && r.split_whitespace().any(|w| w == "--push"));
         let releases = runs.iter().any(|r| r.starts_with("cargo xtask release "));
+        let reports = runs
+            .iter()
+            .any(|r| r.starts_with("cargo xtask audit ") && r.contains("--report-issues"));
+        let pulls = runs.iter().any(|r| {
+            r.starts_with("cargo xtask audit ")
+                && r.split_whitespace()
+                    .skip(3)
+                    .any(|w| !w.starts_with("--") || w == "--published")
+        });
         let Some(granted) = permissions(job) else {
             found.push(format!("{name}: job {job_name} has no permissions block"));
             continue;
@@ -145,6 +156,8 @@ fn violations(name: &str, text: &str) -> Vec<String> {
                 "contents: write" => releases,
                 "packages: write" => pushes,
                 "id-token: write" => signs,
+                "issues: write" => reports,
+                "packages: read" => pulls,
                 _ => false,
             };
             if !allowed {
@@ -206,6 +219,31 @@ fn release_violations(text: &str) -> Vec<String> {
     found
 }
 
+/// The rescan: scheduled daily, scanning what is published and reporting
+/// through issues, with nothing more than it needs.
+fn rescan_violations(text: &str) -> Vec<String> {
+    let mut found = violations("rescan.yml", text);
+    let Ok(docs) = YamlLoader::load_from_str(text) else {
+        return found;
+    };
+    let doc = &docs[0];
+    let daily = doc["on"]["schedule"].as_vec().is_some_and(|v| {
+        v.iter()
+            .any(|s| str_of(&s["cron"]).is_some_and(|c| c.ends_with(" * * *")))
+    });
+    if !daily || !doc["on"]["push"].is_badvalue() || !doc["on"]["pull_request"].is_badvalue() {
+        found.push("rescan.yml: must run on a daily schedule only".to_owned());
+    }
+    let all_runs: Vec<String> = doc["jobs"]
+        .as_hash()
+        .map(|jobs| jobs.values().flat_map(runs).collect())
+        .unwrap_or_default();
+    if !all_runs.iter().any(|r| r == RESCAN_RUN) {
+        found.push(format!("rescan.yml: no step runs `{RESCAN_RUN}`"));
+    }
+    found
+}
+
 fn ci_violations(text: &str) -> Vec<String> {
     let mut found = violations("ci.yml", text);
     let Ok(docs) = YamlLoader::load_from_str(text) else {
@@ -262,6 +300,7 @@ fn ci_violations(text: &str) -> Vec<String> {
 #[test]
 fn the_workflows_keep_every_rule() {
     assert_eq!(ci_violations(&read("ci.yml")), Vec::<String>::new());
+    assert_eq!(rescan_violations(&read("rescan.yml")), Vec::<String>::new());
     assert_eq!(
         release_violations(&read("release.yml")),
         Vec::<String>::new()
@@ -282,9 +321,25 @@ fn mutate(text: &str, from: &str, to: &str) -> String {
 fn a_broken_workflow_is_caught() {
     let ci = read("ci.yml");
     let release = read("release.yml");
+    let rescan = read("rescan.yml");
     let checkout = "actions/checkout@08c6903cd8c0fde910a37f88322edcfb5dd907a8 # v5.0.0";
 
     let cases: Vec<(Vec<String>, Vec<String>)> = vec![
+        (
+            rescan_violations(&mutate(&rescan, RESCAN_RUN, "cargo xtask audit --published")),
+            vec![
+                "rescan.yml: job rescan is granted `issues: write` but does not need it".to_owned(),
+                format!("rescan.yml: no step runs `{RESCAN_RUN}`"),
+            ],
+        ),
+        (
+            rescan_violations(&mutate(&rescan, "  schedule:\n    - cron: \"17 5 * * *\"\n", "  push:\n")),
+            vec!["rescan.yml: must run on a daily schedule only".to_owned()],
+        ),
+        (
+            rescan_violations(&mutate(&rescan, "      issues: write\n", "      issues: write\n      contents: write\n")),
+            vec!["rescan.yml: job rescan is granted `contents: write` but does not need it".to_owned()],
+        ),
         (
             release_violations(&mutate(&release, checkout, "actions/checkout@v5")),
             vec!["release.yml: `uses: actions/checkout@v5` is not pinned to a 40-hex commit sha".to_owned()],
@@ -365,7 +420,7 @@ fn actionlint(path: &Path) -> std::process::Output {
 
 #[test]
 fn actionlint_passes_and_catches_a_bad_expression() {
-    for name in ["ci.yml", "release.yml"] {
+    for name in ["ci.yml", "release.yml", "rescan.yml"] {
         let output = actionlint(&workflow_path(name));
         assert!(
             output.status.success(),

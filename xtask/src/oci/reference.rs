@@ -287,6 +287,7 @@ mod tests {
             toolchains: Default::default(),
             default_branch: "main".into(),
             chart: Default::default(),
+            audit: Default::default(),
         }
     }
 

@@ -35,23 +35,7 @@ pub fn version_json(
     platform: &PlatformImage,
     dir: &Utf8Path,
 ) -> Result<String> {
-    let rootfs = dir.join("rootfs");
-    if rootfs.exists() {
-        std::fs::remove_dir_all(&rootfs).with_context(|| format!("cannot clear {rootfs}"))?;
-    }
-    std::fs::create_dir_all(&rootfs).with_context(|| format!("cannot create {rootfs}"))?;
-    let mut unpacker = Unpacker::new(&rootfs, UNPACK_LIMITS)?;
-    for layer in &platform.manifest.layers {
-        let bytes = client.get_blob(&subject.reference.repository, &layer.digest)?;
-        unpacker
-            .apply_layer(&bytes[..], &layer.media_type)
-            .with_context(|| format!("cannot unpack layer {}", layer.digest))?;
-    }
-    let binary: Utf8PathBuf = rootfs.join(&config.binary);
-    let is_file = std::fs::symlink_metadata(&binary).is_ok_and(|m| m.is_file());
-    if !is_file {
-        bail!("the image has no regular file /{}", config.binary);
-    }
+    let binary = extract_binary(config, client, subject, platform, dir)?;
     let emulator = if platform.platform.is_host() {
         None
     } else if platform.platform.arch == "arm64" {
@@ -85,4 +69,34 @@ pub fn version_json(
         ),
     }
     Ok(output)
+}
+
+/// Pulls one platform by digest and unpacks its layers with the safe
+/// extractor into `dir`/rootfs; returns the path of its server binary,
+/// which is only read (scanned), never run, by this function.
+pub fn extract_binary(
+    config: &Config,
+    client: &Client,
+    subject: &Subject,
+    platform: &PlatformImage,
+    dir: &Utf8Path,
+) -> Result<Utf8PathBuf> {
+    let rootfs = dir.join("rootfs");
+    if rootfs.exists() {
+        std::fs::remove_dir_all(&rootfs).with_context(|| format!("cannot clear {rootfs}"))?;
+    }
+    std::fs::create_dir_all(&rootfs).with_context(|| format!("cannot create {rootfs}"))?;
+    let mut unpacker = Unpacker::new(&rootfs, UNPACK_LIMITS)?;
+    for layer in &platform.manifest.layers {
+        let bytes = client.get_blob(&subject.reference.repository, &layer.digest)?;
+        unpacker
+            .apply_layer(&bytes[..], &layer.media_type)
+            .with_context(|| format!("cannot unpack layer {}", layer.digest))?;
+    }
+    let binary: Utf8PathBuf = rootfs.join(&config.binary);
+    let is_file = std::fs::symlink_metadata(&binary).is_ok_and(|m| m.is_file());
+    if !is_file {
+        bail!("the image has no regular file /{}", config.binary);
+    }
+    Ok(binary)
 }

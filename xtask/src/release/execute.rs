@@ -6,6 +6,7 @@ use camino::Utf8Path;
 use super::state::{Resuming, State, ATTESTED, SIGNED};
 use super::{Release, Summary};
 use crate::attest::{self, AttestOptions};
+use crate::audit::{self, PlatformScan};
 use crate::build::assemble::{self, Built, Options};
 use crate::build::base::Bases;
 use crate::build::binaries::{self, DistOptions};
@@ -17,6 +18,8 @@ use crate::oci::Layout;
 use crate::release::preflight::{self, Preflight};
 use crate::sign::{self, SignOptions};
 use crate::supply_chain::cosign::{self, Cosign, SigningArgs};
+use crate::supply_chain::vuln::{self, Database};
+use crate::support::fs::write_atomically;
 use crate::support::progress::{Nest, Steps};
 use crate::support::source::Source;
 use crate::tags::{self, Build};
@@ -25,7 +28,7 @@ use crate::verify::{self, VerifyOptions};
 impl Release<'_> {
     pub(super) fn execute(&self) -> Result<()> {
         let push = self.flags.push;
-        let mut steps = Steps::new(if push { 8 + self.chart_steps() } else { 4 });
+        let mut steps = Steps::new(if push { 9 + self.chart_steps() } else { 5 });
         // Without --push the release needs no account and no network.
         let client = if push { Some(self.client()?) } else { None };
         let registry = client.as_ref().map(|c| (c, &self.target));
@@ -55,6 +58,11 @@ impl Release<'_> {
         let built_dist = steps.run("dist", || {
             binaries::build(self.config, &platforms, DistOptions::verified())
         })?;
+        // Before anything is pushed: a denied advisory stops here.
+        let database = Database::chosen(self.flags.audit_db.as_deref());
+        let scans = steps.run("audit", || {
+            audit::gate(self.config, &built_dist.artifacts, &database)
+        })?;
         let built = steps.run(
             if push {
                 "image, pushed by digest, untagged"
@@ -69,6 +77,7 @@ impl Release<'_> {
             .iter()
             .map(|p| (p.platform.clone(), p.digest.clone()))
             .collect();
+        self.write_scans(&scans, &built)?;
         state.start(&built.digest);
         let reference = format!("{}@{}", self.repo, built.digest);
 
@@ -161,6 +170,27 @@ impl Release<'_> {
         Ok(())
     }
 
+    /// Each platform's scan, as the vuln predicate next to its SBOMs: the
+    /// attest step attaches it to that platform's digest.
+    fn write_scans(&self, scans: &[PlatformScan], built: &Built) -> Result<()> {
+        let out_root = self.config.target_dir.join("attest");
+        let now = vuln::now_rfc3339();
+        for platform in &built.platforms {
+            let key = &platform.platform;
+            let Some(scan) = scans.iter().find(|s| &s.platform == key) else {
+                continue;
+            };
+            let dir = attest::predicate_dir(&out_root, &platform.digest);
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {dir}"))?;
+            let predicate = scan.result.predicate(&now, &now);
+            write_atomically(
+                &dir.join(vuln::VULN_FILE),
+                &serde_json::to_vec_pretty(&predicate)?,
+            )?;
+        }
+        Ok(())
+    }
+
     /// Verification uses the public half of the signing key, derived by
     /// cosign, or the keyless identity of the release workflow.
     pub(super) fn verify_options(&self, reference: &str, out: &Utf8Path) -> Result<VerifyOptions> {
@@ -182,6 +212,8 @@ impl Release<'_> {
             insecure: self.insecure(),
             run: true,
             expect_version: Some(self.flags.version.clone()),
+            max_db_age: None,
+            require_vuln: true,
         })
     }
 

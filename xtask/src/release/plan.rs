@@ -101,6 +101,7 @@ impl Release<'_> {
                 "dist".to_owned(),
                 binaries::build_commands(self.config, &self.config.platforms)?,
             ),
+            ("audit".to_owned(), self.audit_commands()),
         ];
         let mut image = vec![format!(
             "assemble {} on {} into {}",
@@ -179,5 +180,29 @@ impl Release<'_> {
         }
         steps.push(("release assets".to_owned(), assets));
         Ok(steps)
+    }
+
+    /// The scan of each binary dist writes, before anything is pushed.
+    fn audit_commands(&self) -> Vec<String> {
+        let db = match &self.flags.audit_db {
+            Some(db) => format!(" --db {db} --no-fetch"),
+            None => String::new(),
+        };
+        let mut commands: Vec<String> = self
+            .config
+            .platforms
+            .iter()
+            .map(|p| {
+                format!(
+                    "cargo audit --json{db} bin {}",
+                    self.config
+                        .dist_dir()
+                        .join(p.slug())
+                        .join(&self.config.binary)
+                )
+            })
+            .collect();
+        commands.push("a denied advisory stops the release here; see docs/security.md".to_owned());
+        commands
     }
 }

@@ -9,3 +9,4 @@ pub mod identity;
 pub mod provenance;
 pub mod sbom;
 pub mod session;
+pub mod vuln;

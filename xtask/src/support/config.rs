@@ -28,6 +28,8 @@ pub struct Config {
     /// The branch whose builds are tagged as the default branch's.
     pub default_branch: String,
     pub chart: ChartConfig,
+    /// `[workspace.metadata.release.audit]`: the vulnerability gate.
+    pub audit: AuditPolicy,
 }
 
 /// `[workspace.metadata.release.chart]`: the Helm chart.
@@ -61,6 +63,8 @@ struct RawRelease {
     default_branch: String,
     #[serde(default)]
     chart: ChartConfig,
+    #[serde(default)]
+    audit: RawAudit,
 }
 
 fn default_branch() -> String {
@@ -140,6 +144,7 @@ impl Config {
             toolchains: raw.toolchains,
             default_branch: raw.default_branch,
             chart: raw.chart,
+            audit: raw.audit.checked()?,
         })
     }
 
@@ -158,6 +163,151 @@ impl Config {
     pub fn relative<'a>(&self, path: &'a Utf8Path) -> &'a Utf8Path {
         path.strip_prefix(&self.workspace_root).unwrap_or(path)
     }
+}
+
+/// What the audit does with each kind of advisory, and the advisories it
+/// ignores, each for a reason and until a date.
+#[derive(Debug, Clone)]
+pub struct AuditPolicy {
+    pub deny: Vec<AdvisoryKind>,
+    pub warn: Vec<AdvisoryKind>,
+    pub ignore: Vec<IgnoreEntry>,
+}
+
+/// The table as written: without `warn`, every kind not denied warns.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default = "default_deny")]
+    deny: Vec<AdvisoryKind>,
+    warn: Option<Vec<AdvisoryKind>>,
+    #[serde(default)]
+    ignore: Vec<IgnoreEntry>,
+}
+
+/// The kinds cargo-audit reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdvisoryKind {
+    Vulnerability,
+    Unmaintained,
+    Unsound,
+    Yanked,
+}
+
+impl fmt::Display for AdvisoryKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AdvisoryKind::Vulnerability => "vulnerability",
+            AdvisoryKind::Unmaintained => "unmaintained",
+            AdvisoryKind::Unsound => "unsound",
+            AdvisoryKind::Yanked => "yanked",
+        })
+    }
+}
+
+/// One ignored advisory. The reason is mandatory so that every exception
+/// can be reviewed, and the expiry makes each one a decision to renew.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct IgnoreEntry {
+    pub id: String,
+    #[serde(default)]
+    pub reason: String,
+    /// YYYY-MM-DD: the last day the entry applies.
+    pub expires: String,
+}
+
+fn default_deny() -> Vec<AdvisoryKind> {
+    vec![AdvisoryKind::Vulnerability]
+}
+
+fn default_warn() -> Vec<AdvisoryKind> {
+    vec![
+        AdvisoryKind::Unmaintained,
+        AdvisoryKind::Unsound,
+        AdvisoryKind::Yanked,
+    ]
+}
+
+impl Default for AuditPolicy {
+    fn default() -> AuditPolicy {
+        AuditPolicy {
+            deny: default_deny(),
+            warn: default_warn(),
+            ignore: Vec::new(),
+        }
+    }
+}
+
+impl Default for RawAudit {
+    /// No table at all: the same as an empty one.
+    fn default() -> RawAudit {
+        RawAudit {
+            deny: default_deny(),
+            warn: None,
+            ignore: Vec::new(),
+        }
+    }
+}
+
+impl RawAudit {
+    fn checked(self) -> Result<AuditPolicy> {
+        let warn = match self.warn {
+            Some(warn) => warn,
+            None => default_warn()
+                .into_iter()
+                .filter(|k| !self.deny.contains(k))
+                .collect(),
+        };
+        AuditPolicy {
+            deny: self.deny,
+            warn,
+            ignore: self.ignore,
+        }
+        .checked()
+    }
+}
+
+impl AuditPolicy {
+    fn checked(self) -> Result<AuditPolicy> {
+        const TABLE: &str = "[workspace.metadata.release.audit]";
+        if let Some(kind) = self.deny.iter().find(|k| self.warn.contains(k)) {
+            bail!("{TABLE} lists {kind} in both deny and warn; keep it in one");
+        }
+        for entry in &self.ignore {
+            if entry.reason.trim().is_empty() {
+                bail!(
+                    "{TABLE} ignores {} without a reason; add reason = \"why it does not apply\"",
+                    entry.id
+                );
+            }
+            if parse_date(&entry.expires).is_none() {
+                bail!(
+                    "{TABLE} ignores {} until {:?}, which is not a YYYY-MM-DD date; fix expires",
+                    entry.id,
+                    entry.expires
+                );
+            }
+        }
+        Ok(self)
+    }
+
+    /// What the policy does with `kind`: deny, or only warn.
+    pub fn denies(&self, kind: AdvisoryKind) -> bool {
+        self.deny.contains(&kind)
+    }
+}
+
+/// `YYYY-MM-DD` as (year, month, day), if it is one.
+pub fn parse_date(text: &str) -> Option<(i32, u32, u32)> {
+    let mut parts = text.split('-');
+    let (y, m, d) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || y.len() != 4 || m.len() != 2 || d.len() != 2 {
+        return None;
+    }
+    let date = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
+    ((1..=12).contains(&date.1) && (1..=31).contains(&date.2)).then_some(date)
 }
 
 pub fn is_digest(s: &str) -> bool {
@@ -222,5 +372,61 @@ impl FromStr for Platform {
 impl fmt::Display for Platform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.os, self.arch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(value: serde_json::Value) -> Result<AuditPolicy> {
+        let raw: RawAudit = serde_json::from_value(value)?;
+        raw.checked()
+    }
+
+    #[test]
+    fn no_audit_table_denies_vulnerabilities() {
+        let policy = RawAudit::default().checked().unwrap();
+        assert!(policy.denies(AdvisoryKind::Vulnerability));
+        assert_eq!(policy.warn.len(), 3);
+    }
+
+    #[test]
+    fn an_audit_policy_needs_reasons_dates_and_known_fields() {
+        let ok = policy(serde_json::json!({
+            "deny": ["vulnerability", "unsound"],
+            "ignore": [{"id": "RUSTSEC-2026-0001", "reason": "unused", "expires": "2027-01-31"}],
+        }))
+        .unwrap();
+        assert!(ok.denies(AdvisoryKind::Unsound));
+        assert!(!ok.denies(AdvisoryKind::Yanked));
+
+        let no_reason = policy(serde_json::json!({
+            "ignore": [{"id": "RUSTSEC-2026-0001", "expires": "2027-01-31"}],
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            no_reason.contains("ignores RUSTSEC-2026-0001 without a reason"),
+            "{no_reason}"
+        );
+
+        let bad_date = policy(serde_json::json!({
+            "ignore": [{"id": "RUSTSEC-2026-0001", "reason": "unused", "expires": "next year"}],
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(bad_date.contains("not a YYYY-MM-DD date"), "{bad_date}");
+
+        let both = policy(serde_json::json!({"deny": ["yanked"], "warn": ["yanked"]}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            both.contains("lists yanked in both deny and warn"),
+            "{both}"
+        );
+
+        assert!(policy(serde_json::json!({"denied": ["yanked"]})).is_err());
+        assert!(policy(serde_json::json!({"deny": ["typo"]})).is_err());
     }
 }

@@ -20,6 +20,8 @@ pub const ACTIONLINT_VERSION: &str = "v1.7.12";
 /// publish to, and v4 is the supported line (v3 gets security fixes only).
 pub const HELM_VERSION: &str = "v4.3.2";
 pub const CARGO_AUDITABLE_VERSION: &str = "0.7.7";
+/// The scanner behind `cargo xtask audit`; its JSON report is what we parse.
+pub const CARGO_AUDIT_VERSION: &str = "0.22.2";
 
 pub const COSIGN: Tool = Tool {
     name: "cosign",
@@ -56,6 +58,11 @@ pub const CARGO_AUDITABLE: Tool = Tool {
 pub fn referrers_registry(target_dir: &camino::Utf8Path) -> camino::Utf8PathBuf {
     target_dir.join("tools/referrers-registry")
 }
+
+pub const CARGO_AUDIT: Tool = Tool {
+    name: "cargo-audit",
+    install_hint: "run `cargo xtask setup` (cargo install cargo-audit --version 0.22.2 --locked)",
+};
 
 /// Directories where installers put binaries that may not be on PATH.
 pub fn extra_bin_dirs() -> Vec<PathBuf> {

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod advisory_db;
 mod auth_registry;
 pub mod proxy;
 mod referrers_registry;
