@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 mod auth_registry;
+pub mod pg;
 pub mod proxy;
 mod referrers_registry;
 pub mod scripted;
