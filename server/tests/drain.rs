@@ -153,3 +153,43 @@ fn no_request_that_reached_the_server_goes_unanswered_across_sigterm_under_load(
         total(|t| t.closed_by_server)
     );
 }
+
+/// The same with wrk, the load generator the loss was first seen with (50
+/// of 50 connections had a read error): SIGTERM one second into a
+/// three-second run, which ends inside the drain delay, so every connection
+/// wrk opens is accepted and every request it sends is answered.
+#[test]
+fn wrk_across_sigterm_gets_every_answer_with_200() {
+    let mut server = Server::start(&[
+        ("SERVER_DRAIN_DELAY", "4s"),
+        ("SERVER_SHUTDOWN_TIMEOUT", "5s"),
+    ]);
+    let wrk = std::process::Command::new("wrk")
+        .args(["-t2", "-c50", "-d3s"])
+        .arg(format!("http://127.0.0.1:{}/healthz", server.port()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("wrk is missing: run `cargo xtask setup` (apt-get install wrk)");
+    std::thread::sleep(Duration::from_secs(1));
+    server.signal("TERM");
+    server.wait_for_log("shutting down");
+    let output = wrk.wait_with_output().unwrap();
+    let report = support::text(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{report}{}",
+        support::text(&output.stderr)
+    );
+    let requests: u64 = report
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no request count in wrk's report:\n{report}"));
+    assert!(requests > 0, "{report}");
+    // wrk prints these lines only when there is something to count.
+    assert!(!report.contains("Socket errors"), "{report}");
+    assert!(!report.contains("Non-2xx"), "{report}");
+    server.wait_for_log("stopped accepting");
+    assert_eq!(server.wait_exit(STEP_TIMEOUT).code(), Some(0));
+}

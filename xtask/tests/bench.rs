@@ -36,7 +36,8 @@ fn bench_quick_json_reports_every_figure_with_its_target() {
             "quick",
             "server",
             "size",
-            "start_to_healthy"
+            "start_to_healthy",
+            "with_database"
         ]
     );
     assert_eq!(
@@ -107,6 +108,34 @@ fn bench_quick_json_reports_every_figure_with_its_target() {
         (&0.into(), &0.into())
     );
     assert!(load["requests"].as_u64().is_some_and(|n| n > 0), "{load}");
+
+    // With a database: every run applied every migration of the source,
+    // and every GET of the item was a 200.
+    let db = &report["with_database"];
+    assert_eq!(keys(db), ["boot_and_migrate", "idle_rss_kib", "item_load"]);
+    assert_eq!(
+        keys(&db["boot_and_migrate"]),
+        ["max_ms", "median_ms", "migrations", "min_ms", "runs"]
+    );
+    let migrations = std::fs::read_dir(support::workspace_root().join("server/migrations"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "sql")
+        })
+        .count();
+    assert_eq!(db["boot_and_migrate"]["migrations"], migrations);
+    assert_eq!(db["boot_and_migrate"]["runs"], 3);
+    let items = &db["item_load"];
+    assert_eq!(
+        (&items["non_2xx"], &items["socket_errors"]),
+        (&0.into(), &0.into())
+    );
+    assert!(items["requests"].as_u64().is_some_and(|n| n > 0), "{items}");
+    assert!(db["idle_rss_kib"].as_u64().is_some_and(|n| n > 0));
     assert!(report["size"]["bytes"].as_u64().is_some_and(|n| n > 0));
     assert!(report["idle_rss"]["kib"].as_u64().is_some_and(|n| n > 0));
 
@@ -127,8 +156,15 @@ fn bench_quick_json_reports_every_figure_with_its_target() {
             .any(|c| c.starts_with("wrk -t2 -c50 -d1s --latency http://127.0.0.1:")),
         "{commands:?}"
     );
-    for step in 1..=7 {
-        assert!(stderr.contains(&format!("[{step}/7] ")), "{stderr}");
+    assert!(
+        commands.iter().any(
+            |c| c.starts_with("wrk -t2 -c50 -d1s --latency http://127.0.0.1:")
+                && c.ends_with("/v1/items/bench")
+        ),
+        "{commands:?}"
+    );
+    for step in 1..=8 {
+        assert!(stderr.contains(&format!("[{step}/8] ")), "{stderr}");
     }
 }
 

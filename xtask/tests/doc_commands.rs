@@ -15,6 +15,21 @@
 //! - keyless cosign verification (no internet): cosign must fail only for
 //!   want of Sigstore's public services or of a keyless signature.
 //!
+//! The deployment commands of upgrading.md go further. Each is a docker
+//! command that must fail only for want of an engine; then the test does
+//! what the engine would have done, on stand-ins: a PostgreSQL it starts
+//! (superuser and database `app`, as the `db` service has) at the schema
+//! of the version before this one, with an item in it, is the `db`
+//! service; the amd64 server from target/dist is the `server` container,
+//! its output is what `docker compose logs server` shows, and
+//! `https://example.com` is that server. So `docker compose exec -T db
+//! pg_dump …` runs `pg_dump …` here, `docker compose run --rm -T server
+//! bootstrap` runs `server bootstrap`, and `up -d --no-deps server` starts
+//! the server, which applies the newest migration. Only the version before
+//! this one cannot run (it is not built here): after the rollback, the
+//! check is that the database is the backup's, at that version's schema,
+//! with its items.
+//!
 //! The registries the docs name are local stand-ins. Before a command runs,
 //! `stand_in` rewrites it: ghcr.io and gcr.io become registry A,
 //! registry.internal registry B, and the example versions (`v1.2.3`,
@@ -33,6 +48,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
+use support::pg::Postgres;
 use support::{head_sha, run, run_ok, seed_base, server_version, skopeo_raw, tool, Registry};
 
 const PASSWORD: &str = "doc-commands-test";
@@ -149,6 +165,10 @@ enum Before {
     CarryBundleIn,
     /// Garbage collection wants the registry stopped.
     StopRegistryA,
+    /// upgrading.md: `.env` as for `DeployedCompose`, and the deployment's
+    /// stand-ins, running the version before this one (see the module
+    /// comment).
+    DeployedWithDatabase,
 }
 
 #[derive(Clone, Copy)]
@@ -157,6 +177,9 @@ enum How {
     Runs(Before, Check),
     /// Needs a Docker engine.
     NoEngine,
+    /// Needs a Docker engine, then the check does what the engine would
+    /// have done, on the deployment's stand-ins (see the module comment).
+    Compose(Before, Check),
     /// Keyless verification: needs Sigstore's public services and a
     /// signature made in GitHub Actions.
     Keyless,
@@ -175,6 +198,7 @@ const EXPECTATIONS: &[(&str, How)] = &[
     ("docker compose up -d", How::NoEngine),
     ("docker compose ps", How::NoEngine),
     ("docker compose pull proxy", How::NoEngine),
+    ("docker compose pull server", How::NoEngine),
     ("docker image inspect --format", How::NoEngine),
     // configuration.md
     ("docker run --rm -p 8080:8080", How::NoEngine),
@@ -242,6 +266,49 @@ const EXPECTATIONS: &[(&str, How)] = &[
     (
         "docker-registry garbage-collect",
         How::Runs(Before::StopRegistryA, release_survives_garbage_collection),
+    ),
+    // upgrading.md
+    (
+        "docker compose exec -T db pg_dump -U app -d app -Fc > before-upgrade.dump",
+        How::Compose(Before::DeployedWithDatabase, backup_taken),
+    ),
+    (
+        "docker compose run --rm -T server migrate status",
+        How::Compose(Before::Nothing, shows_the_pending_migration),
+    ),
+    (
+        "docker compose up -d --no-deps server",
+        How::Compose(Before::Nothing, server_deployed),
+    ),
+    (
+        "docker compose logs server | grep -E 'migrations applied|no pending migrations'",
+        How::Compose(Before::Nothing, log_names_the_new_migration),
+    ),
+    (
+        "TOKEN=$(docker compose run --rm -T server bootstrap)",
+        How::Compose(Before::Nothing, first_token_created),
+    ),
+    (
+        "curl -fsS -X PUT -H \"Authorization: Bearer $TOKEN\"",
+        How::Runs(Before::Nothing, item_created),
+    ),
+    ("curl -fsS https://example.com/v1/items/", How::Runs(Before::Nothing, item_printed)),
+    (
+        "curl -fsS -X DELETE -H \"Authorization: Bearer $TOKEN\"",
+        How::Runs(Before::Nothing, item_deleted),
+    ),
+    ("docker compose stop server", How::Compose(Before::Nothing, server_stopped)),
+    (
+        "docker compose exec -T db dropdb -U app app",
+        How::Compose(Before::Nothing, database_dropped),
+    ),
+    (
+        "docker compose exec -T db createdb -U app app",
+        How::Compose(Before::Nothing, database_created),
+    ),
+    (
+        "docker compose exec -T db pg_restore -U app -d app < before-upgrade.dump",
+        How::Compose(Before::Nothing, backup_restored),
     ),
     // pulling.md
     ("docker pull", How::NoEngine),
@@ -364,6 +431,10 @@ struct Bed {
     scratch: tempfile::TempDir,
     /// The clone the current page runs in.
     cwd: PathBuf,
+    /// The shell state of the current page.
+    state: PathBuf,
+    /// upgrading.md's deployment, once a command needs it.
+    deployment: Option<Deployment>,
 }
 
 impl Bed {
@@ -480,6 +551,8 @@ fn set_up() -> Bed {
         base_amd64_size,
         keys,
         cwd: scratch.path().to_path_buf(),
+        state: scratch.path().join("state.sh"),
+        deployment: None,
         scratch,
         a,
         b,
@@ -566,6 +639,12 @@ fn stand_in(bed: &Bed, command: &str) -> String {
             &format!("skopeo {verb} {plain_http} "),
         );
     }
+    if let Some(server) = bed.deployment.as_ref().and_then(|d| d.server.as_ref()) {
+        text = text.replace(
+            "https://example.com/",
+            &format!("http://127.0.0.1:{}/", server.port),
+        );
+    }
     let version = format!("v{}", bed.version);
     let minor = version.rsplit_once('.').map(|(m, _)| m).unwrap_or_default();
     text.replace("ghcr.io/", &format!("{}/", bed.a.host()))
@@ -593,7 +672,13 @@ fn assigned_variable(command: &str) -> Option<&str> {
 
 /// Runs one command in the page's shell state; an assignment prints the
 /// value it set.
-fn run_in_page(bed: &Bed, state: &Path, command: &str, answer_yes: bool) -> Ran {
+fn run_in_page(
+    bed: &Bed,
+    state: &Path,
+    command: &str,
+    answer_yes: bool,
+    env: &[(&str, String)],
+) -> Ran {
     let shown = match assigned_variable(command) {
         Some(name) => format!("\nstatus=$?\n[ $status -ne 0 ] || {{ printf 'export {name}=%q\\n' \"${name}\" >> \"$DOC_STATE\"; printf '%s' \"${name}\"; }}\nexit $status"),
         None => String::new(),
@@ -616,7 +701,8 @@ fn run_in_page(bed: &Bed, state: &Path, command: &str, answer_yes: bool) -> Ran 
             ),
         )
         .env("DOCKER_CONFIG", bed.scratch.path().join("docker-config"))
-        .env("GNUPGHOME", gnupg_home(bed));
+        .env("GNUPGHOME", gnupg_home(bed))
+        .envs(env.iter().map(|(k, v)| (k, v)));
     for name in support::GITHUB_ACTIONS_ENV {
         shell.env_remove(name);
     }
@@ -631,6 +717,12 @@ fn run_in_page(bed: &Bed, state: &Path, command: &str, answer_yes: bool) -> Ran 
 fn prepare(bed: &mut Bed, before: Before) {
     match before {
         Before::Nothing => {}
+        Before::DeployedWithDatabase => {
+            prepare(bed, Before::DeployedCompose);
+            if bed.deployment.is_none() {
+                bed.deployment = Some(Deployment::at_the_previous_version(&bed.scratch));
+            }
+        }
         Before::DeployedCompose => {
             // A deployment has its database password; compose refuses to
             // run without one.
@@ -669,6 +761,17 @@ const USAGE_ERRORS: &[&str] = &[
     "Usage:",
 ];
 
+fn for_want_of_an_engine(ran: &Ran, usage_error: Option<&&str>) -> Result<(), String> {
+    let no_engine = ran.stderr.contains("Cannot connect to the Docker daemon")
+        || ran.stderr.contains("failed to connect to the docker API");
+    match (ran.code, usage_error, no_engine) {
+        (Some(0), _, _) => Err("succeeded without a Docker engine".to_owned()),
+        (_, Some(error), _) => Err(format!("the docker CLI rejects it ({error})")),
+        (_, None, true) => Ok(()),
+        _ => Err("failed, and not for want of a Docker engine".to_owned()),
+    }
+}
+
 fn judge(bed: &mut Bed, command: &DocCommand, how: How, ran: &Ran) -> Result<(), String> {
     let output = format!("{}{}", ran.stdout, ran.stderr);
     let usage_error = USAGE_ERRORS.iter().find(|e| ran.stderr.contains(**e));
@@ -679,15 +782,10 @@ fn judge(bed: &mut Bed, command: &DocCommand, how: How, ran: &Ran) -> Result<(),
             }
             check(bed, command, ran)
         }
-        How::NoEngine => {
-            let no_engine = ran.stderr.contains("Cannot connect to the Docker daemon")
-                || ran.stderr.contains("failed to connect to the docker API");
-            match (ran.code, usage_error, no_engine) {
-                (Some(0), _, _) => Err("succeeded without a Docker engine".to_owned()),
-                (_, Some(error), _) => Err(format!("the docker CLI rejects it ({error})")),
-                (_, None, true) => Ok(()),
-                _ => Err("failed, and not for want of a Docker engine".to_owned()),
-            }
+        How::NoEngine => for_want_of_an_engine(ran, usage_error),
+        How::Compose(_, check) => {
+            for_want_of_an_engine(ran, usage_error)?;
+            check(bed, command, ran)
         }
         How::Keyless => {
             let expected = [
@@ -741,6 +839,7 @@ fn every_command_in_docs_runs_as_documented() {
             .path()
             .join(format!("{}.state.sh", page.trim_end_matches(".md")));
         std::fs::write(&state, "").unwrap();
+        bed.state = state.clone();
         for command in &commands {
             let Some((start, how)) = expectation(&command.text) else {
                 failures.push(format!(
@@ -750,11 +849,12 @@ fn every_command_in_docs_runs_as_documented() {
                 continue;
             };
             used.insert(start);
-            if let How::Runs(before, _) = how {
+            if let How::Runs(before, _) | How::Compose(before, _) = how {
                 prepare(&mut bed, before);
             }
             let actual = stand_in(&bed, &command.text);
-            let ran = run_in_page(&bed, &state, &actual, matches!(how, How::NoEngine));
+            let answer_yes = matches!(how, How::NoEngine);
+            let ran = run_in_page(&bed, &state, &actual, answer_yes, &[]);
             ran_count += 1;
             if let Err(error) = judge(&mut bed, command, how, &ran) {
                 failures.push(format!(
@@ -773,6 +873,9 @@ fn every_command_in_docs_runs_as_documented() {
                 "EXPECTATIONS has `{start}`, which no command in docs/ starts with: remove it"
             ));
         }
+    }
+    if let Some(deployment) = bed.deployment.as_mut() {
+        deployment.stop_server();
     }
     let _ = Command::new(tool("gpgconf"))
         .args(["--kill", "all"])
@@ -1326,4 +1429,366 @@ fn synopses_name_only_real_flags() {
         }
     }
     assert!(checked >= 5, "only {checked} synopsis flags found");
+}
+
+// ---- upgrading.md's deployment ---------------------------------------
+
+const ITEM_OF_THE_PREVIOUS_VERSION: (&str, &str) = (
+    "before-upgrade",
+    r#"{"written": "by the previous version"}"#,
+);
+
+/// The stand-ins of the compose deployment: see the module comment.
+struct Deployment {
+    pg: Postgres,
+    /// The server container, while it runs.
+    server: Option<StandInServer>,
+    /// What `docker compose logs server` shows: the last container's output.
+    log: PathBuf,
+    /// The migrations of server/migrations, oldest first.
+    migrations: Vec<String>,
+}
+
+struct StandInServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+fn shipped_server() -> PathBuf {
+    support::workspace_root().join("target/dist/linux-amd64/server")
+}
+
+impl Deployment {
+    /// The database as the version before this one left it: every
+    /// migration but the newest applied and recorded the way the server
+    /// records them, and an item written.
+    fn at_the_previous_version(scratch: &tempfile::TempDir) -> Deployment {
+        let pg = Postgres::start("app", "app");
+        let dir = support::workspace_root().join("server/migrations");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+            .collect();
+        files.sort();
+        assert!(
+            files.len() >= 2,
+            "upgrading.md's test needs two migrations in {}",
+            dir.display()
+        );
+        pg.psql(
+            "app",
+            "CREATE TABLE schema_migrations (version text PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
+        );
+        let migrations: Vec<String> = files
+            .iter()
+            .map(|f| f.file_stem().unwrap().to_string_lossy().into_owned())
+            .collect();
+        for (file, version) in files.iter().zip(&migrations).take(files.len() - 1) {
+            let sql = std::fs::read_to_string(file).unwrap();
+            pg.psql("app", &sql);
+            pg.psql(
+                "app",
+                &format!("INSERT INTO schema_migrations (version, checksum) VALUES ('{version}', encode(sha256(convert_to($sql${sql}$sql$, 'UTF8')), 'hex'))"),
+            );
+        }
+        let (key, value) = ITEM_OF_THE_PREVIOUS_VERSION;
+        pg.psql(
+            "app",
+            &format!("INSERT INTO items (key, value) VALUES ('{key}', '{value}')"),
+        );
+        Deployment {
+            pg,
+            server: None,
+            log: scratch.path().join("server.log"),
+            migrations,
+        }
+    }
+
+    /// The environment compose gives the containers, for the stand-ins.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        let path = std::env::join_paths(
+            std::iter::once(support::pg::bin_dir()).chain(support::tool_path()),
+        )
+        .unwrap();
+        vec![
+            ("PGHOST", "127.0.0.1".to_owned()),
+            ("PGPORT", self.pg.port.to_string()),
+            ("PATH", path.to_string_lossy().into_owned()),
+            ("SERVER_DATABASE_URL", self.pg.url("app")),
+            ("SERVER_LOG", "info".to_owned()),
+            ("SERVER_LOG_FORMAT", "json".to_owned()),
+        ]
+    }
+
+    fn psql(&self, sql: &str) -> String {
+        self.pg.psql("app", sql)
+    }
+
+    fn applied(&self) -> String {
+        self.psql("SELECT string_agg(version, ',' ORDER BY version) FROM schema_migrations")
+    }
+
+    fn items(&self) -> String {
+        self.psql("SELECT string_agg(key || '=' || value::text, ',' ORDER BY key) FROM items")
+    }
+
+    fn start_server(&mut self) -> Result<u16, String> {
+        self.stop_server();
+        let port = support::free_port();
+        let log = std::fs::File::create(&self.log).unwrap();
+        let child = Command::new(shipped_server())
+            .arg("serve")
+            .env_clear()
+            .envs(self.env())
+            .env("SERVER_ADDR", format!("127.0.0.1:{port}"))
+            .env("SERVER_DRAIN_DELAY", "0s")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", shipped_server().display()))?;
+        let mut server = StandInServer { child, port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while support::http_status(port, "/readyz") != Some(200) {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                return Err(format!(
+                    "the server exited with {status}: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                ));
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = server.child.kill();
+                return Err("the server was not ready within 60 s".to_owned());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        self.server = Some(server);
+        Ok(port)
+    }
+
+    /// SIGTERM, as `docker compose stop` sends; returns the exit code.
+    fn stop_server(&mut self) -> Option<i32> {
+        let mut server = self.server.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &server.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                return status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = server.child.kill();
+                let _ = server.child.wait();
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+fn deployment(bed: &mut Bed) -> Result<&mut Deployment, String> {
+    bed.deployment
+        .as_mut()
+        .ok_or_else(|| "no deployment: the page's first command must set it up".to_owned())
+}
+
+/// Runs what the container would: the command without its `docker
+/// compose` prefix, in the page's shell, with the stand-ins' environment.
+fn in_container(bed: &mut Bed, command: &DocCommand) -> Result<Ran, String> {
+    let deployment = deployment(bed)?;
+    let server = format!("'{}' ", shipped_server().display());
+    let log = format!("cat '{}'", deployment.log.display());
+    let env = deployment.env();
+    let text = command
+        .text
+        .replace("docker compose exec -T db ", "")
+        .replace("docker compose run --rm -T server ", &server)
+        .replace("docker compose logs server", &log);
+    let ran = run_in_page(bed, &bed.state, &text, false, &env);
+    if ran.code != Some(0) {
+        return Err(format!(
+            "as the container would run it (`{text}`), exited with {:?}: {}{}",
+            ran.code, ran.stdout, ran.stderr
+        ));
+    }
+    Ok(ran)
+}
+
+fn backup_taken(bed: &mut Bed, command: &DocCommand, _: &Ran) -> Result<(), String> {
+    in_container(bed, command)?;
+    let listed = run(Command::new(support::pg::bin_dir().join("pg_restore"))
+        .args(["-l", "before-upgrade.dump"])
+        .current_dir(&bed.cwd));
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    match [
+        "TABLE DATA public items",
+        "TABLE DATA public schema_migrations",
+    ]
+    .iter()
+    .find(|entry| !listed.contains(**entry))
+    {
+        Some(missing) => Err(format!("before-upgrade.dump has no {missing}: {listed}")),
+        None => Ok(()),
+    }
+}
+
+fn shows_the_pending_migration(bed: &mut Bed, command: &DocCommand, _: &Ran) -> Result<(), String> {
+    let ran = in_container(bed, command)?;
+    let deployment = deployment(bed)?;
+    let (newest, previous) = deployment.migrations.split_last().unwrap();
+    let mut expected: Vec<String> = previous.iter().map(|v| format!("applied  {v}")).collect();
+    expected.push(format!("pending  {newest}"));
+    equal("migrate status", &ran.stdout, &expected.join("\n"))?;
+    prints_documented_output(bed, command, &ran)
+}
+
+fn server_deployed(bed: &mut Bed, _: &DocCommand, _: &Ran) -> Result<(), String> {
+    let rolled_back = std::fs::read_to_string(bed.cwd.join("rollback.env"))
+        .is_ok_and(|old| old.trim_end() == bed.env_line().unwrap_or_default());
+    let deployment = deployment(bed)?;
+    let (key, value) = ITEM_OF_THE_PREVIOUS_VERSION;
+    if rolled_back {
+        // The version before this one is not built here: the database must
+        // be exactly what it left.
+        let previous = &deployment.migrations[..deployment.migrations.len() - 1];
+        equal(
+            "the migrations after the rollback",
+            &deployment.applied(),
+            &previous.join(","),
+        )?;
+        return equal(
+            "the items after the rollback",
+            &deployment.items(),
+            &format!("{key}={value}"),
+        );
+    }
+    let port = deployment.start_server()?;
+    equal(
+        "the migrations after the upgrade",
+        &deployment.applied(),
+        &deployment.migrations.join(","),
+    )?;
+    match support::http_get(port, &format!("/v1/items/{key}")) {
+        Some((200, body)) => equal("the item of the previous version", &body, value),
+        other => Err(format!("GET /v1/items/{key} after the upgrade: {other:?}")),
+    }
+}
+
+fn log_names_the_new_migration(bed: &mut Bed, command: &DocCommand, _: &Ran) -> Result<(), String> {
+    let ran = in_container(bed, command)?;
+    let newest = deployment(bed)?.migrations.last().unwrap().clone();
+    let record: Value = serde_json::from_str(ran.stdout.trim_end())
+        .map_err(|e| format!("not one JSON log line ({e}): {}", ran.stdout))?;
+    equal(
+        "the log line",
+        record["msg"].as_str().unwrap_or_default(),
+        &format!("migrations applied: {newest}"),
+    )
+}
+
+fn first_token_created(bed: &mut Bed, command: &DocCommand, _: &Ran) -> Result<(), String> {
+    let ran = in_container(bed, command)?;
+    let token = ran.stdout.trim_end();
+    if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("TOKEN is {token:?}, not 64 hex characters"));
+    }
+    equal(
+        "API tokens",
+        &deployment(bed)?.psql("SELECT count(*) FROM api_tokens"),
+        "1",
+    )?;
+    // Run again, it creates nothing; not through the page's command, whose
+    // assignment would empty TOKEN.
+    let env = deployment(bed)?.env();
+    let again = run_in_page(
+        bed,
+        &bed.state,
+        &format!("'{}' bootstrap", shipped_server().display()),
+        false,
+        &env,
+    );
+    equal(
+        "a second bootstrap",
+        &format!("{:?} {}{}", again.code, again.stdout, again.stderr),
+        "Some(0) server: an API token exists already; bootstrap changed nothing",
+    )?;
+    equal(
+        "API tokens",
+        &deployment(bed)?.psql("SELECT count(*) FROM api_tokens"),
+        "1",
+    )
+}
+
+fn item_created(bed: &mut Bed, _: &DocCommand, ran: &Ran) -> Result<(), String> {
+    equal("PUT", &ran.stdout, "created")?;
+    let items = deployment(bed)?.items();
+    let (key, value) = ITEM_OF_THE_PREVIOUS_VERSION;
+    equal(
+        "the items",
+        &items,
+        &format!("{key}={value},greeting={{\"hello\": \"world\"}}"),
+    )
+}
+
+fn item_printed(_: &mut Bed, _: &DocCommand, ran: &Ran) -> Result<(), String> {
+    equal("GET", &ran.stdout, r#"{"hello": "world"}"#)
+}
+
+fn item_deleted(bed: &mut Bed, _: &DocCommand, ran: &Ran) -> Result<(), String> {
+    equal("DELETE", &ran.stdout, "deleted")?;
+    let (key, value) = ITEM_OF_THE_PREVIOUS_VERSION;
+    equal(
+        "the items",
+        &deployment(bed)?.items(),
+        &format!("{key}={value}"),
+    )
+}
+
+fn server_stopped(bed: &mut Bed, _: &DocCommand, _: &Ran) -> Result<(), String> {
+    match deployment(bed)?.stop_server() {
+        Some(0) => Ok(()),
+        other => Err(format!(
+            "the server was not running or exited with {other:?}"
+        )),
+    }
+}
+
+fn database_count(bed: &mut Bed) -> Result<String, String> {
+    Ok(deployment(bed)?.pg.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_database WHERE datname = 'app'",
+    ))
+}
+
+fn database_dropped(bed: &mut Bed, command: &DocCommand, _: &Ran) -> Result<(), String> {
+    in_container(bed, command)?;
+    equal("databases named app", &database_count(bed)?, "0")
+}
+
+fn database_created(bed: &mut Bed, command: &DocCommand, _: &Ran) -> Result<(), String> {
+    in_container(bed, command)?;
+    equal("databases named app", &database_count(bed)?, "1")?;
+    equal(
+        "tables in the new database",
+        &deployment(bed)?.psql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"),
+        "0",
+    )
+}
+
+fn backup_restored(bed: &mut Bed, command: &DocCommand, _: &Ran) -> Result<(), String> {
+    in_container(bed, command)?;
+    let deployment = deployment(bed)?;
+    let previous = &deployment.migrations[..deployment.migrations.len() - 1];
+    equal(
+        "the restored migrations",
+        &deployment.applied(),
+        &previous.join(","),
+    )?;
+    let (key, value) = ITEM_OF_THE_PREVIOUS_VERSION;
+    equal(
+        "the restored items",
+        &deployment.items(),
+        &format!("{key}={value}"),
+    )
 }

@@ -230,6 +230,20 @@ fn each_platform_unpacks_and_runs_from_its_rootfs() {
             rootfs.join("etc/base-release").is_file(),
             "the base's files are in the rootfs"
         );
+        // The image adds the binary and nothing to run it with: no shell.
+        for shell in [
+            "bin/sh",
+            "bin/bash",
+            "bin/ash",
+            "bin/busybox",
+            "usr/bin/sh",
+            "usr/bin/bash",
+        ] {
+            assert!(
+                rootfs.join(shell).symlink_metadata().is_err(),
+                "{arch}: the rootfs has /{shell}"
+            );
+        }
         let server = rootfs.join("server");
         let mut command = if arch == "arm64" {
             Command::new(tool("qemu-aarch64-static"))
@@ -260,6 +274,30 @@ fn each_platform_unpacks_and_runs_from_its_rootfs() {
             Some(2),
             "server: SERVER_DATABASE_URL is not set; set it to postgres://USER:PASSWORD@HOST:PORT/DATABASE\n".to_owned()
         )
+    );
+    // With one, it reads a real PostgreSQL and lists what it would apply,
+    // changing nothing.
+    let pg = support::pg::Postgres::start("app", "app");
+    let mut migrations: Vec<String> =
+        std::fs::read_dir(support::workspace_root().join("server/migrations"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+            .map(|p| format!("pending  {}\n", p.file_stem().unwrap().to_string_lossy()))
+            .collect();
+    migrations.sort();
+    let status = run_ok(
+        Command::new(&server)
+            .args(["migrate", "status"])
+            .env("SERVER_DATABASE_URL", pg.url("app")),
+    );
+    assert_eq!(status, migrations.concat());
+    assert_eq!(
+        pg.psql(
+            "app",
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'items'"
+        ),
+        "0"
     );
 
     // The amd64 rootfs serves, and its own healthcheck says so.

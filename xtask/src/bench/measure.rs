@@ -23,8 +23,8 @@ pub(super) fn measure_start(server: &Utf8PathBuf, runs: usize) -> Result<StartTo
     for _ in 0..runs {
         let port = free_port()?;
         let started = Instant::now();
-        let child = spawn_server(server, port)?;
-        let result = wait_healthy(&child, port, started);
+        let child = spawn_server(server, port, &[])?;
+        let result = wait_for_200(&child, port, "/healthz", started);
         // duct's kill also reaps the child.
         let _ = child.kill();
         times.push(result?.as_secs_f64() * 1000.0);
@@ -40,9 +40,14 @@ pub(super) fn measure_start(server: &Utf8PathBuf, runs: usize) -> Result<StartTo
     })
 }
 
-/// Polls GET /healthz on fresh connections as fast as the kernel answers,
+/// Polls GET `path` on fresh connections as fast as the kernel answers,
 /// and returns the time since `started` of the first 200.
-fn wait_healthy(child: &duct::Handle, port: u16, started: Instant) -> Result<Duration> {
+pub(super) fn wait_for_200(
+    child: &duct::Handle,
+    port: u16,
+    path: &str,
+    started: Instant,
+) -> Result<Duration> {
     loop {
         if let Some(output) = child.try_wait()? {
             bail!(
@@ -52,11 +57,11 @@ fn wait_healthy(child: &duct::Handle, port: u16, started: Instant) -> Result<Dur
         }
         if started.elapsed() > START_GIVE_UP {
             bail!(
-                "the server did not answer 200 on 127.0.0.1:{port}/healthz within {}s",
+                "the server did not answer 200 on 127.0.0.1:{port}{path} within {}s",
                 START_GIVE_UP.as_secs()
             );
         }
-        if get_status(port, "/healthz") == Some(200) {
+        if get_status(port, path) == Some(200) {
             return Ok(started.elapsed());
         }
         std::thread::sleep(Duration::from_micros(200));
@@ -77,14 +82,21 @@ fn get_status(port: u16, path: &str) -> Option<u16> {
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }
 
-fn spawn_server(server: &Utf8PathBuf, port: u16) -> Result<duct::Handle> {
-    // Only SERVER_ADDR: the figures are for the default configuration,
-    // whatever SERVER_* variables the caller's shell has.
+pub(super) fn spawn_server(
+    server: &Utf8PathBuf,
+    port: u16,
+    env: &[(&str, &str)],
+) -> Result<duct::Handle> {
+    // Only SERVER_ADDR and `env`: the figures are for the default
+    // configuration, whatever SERVER_* variables the caller's shell has.
     let mut command = duct::cmd!(server.as_std_path(), "serve");
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("SERVER_") {
             command = command.env_remove(name);
         }
+    }
+    for (name, value) in env {
+        command = command.env(name, value);
     }
     command
         .env("SERVER_ADDR", format!("127.0.0.1:{port}"))
@@ -98,7 +110,7 @@ fn spawn_server(server: &Utf8PathBuf, port: u16) -> Result<duct::Handle> {
 
 /// A loopback port the kernel has just handed out. It is released before
 /// the server binds it; a race would show as a failed start, not a wrong figure.
-fn free_port() -> Result<u16> {
+pub(super) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -110,15 +122,20 @@ pub(super) struct RunningServer {
 }
 
 impl RunningServer {
-    pub(super) fn start(server: &Utf8PathBuf) -> Result<RunningServer> {
+    /// Started with `env` added, and ready once `ready_path` answers 200.
+    pub(super) fn start(
+        server: &Utf8PathBuf,
+        env: &[(&str, &str)],
+        ready_path: &str,
+    ) -> Result<RunningServer> {
         let port = free_port()?;
         let started = Instant::now();
         let running = RunningServer {
-            child: Some(spawn_server(server, port)?),
+            child: Some(spawn_server(server, port, env)?),
             port,
         };
         if let Some(child) = running.child.as_ref() {
-            wait_healthy(child, port, started)?;
+            wait_for_200(child, port, ready_path, started)?;
         }
         Ok(running)
     }
@@ -238,11 +255,12 @@ pub(super) fn measure_load(
     sh: &Shell,
     wrk: &Path,
     running: &RunningServer,
+    path: &str,
     settings: &Settings,
     commands: &mut Vec<String>,
 ) -> Result<Load> {
     let pid = running.pid();
-    let url = format!("http://127.0.0.1:{}/healthz", running.port);
+    let url = format!("http://127.0.0.1:{}{path}", running.port);
     let threads = format!("-t{}", settings.wrk_threads);
     let connections = format!("-c{}", settings.wrk_connections);
     let duration = format!("-d{}s", settings.wrk_seconds);

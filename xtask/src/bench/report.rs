@@ -160,6 +160,45 @@ pub(super) fn render(report: &Report, settings: &Settings) -> String {
         String::new(),
         "",
     ));
+    let db = &report.with_database;
+    rows.push((
+        "with a database: idle RSS, connected".to_owned(),
+        mib(db.idle_rss_kib as f64 * 1024.0),
+        String::new(),
+        "",
+    ));
+    let boot = &db.boot_and_migrate;
+    rows.push((
+        format!(
+            "  start -> first 200 on /readyz, {} migrations applied (median of {})",
+            boot.migrations, boot.runs
+        ),
+        format!(
+            "{:.1} ms (min {:.1}, max {:.1})",
+            boot.median_ms, boot.min_ms, boot.max_ms
+        ),
+        String::new(),
+        "",
+    ));
+    let items = &db.item_load;
+    rows.push((
+        format!(
+            "  GET /v1/items/{{key}} throughput (wrk -t{} -c{} -d{}s)",
+            settings.wrk_threads, settings.wrk_connections, settings.wrk_seconds
+        ),
+        format!("{:.0} req/s", items.requests_per_sec),
+        String::new(),
+        "",
+    ));
+    rows.push((
+        "  latency p50 / p99; non-2xx; socket errors".to_owned(),
+        format!(
+            "{:.2} / {:.2} ms; {}; {}",
+            items.latency_p50_ms, items.latency_p99_ms, items.non_2xx, items.socket_errors
+        ),
+        String::new(),
+        "",
+    ));
 
     let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let figure_width = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);

@@ -6,6 +6,7 @@
 
 pub mod advisory_db;
 mod auth_registry;
+pub mod pg;
 pub mod proxy;
 mod referrers_registry;
 pub mod scripted;
