@@ -197,7 +197,8 @@ fn a_broken_binary_fails_naming_the_clause() {
         )
     );
     assert!(
-        detail(&report, "healthcheck-live-port").starts_with("`healthcheck` exits 2 with a healthy server on SERVER_ADDR=127.0.0.1:"),
+        detail(&report, "healthcheck-live-port")
+            .starts_with("`healthcheck` exits 2 with a healthy server on SERVER_ADDR=127.0.0.1:"),
         "{report:#}"
     );
 
