@@ -304,9 +304,14 @@ pub struct Bundle {
     /// the release workflow's identity), and only then set its tags.
     #[arg(long)]
     pub load: bool,
-    /// With --load: whom to trust, as for verify.
+    /// Whom to trust: bundled into verify/ (--key: the public key), and with
+    /// --load, what verifies, as for verify.
     #[command(flatten)]
     pub signing: SigningArgs,
+    /// A Sigstore trusted_root.json to bundle into verify/, for keyless
+    /// verification where Sigstore is unreachable.
+    #[arg(long, value_name = "FILE", conflicts_with = "load")]
+    pub trusted_root: Option<Utf8PathBuf>,
     /// Print what would be bundled (or loaded and tagged); write nothing.
     #[arg(long)]
     pub dry_run: bool,
