@@ -142,7 +142,8 @@ fn procedure(registry: &Registry) -> String {
     script
 }
 
-/// Runs the procedure in `dir` with `sh -eu`, only the TOOLS on PATH and
+/// Runs the procedure in `dir` with `sh -eux` (stderr shows each command
+/// before it runs, so the last one shown is the one that failed), only the TOOLS on PATH and
 /// an empty HOME: no checkout, no cargo, no xtask.
 fn run_procedure(dir: &Path, script: &str) -> Output {
     let bin = dir.join(".tools");
@@ -153,7 +154,7 @@ fn run_procedure(dir: &Path, script: &str) -> Output {
     let home = dir.join(".home");
     std::fs::create_dir(&home).unwrap();
     run(Command::new(bin.join("sh"))
-        .args(["-eu", "-c", script])
+        .args(["-eux", "-c", script])
         .current_dir(dir)
         .env_clear()
         .env("PATH", &bin)
@@ -200,16 +201,35 @@ fn the_documented_procedure_loads_and_verifies_with_crane_and_cosign_alone() {
     );
     let on_b = tag_digests(&b.repo("app"));
     assert_eq!(on_b[&version], release.index);
-    // The same signatures under the same tags as on the registry released to.
+    // The version and cosign's tags, each on the digest it has on the
+    // registry released to, and nothing else.
     let on_a = tag_digests(&a.repo("app"));
-    for (tag, digest) in &on_a {
-        assert_eq!(on_b.get(tag), Some(digest), "tag {tag}");
-    }
-    assert_eq!(on_b.len(), on_a.len(), "{on_b:?}");
     let tags_file = std::fs::read_to_string(operator.path().join("bundle/verify/tags")).unwrap();
     assert!(
         tags_file.ends_with(&format!("{version} {}\n", release.index)),
         "{tags_file}"
+    );
+    let mut listed = Vec::new();
+    for line in tags_file.lines() {
+        let (tag, digest) = line.split_once(' ').unwrap();
+        assert_eq!(
+            on_a.get(tag).map(String::as_str),
+            Some(digest),
+            "{tag} on A"
+        );
+        assert_eq!(
+            on_b.get(tag).map(String::as_str),
+            Some(digest),
+            "{tag} on B"
+        );
+        listed.push(tag.to_owned());
+    }
+    listed.sort();
+    assert_eq!(on_b.keys().cloned().collect::<Vec<_>>(), listed);
+    assert_eq!(
+        listed.len(),
+        4,
+        "the version, and signatures of the index and both platforms"
     );
     assert_eq!(
         std::fs::read_to_string(operator.path().join("bundle/verify/identity")).unwrap(),
@@ -278,11 +298,7 @@ fn an_altered_bundle_or_a_wrong_key_fails_before_the_version_is_tagged() {
     let operator = carry_in(&altered, &public_key);
     let output = run_procedure(operator.path(), &procedure(&b));
     assert!(!output.status.success(), "an altered bundle verified");
-    assert!(
-        stderr(&output).contains("no signatures found"),
-        "{}",
-        stderr(&output)
-    );
+    assert_last_command_failed(&output, "cosign verify ", "no signatures found");
     assert_eq!(tag_digests(&b.repo("app")).get(&version), None);
 
     // A key that did not sign the release, bundled and trusted alike.
@@ -295,10 +311,11 @@ fn an_altered_bundle_or_a_wrong_key_fails_before_the_version_is_tagged() {
     let operator = carry_in(&wrong, &other_key);
     let output = run_procedure(operator.path(), &procedure(&c));
     assert!(!output.status.success(), "a foreign key verified");
-    assert!(
-        stderr(&output).contains("no matching signatures"),
-        "{}",
-        stderr(&output)
+    // cosign 3 reads its signature bundles as attestations, and says so.
+    assert_last_command_failed(
+        &output,
+        "cosign verify ",
+        "no matching attestations: failed to verify signature",
     );
     assert_eq!(tag_digests(&c.repo("app")).get(&version), None);
     assert!(
@@ -307,6 +324,22 @@ fn an_altered_bundle_or_a_wrong_key_fails_before_the_version_is_tagged() {
             .all(|t| t.starts_with("sha256-")),
         "only cosign's tags were set"
     );
+}
+
+/// The last command `sh -x` showed starts with `command`, and its error
+/// says `why`.
+fn assert_last_command_failed(output: &Output, command: &str, why: &str) {
+    let stderr = stderr(output);
+    let last = stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("+ "))
+        .unwrap_or_default();
+    assert!(
+        last.starts_with(command),
+        "the last command was {last:?}:\n{stderr}"
+    );
+    assert!(stderr.contains(why), "{stderr}");
 }
 
 fn sha256(bytes: &[u8]) -> String {
