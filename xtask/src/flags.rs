@@ -49,6 +49,8 @@ pub enum Command {
     PinBase(PinBase),
     /// Package the Helm chart pinned to the image digest; --push publishes and signs it.
     Chart(Chart),
+    /// Check a binary against the contract the pipeline relies on (docs/binary-contract.md).
+    Conformance(Conformance),
 }
 
 #[derive(Debug, Args)]
@@ -335,9 +337,14 @@ pub struct Bundle {
     /// the release workflow's identity), and only then set its tags.
     #[arg(long)]
     pub load: bool,
-    /// With --load: whom to trust, as for verify.
+    /// Whom to trust: bundled into verify/ (--key: the public key), and with
+    /// --load, what verifies, as for verify.
     #[command(flatten)]
     pub signing: SigningArgs,
+    /// A Sigstore trusted_root.json to bundle into verify/, for keyless
+    /// verification where Sigstore is unreachable.
+    #[arg(long, value_name = "FILE", conflicts_with = "load")]
+    pub trusted_root: Option<Utf8PathBuf>,
     /// Print what would be bundled (or loaded and tagged); write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -397,6 +404,25 @@ pub struct Chart {
     #[arg(long)]
     pub dry_run: bool,
     /// Print {"name", "version", "image", "file", "sha256", "repository", "digest", "verify"}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Conformance {
+    /// The binary to check (default: the host platform's in target/dist, built
+    /// by dist when missing or stale); another architecture runs under qemu.
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<Utf8PathBuf>,
+    /// The version `version --json` must report (default: Cargo.toml's, for
+    /// the default binary only).
+    #[arg(long, value_name = "VERSION")]
+    pub expect_version: Option<String>,
+    /// The commit `version --json` must report as git_sha (default: the one
+    /// dist builds from, for the default binary only).
+    #[arg(long, value_name = "SHA")]
+    pub expect_sha: Option<String>,
+    /// Print the report as one JSON object: {"binary", "emulator", "passed", "clauses"}.
     #[arg(long)]
     pub json: bool,
 }

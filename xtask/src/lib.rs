@@ -12,6 +12,7 @@ pub mod audit;
 pub mod bench;
 pub mod bundle;
 pub mod chart;
+pub mod conformance;
 pub mod dist;
 pub mod floating;
 pub mod image;

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use xtask::flags::{self, Command};
 use xtask::{
-    attest, audit, bench, bundle, chart, dist, image, pin_base, release, sbom, setup, sign, tags,
-    test, verify,
+    attest, audit, bench, bundle, chart, conformance, dist, image, pin_base, release, sbom, setup,
+    sign, tags, test, verify,
 };
 
 fn main() -> ExitCode {
@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         Command::Bench(flags) => bench::run(flags),
         Command::PinBase(flags) => pin_base::run(flags),
         Command::Chart(flags) => chart::run(flags),
+        Command::Conformance(flags) => conformance::run(flags),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

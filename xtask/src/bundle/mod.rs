@@ -15,6 +15,7 @@
 
 mod convert;
 mod load;
+mod trust;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -49,6 +50,8 @@ struct Plan {
     refs: Vec<Descriptor>,
     /// Manifests and blobs, by digest.
     blobs: BTreeMap<String, Vec<u8>>,
+    /// The `verify/` files (trust.rs), by path in the archive.
+    trust: Vec<(String, Vec<u8>)>,
 }
 
 pub fn run(flags: &flags::Bundle) -> Result<()> {
@@ -92,6 +95,7 @@ pub fn run(flags: &flags::Bundle) -> Result<()> {
         subjects: Vec::new(),
         refs: Vec::new(),
         blobs: BTreeMap::new(),
+        trust: Vec::new(),
     };
     steps.run(
         "read the image: index, platform manifests, configs, layers",
@@ -101,6 +105,13 @@ pub fn run(flags: &flags::Bundle) -> Result<()> {
         read_signatures(&client, &repo, &mut plan)
     })?;
 
+    plan.trust = trust::files(
+        &plan.refs,
+        &plan.version,
+        &flags.signing,
+        flags.trusted_root.as_deref(),
+        &config.repository,
+    )?;
     if flags.dry_run {
         if flags.json {
             print_json(&report(&plan, &out, None))?;
@@ -388,6 +399,11 @@ fn write_archive(plan: &Plan, out: &Utf8Path) -> Result<String> {
         let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
         entries.push((format!("blobs/sha256/{hex}"), bytes));
     }
+    entries.extend(
+        plan.trust
+            .iter()
+            .map(|(path, bytes)| (path.clone(), &bytes[..])),
+    );
     entries.sort_by(|a, b| a.0.cmp(&b.0));
 
     if let Some(dir) = out.parent().filter(|d| !d.as_str().is_empty()) {
@@ -403,7 +419,8 @@ fn write_archive(plan: &Plan, out: &Utf8Path) -> Result<String> {
         0,
     );
     let written = (|| {
-        for dir in ["blobs/", "blobs/sha256/"] {
+        let trust = (!plan.trust.is_empty()).then_some(trust::DIR);
+        for dir in ["blobs/", "blobs/sha256/"].into_iter().chain(trust) {
             tar.dir(dir)?;
         }
         for (path, bytes) in &entries {
@@ -450,7 +467,7 @@ fn print_plan(plan: &Plan, out: &Utf8Path) {
 fn load_instructions(plan: &Plan, out: &Utf8Path) -> String {
     let file = out.file_name().unwrap_or(out.as_str());
     format!(
-        "load it into your registry (replace registry.internal/rust-release):\n  sha256sum -c {file}.sha256\n  cargo xtask bundle {version} --load --key cosign.pub --out {file} --image registry.internal/rust-release\nthen verify there:\n  cosign verify --key cosign.pub --insecure-ignore-tlog=true registry.internal/rust-release@{digest}",
+        "load it into your registry (replace registry.internal/rust-release):\n  sha256sum -c {file}.sha256\n  cargo xtask bundle {version} --load --key cosign.pub --out {file} --image registry.internal/rust-release\nthen verify there:\n  cosign verify --key cosign.pub --insecure-ignore-tlog=true registry.internal/rust-release@{digest}\nwithout this tool, with crane and cosign: docs/air-gapped.md",
         version = plan.version,
         digest = plan.index_digest
     )
@@ -475,6 +492,7 @@ mod tests {
             subjects: vec![],
             refs: vec![Descriptor::of(oci::INDEX, b"{}")],
             blobs,
+            trust: vec![],
         };
         let dir = tempfile::tempdir().unwrap();
         let out = Utf8PathBuf::from_path_buf(dir.path().join("a.tar")).unwrap();

@@ -1,0 +1,131 @@
+//! The `verify/` folder of a bundle: what an operator needs to load and
+//! verify the release with cosign and crane alone, without this tool
+//! (docs/air-gapped.md). The OCI layout readers (skopeo, crane, oras, and
+//! `--load`) ignore files outside `index.json` and `blobs/`.
+
+use anyhow::{bail, Context, Result};
+use camino::Utf8Path;
+
+use crate::oci::Descriptor;
+use crate::supply_chain::cosign::{SigningArgs, GITHUB_OIDC_ISSUER};
+use crate::supply_chain::identity::release_identity_regexp;
+
+/// The folder in the archive.
+pub const DIR: &str = "verify/";
+
+/// The files of `verify/`, by path in the archive:
+/// - `tags`: one `TAG DIGEST` line per tag, cosign's `sha256-<hex>` first
+///   and the version last, the order in which they may be set;
+/// - `identity`: whom to trust, `key cosign.pub` (or the key's URI), or
+///   the keyless `certificate-identity-regexp` and
+///   `certificate-oidc-issuer`;
+/// - `cosign.pub`: the public key, when bundled with `--key FILE`;
+/// - `trusted_root.json`: the Sigstore trusted root, with `--trusted-root`.
+pub fn files(
+    refs: &[Descriptor],
+    version: &str,
+    signing: &SigningArgs,
+    trusted_root: Option<&Utf8Path>,
+    repository: &str,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut files = vec![(format!("{DIR}tags"), tags(refs, version).into_bytes())];
+    match &signing.key {
+        Some(key) if !key.contains("://") => {
+            let bytes = std::fs::read(key)
+                .with_context(|| format!("cannot read the public key {key}; pass the cosign.pub that verifies the release"))?;
+            if String::from_utf8_lossy(&bytes).contains("PRIVATE KEY") {
+                bail!("{key} is a private key; bundle the public key (cosign.pub), which is all an operator needs");
+            }
+            files.push((format!("{DIR}identity"), b"key cosign.pub\n".to_vec()));
+            files.push((format!("{DIR}cosign.pub"), bytes));
+        }
+        Some(uri) => files.push((
+            format!("{DIR}identity"),
+            format!("key {uri}\n").into_bytes(),
+        )),
+        None => {
+            let regexp = release_identity_regexp(repository)?;
+            files.push((
+                format!("{DIR}identity"),
+                format!(
+                    "certificate-identity-regexp {regexp}\ncertificate-oidc-issuer {GITHUB_OIDC_ISSUER}\n"
+                )
+                .into_bytes(),
+            ));
+        }
+    }
+    if let Some(root) = trusted_root {
+        let bytes = std::fs::read(root).with_context(|| {
+            format!("cannot read the trusted root {root}; pass a Sigstore trusted_root.json")
+        })?;
+        serde_json::from_slice::<serde_json::Value>(&bytes)
+            .with_context(|| format!("{root} is not JSON; pass a Sigstore trusted_root.json"))?;
+        files.push((format!("{DIR}trusted_root.json"), bytes));
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// `TAG DIGEST` lines: signatures' fallback tags first, the version last.
+fn tags(refs: &[Descriptor], version: &str) -> String {
+    let named: Vec<(&str, &str)> = refs
+        .iter()
+        .map(|r| (super::ref_name(r), r.digest.as_str()))
+        .filter(|(name, _)| !name.is_empty())
+        .collect();
+    let (release, signatures): (Vec<_>, Vec<_>) =
+        named.into_iter().partition(|(name, _)| *name == version);
+    signatures
+        .into_iter()
+        .chain(release)
+        .map(|(name, digest)| format!("{name} {digest}\n"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn named(name: &str, digest: &str) -> Descriptor {
+        let mut annotations = BTreeMap::new();
+        annotations.insert(super::super::REF_NAME.to_owned(), name.to_owned());
+        Descriptor {
+            annotations: Some(annotations),
+            digest: digest.to_owned(),
+            ..Descriptor::of(crate::oci::INDEX, b"{}")
+        }
+    }
+
+    #[test]
+    fn tags_list_signatures_first_and_the_version_last() {
+        let refs = [
+            named("v1.2.3", "sha256:aa"),
+            named("sha256-aa", "sha256:bb"),
+            Descriptor::of(crate::oci::INDEX, b"{}"),
+            named("sha256-cc", "sha256:dd"),
+        ];
+        assert_eq!(
+            tags(&refs, "v1.2.3"),
+            "sha256-aa sha256:bb\nsha256-cc sha256:dd\nv1.2.3 sha256:aa\n"
+        );
+    }
+
+    #[test]
+    fn keyless_names_the_release_workflow() {
+        let files = files(
+            &[],
+            "v1.2.3",
+            &SigningArgs::default(),
+            None,
+            "https://github.com/acme/widget",
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(files[0].1.clone()).unwrap(),
+            "certificate-identity-regexp ^https://github\\.com/acme/widget/\\.github/workflows/release\\.yml@refs/tags/v\ncertificate-oidc-issuer https://token.actions.githubusercontent.com\n"
+        );
+        assert_eq!(files[0].0, "verify/identity");
+    }
+}
