@@ -141,8 +141,15 @@ pub fn compute(build: &Build, sha: &str, published: &[String]) -> Result<Plan> {
             if !version.build.is_empty() {
                 bail!("invalid version \"v{version}\": build metadata is not allowed in a release");
             }
+            let tag = format!("v{version}");
+            if tag.len() > MAX_TAG {
+                bail!(
+                    "the tag {tag:?} is {} characters, and a registry takes at most {MAX_TAG}; shorten the prerelease part of the version",
+                    tag.len()
+                );
+            }
             tags.push(PlannedTag {
-                tag: format!("v{version}"),
+                tag,
                 reason: "the release, never moves".into(),
                 immutable: true,
             });
