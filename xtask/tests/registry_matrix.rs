@@ -408,15 +408,7 @@ fn token_registry_with_a_credential_helper() {
     }]);
     let registry = Registry::start_with_token(&tokens);
     let bed = Bed::new(serde_json::json!({"credHelpers": {registry.host(): "test"}}));
-    // The helper protocol: the server on stdin, JSON on stdout, and
-    // "credentials not found" for any other server.
-    bed.script(
-        "docker-credential-test",
-        &format!(
-            "#!/bin/sh\nserver=$(cat)\nif [ \"$1\" = get ] && [ \"$server\" = {} ]; then\n  printf '%s' '{{\"ServerURL\":\"'\"$server\"'\",\"Username\":\"{USER}\",\"Secret\":\"{SECRET}\"}}'\nelse\n  echo 'credentials not found in native keychain'\n  exit 1\nfi\n",
-            registry.host()
-        ),
-    );
+    support::auth_registry::write_credential_helper(bed.bin.path(), &registry.host(), USER, SECRET);
     publish_verify_bundle_and_move(&bed, &registry);
     let scopes = tokens.scopes();
     assert!(

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-mod auth_registry;
+pub mod auth_registry;
 pub mod proxy;
 mod referrers_registry;
 pub mod scripted;
