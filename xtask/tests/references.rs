@@ -133,7 +133,7 @@ fn a_release_tag_over_128_characters_is_refused_by_the_tag_policy() {
     assert!(!output.status.success());
     assert_eq!(
         String::from_utf8_lossy(&output.stderr),
-        format!("error: the tag \"{version}\" is 129 characters, and a registry takes at most 128; shorten the prerelease part of the version\n")
+        format!("error: the tag \"{version}\" is over 128 characters, more than a registry takes; shorten the prerelease part of the version\n")
     );
     // 128 exactly is a tag.
     let version = format!("v1.0.0-{}", "a".repeat(121));
