@@ -47,6 +47,7 @@ pub fn run(flags: &flags::Image) -> Result<()> {
     let target = reference::target(&config, flags.registry.image.as_deref())?;
     let repo = target.name();
     let base = base::chosen(&config, flags.base.as_deref());
+    base::check(&base, base::origin(flags.base.as_deref()))?;
     let version = config.version.to_string();
     let out = flags
         .out

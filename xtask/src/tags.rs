@@ -64,10 +64,9 @@ impl Plan {
         TagsOutput {
             tags: self.names(),
             immutable: self
-                .tags
-                .iter()
-                .filter(|t| t.immutable)
-                .map(|t| t.tag.clone())
+                .with_immutability()
+                .into_iter()
+                .filter_map(|(tag, immutable)| immutable.then_some(tag))
                 .collect(),
             reasons: self
                 .tags
@@ -140,6 +139,9 @@ pub fn compute(build: &Build, sha: &str, published: &[String]) -> Result<Plan> {
         Build::Release(version) => {
             if !version.build.is_empty() {
                 bail!("invalid version \"v{version}\": build metadata is not allowed in a release");
+            }
+            if format!("v{version}").len() > MAX_TAG {
+                bail!("the tag \"v{version}\" is over {MAX_TAG} characters, more than a registry takes; shorten the prerelease part of the version");
             }
             tags.push(PlannedTag {
                 tag: format!("v{version}"),

@@ -287,20 +287,13 @@ fn pushes_to_a_token_registry_with_a_credential_helper() {
         config.path(),
         serde_json::json!({"credHelpers": {registry.host(): "test"}}),
     );
-    // The helper protocol: the server on stdin, JSON on stdout, and
-    // "credentials not found" for any other server.
     let bin = tempfile::tempdir().unwrap();
-    let helper = bin.path().join("docker-credential-test");
-    std::fs::write(
-        &helper,
-        format!(
-            "#!/bin/sh\nserver=$(cat)\nif [ \"$1\" = get ] && [ \"$server\" = {} ]; then\n  printf '%s' '{{\"ServerURL\":\"'\"$server\"'\",\"Username\":\"alice\",\"Secret\":\"alice-pw\"}}'\nelse\n  echo 'credentials not found in native keychain'\n  exit 1\nfi\n",
-            registry.host()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    support::auth_registry::write_credential_helper(
+        bin.path(),
+        &registry.host(),
+        "alice",
+        "alice-pw",
+    );
 
     let digest = digest_of(&push(
         &registry.repo("app"),

@@ -37,6 +37,47 @@ impl BaseSource {
     }
 }
 
+/// `--base` when given, else the configured base: for errors.
+pub fn origin(base: Option<&str>) -> &'static str {
+    if base.is_some() {
+        "--base"
+    } else {
+        "the configured base"
+    }
+}
+
+/// Fails, before anything is built or sent, unless `base` is `scratch`, a
+/// directory holding an OCI layout, or a valid registry reference: an empty
+/// name or a path that is not a layout would otherwise be looked up on
+/// Docker Hub after the whole build.
+pub fn check(base: &str, origin: &str) -> Result<()> {
+    const EXPECTED: &str = "`scratch`, a directory holding an OCI layout, or a registry reference such as gcr.io/distroless/static-debian13:nonroot";
+    if base.trim().is_empty() {
+        bail!("{origin} is empty; name {EXPECTED}");
+    }
+    match BaseSource::parse(base) {
+        BaseSource::Scratch => Ok(()),
+        BaseSource::Layout(path) => {
+            if path.join("oci-layout").is_file() {
+                Ok(())
+            } else {
+                bail!("{origin} {base:?} is not an OCI layout (no {path}/oci-layout); name {EXPECTED}")
+            }
+        }
+        BaseSource::Registry(text) => {
+            let looks_like_a_path = ["/", "./", "../", "~"].iter().any(|p| text.starts_with(p))
+                || text == "."
+                || text == "..";
+            if looks_like_a_path {
+                bail!("{origin} {base:?} is not an OCI layout (no {base}/oci-layout); name {EXPECTED}");
+            }
+            Reference::parse(&text)
+                .map(drop)
+                .with_context(|| origin.to_owned())
+        }
+    }
+}
+
 /// The base image for one platform, with its blobs copied into our layout.
 #[derive(Debug, Clone)]
 pub struct Base {
@@ -269,4 +310,45 @@ pub fn normalize_layer(mut layer: Descriptor) -> Descriptor {
     }
     layer.platform = None;
     layer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check;
+
+    #[test]
+    fn a_base_is_checked_before_the_build() {
+        let layout = tempfile::tempdir().unwrap();
+        std::fs::write(layout.path().join("oci-layout"), "{}").unwrap();
+        let layout = layout.path().to_str().unwrap().to_owned();
+        for good in [
+            "scratch",
+            layout.as_str(),
+            "gcr.io/distroless/static-debian13:nonroot",
+            "alpine",
+        ] {
+            assert!(check(good, "--base").is_ok(), "{good}");
+        }
+        for (bad, message) in [
+            ("", "--base is empty"),
+            (" ", "--base is empty"),
+            (
+                "/no/such/dir",
+                "--base \"/no/such/dir\" is not an OCI layout",
+            ),
+            ("../x", "--base \"../x\" is not an OCI layout"),
+            (
+                "oci:/nowhere",
+                "--base \"oci:/nowhere\" is not an OCI layout",
+            ),
+            ("r.example/A", "--base: invalid image reference"),
+            ("r.example/a:", "--base: invalid image reference"),
+        ] {
+            let error = format!("{:#}", check(bad, "--base").unwrap_err());
+            assert!(error.starts_with(message), "{bad:?}: {error}");
+            assert_eq!(error.lines().count(), 1, "{error}");
+        }
+        let error = check("", "the configured base").unwrap_err().to_string();
+        assert!(error.starts_with("the configured base is empty"), "{error}");
+    }
 }

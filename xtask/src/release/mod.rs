@@ -36,6 +36,7 @@ pub fn run(flags: &flags::Release) -> Result<()> {
     let config = Config::load()?;
     let target = reference::target(&config, flags.registry.image.as_deref())?;
     let base = base::chosen(&config, flags.base.as_deref());
+    base::check(&base, base::origin(flags.base.as_deref()))?;
     let release = Release {
         config: &config,
         flags,

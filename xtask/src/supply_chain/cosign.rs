@@ -117,9 +117,18 @@ pub struct CosignOutput {
 }
 
 impl CosignOutput {
-    /// cosign's own explanation: its `Error:` line, else its last line.
+    /// cosign's own explanation: its `Error:` line, else its last line,
+    /// with the fix when cosign's words alone do not say it.
     pub fn error_line(&self) -> String {
-        process::error_line(&self.stderr)
+        let line = process::error_line(&self.stderr);
+        // go-containerregistry refuses a token service on a private or
+        // loopback IP address (other than the registry's own) as a guard
+        // against forged requests, while our client and skopeo accept it.
+        if line.contains("invalid realm in www-authenticate") && line.contains("link-local address")
+        {
+            return format!("{line}; cosign refuses a token service on a private or loopback IP address: name the realm in the registry's token auth configuration by a host name");
+        }
+        line
     }
 }
 
@@ -424,6 +433,25 @@ pub fn write_public_key(cosign: &Cosign, key: &str, out: &Utf8Path) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_realm_on_a_private_address_gets_the_fix() {
+        let output = CosignOutput {
+            success: false,
+            stdout: String::new(),
+            stderr: "Error: signing [r.internal/app@sha256:00]: accessing entity: invalid realm in www-authenticate: realm host \"10.0.0.5\" is a private or link-local address\n".to_owned(),
+        };
+        assert_eq!(
+            output.error_line(),
+            "signing [r.internal/app@sha256:00]: accessing entity: invalid realm in www-authenticate: realm host \"10.0.0.5\" is a private or link-local address; cosign refuses a token service on a private or loopback IP address: name the realm in the registry's token auth configuration by a host name"
+        );
+        let other = CosignOutput {
+            success: false,
+            stdout: String::new(),
+            stderr: "Error: no matching signatures\n".to_owned(),
+        };
+        assert_eq!(other.error_line(), "no matching signatures");
+    }
     use crate::supply_chain::identity::release_identity_regexp;
 
     #[test]

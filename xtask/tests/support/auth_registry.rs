@@ -44,3 +44,20 @@ impl Registry {
         Registry::start_in(dir, free_port(), auth, false)
     }
 }
+
+/// Writes `dir/docker-credential-test`, a credential helper that answers
+/// `get` for `host` with `user` and `secret` and, as the protocol says,
+/// "credentials not found" for any other server.
+pub fn write_credential_helper(dir: &std::path::Path, host: &str, user: &str, secret: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let helper = dir.join("docker-credential-test");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nserver=$(cat)\nif [ \"$1\" = get ] && [ \"$server\" = {host} ]; then\n  printf '%s' '{{\"ServerURL\":\"'\"$server\"'\",\"Username\":\"{user}\",\"Secret\":\"{secret}\"}}'\nelse\n  echo 'credentials not found in native keychain'\n  exit 1\nfi\n"
+        ),
+    )
+    .expect("cannot write the credential helper");
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755))
+        .expect("cannot make the credential helper executable");
+}

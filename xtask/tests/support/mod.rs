@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 pub mod advisory_db;
-mod auth_registry;
+pub mod auth_registry;
 pub mod pg;
 pub mod proxy;
 mod referrers_registry;

@@ -61,9 +61,19 @@ impl TokenService {
         }
     }
 
-    /// The realm the registry names in its challenge.
+    /// The realm the registry names in its challenge. A host name, not
+    /// 127.0.0.1: cosign (go-containerregistry) refuses a realm that is a
+    /// loopback or private IP address other than the registry's own, as a
+    /// guard against requests forged to internal services.
     pub fn realm(&self) -> String {
-        format!("http://{}/token", self.endpoint.host())
+        let port = self
+            .endpoint
+            .host()
+            .rsplit(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        format!("http://localhost:{port}/token")
     }
 
     /// The requests the service was sent.
