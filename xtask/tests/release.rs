@@ -176,6 +176,7 @@ const SIGNATURE: &str = "https://sigstore.dev/cosign/sign/v1";
 const CYCLONEDX: &str = "https://cyclonedx.org/bom";
 const SLSA: &str = "https://slsa.dev/provenance/v1";
 const SPDX: &str = "https://spdx.dev/Document";
+const VULN: &str = "https://cosign.sigstore.dev/attestation/vuln/v1";
 
 /// The predicate types attached to `digest`, sorted, read with skopeo from
 /// cosign's `sha256-<hex>` tag (the test registry has no referrers API).
@@ -200,7 +201,7 @@ fn predicate_types(repo: &str, digest: &str) -> Vec<String> {
 }
 
 /// Exactly one signature and one of each attestation on the index and on
-/// each platform of a release.
+/// each platform of a release; the scan result is per platform.
 fn assert_signed_and_attested_once(repo: &str, summary: &Value) {
     assert_eq!(
         predicate_types(repo, summary["digest"].as_str().unwrap()),
@@ -209,7 +210,7 @@ fn assert_signed_and_attested_once(repo: &str, summary: &Value) {
     for (platform, digest) in summary["platforms"].as_object().unwrap() {
         assert_eq!(
             predicate_types(repo, digest.as_str().unwrap()),
-            [CYCLONEDX, SIGNATURE, SLSA, SPDX],
+            [VULN, CYCLONEDX, SIGNATURE, SLSA, SPDX],
             "{platform}"
         );
     }
