@@ -228,14 +228,14 @@ mod tests {
     /// them; built from the real one so that new Config fields need no edit.
     fn config() -> Config {
         let mut config = Config::load().unwrap();
-        config.image = "ghcr.io/example-org/rust-release".into();
+        config.image = "ghcr.io/fixture-org/rust-release".into();
         config.platforms = vec![
             "linux/amd64".parse().unwrap(),
             "linux/arm64".parse().unwrap(),
         ];
         config.package = "server".into();
         config.version = "1.2.3".parse().unwrap();
-        config.repository = "https://github.com/example-org/rust-release".into();
+        config.repository = "https://github.com/fixture-org/rust-release".into();
         config
     }
 
@@ -269,11 +269,11 @@ mod tests {
     fn ci_env() -> BuildEnv {
         let vars: BTreeMap<&str, &str> = [
             ("GITHUB_ACTIONS", "true"),
-            ("GITHUB_REPOSITORY", "example-org/rust-release"),
+            ("GITHUB_REPOSITORY", "fixture-org/rust-release"),
             ("GITHUB_REF", "refs/tags/v1.2.3"),
             (
                 "GITHUB_WORKFLOW_REF",
-                "example-org/rust-release/.github/workflows/release.yml@refs/tags/v1.2.3",
+                "fixture-org/rust-release/.github/workflows/release.yml@refs/tags/v1.2.3",
             ),
             ("GITHUB_RUN_ID", "4242"),
             ("GITHUB_RUN_ATTEMPT", "2"),
@@ -299,7 +299,7 @@ mod tests {
         let input = ProvenanceInput {
             config: &config,
             source: &source,
-            image: "ghcr.io/example-org/rust-release",
+            image: "ghcr.io/fixture-org/rust-release",
             platform: Some(&platform),
             platforms: &[],
             base_name: "gcr.io/distroless/static-debian13:nonroot",
@@ -311,13 +311,13 @@ mod tests {
             predicate,
             json!({
                 "buildDefinition": {
-                    "buildType": "https://github.com/example-org/rust-release/blob/main/docs/sbom-and-provenance.md#build-type-v1",
+                    "buildType": "https://github.com/fixture-org/rust-release/blob/main/docs/sbom-and-provenance.md#build-type-v1",
                     "externalParameters": {
                         "version": "1.2.3",
                         "platform": "linux/arm64",
-                        "image": "ghcr.io/example-org/rust-release",
+                        "image": "ghcr.io/fixture-org/rust-release",
                         "source": {
-                            "repository": "https://github.com/example-org/rust-release",
+                            "repository": "https://github.com/fixture-org/rust-release",
                             "revision": "a".repeat(40),
                         },
                     },
@@ -328,7 +328,7 @@ mod tests {
                     },
                     "resolvedDependencies": [
                         {
-                            "uri": "git+https://github.com/example-org/rust-release@refs/tags/v1.2.3",
+                            "uri": "git+https://github.com/fixture-org/rust-release@refs/tags/v1.2.3",
                             "digest": { "gitCommit": "a".repeat(40) },
                         },
                         {
@@ -344,9 +344,9 @@ mod tests {
                     ],
                 },
                 "runDetails": {
-                    "builder": { "id": "https://github.com/example-org/rust-release/.github/workflows/release.yml@refs/tags/v1.2.3" },
+                    "builder": { "id": "https://github.com/fixture-org/rust-release/.github/workflows/release.yml@refs/tags/v1.2.3" },
                     "metadata": {
-                        "invocationId": "https://github.com/example-org/rust-release/actions/runs/4242/attempts/2",
+                        "invocationId": "https://github.com/fixture-org/rust-release/actions/runs/4242/attempts/2",
                         "startedOn": "2026-11-22T00:00:00Z",
                     },
                 },
@@ -365,7 +365,7 @@ mod tests {
         let input = ProvenanceInput {
             config: &config,
             source: &source,
-            image: "ghcr.io/example-org/rust-release",
+            image: "ghcr.io/fixture-org/rust-release",
             platform: None,
             platforms: &config.platforms,
             base_name: "scratch",
@@ -384,7 +384,7 @@ mod tests {
         );
         assert_eq!(
             predicate["buildDefinition"]["resolvedDependencies"],
-            json!([{ "uri": "git+https://github.com/example-org/rust-release", "digest": { "gitCommit": "a".repeat(40) } }])
+            json!([{ "uri": "git+https://github.com/fixture-org/rust-release", "digest": { "gitCommit": "a".repeat(40) } }])
         );
         assert_eq!(
             predicate["runDetails"],
@@ -405,7 +405,7 @@ mod tests {
         let input = ProvenanceInput {
             config: &config,
             source: &source,
-            image: "ghcr.io/example-org/rust-release",
+            image: "ghcr.io/fixture-org/rust-release",
             platform: None,
             platforms: &config.platforms,
             base_name: "scratch",
@@ -468,7 +468,7 @@ mod tests {
         let input = ProvenanceInput {
             config: &config,
             source: &unknown,
-            image: "ghcr.io/example-org/rust-release",
+            image: "ghcr.io/fixture-org/rust-release",
             platform: None,
             platforms: &config.platforms,
             base_name: "scratch",
