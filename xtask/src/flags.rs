@@ -19,6 +19,8 @@ pub struct Xtask {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Rename the project: image, source repository and binary, everywhere they are written.
+    Adopt(Adopt),
     /// Install every tool the release and the tests use, where missing.
     Setup(Setup),
     /// Run everything CI runs: setup, fmt, clippy and the whole test suite.
@@ -49,6 +51,22 @@ pub enum Command {
     PinBase(PinBase),
     /// Package the Helm chart pinned to the image digest; --push publishes and signs it.
     Chart(Chart),
+}
+
+#[derive(Debug, Args)]
+pub struct Adopt {
+    /// The new image repository, REGISTRY/OWNER/NAME in lowercase, such as ghcr.io/acme/widget.
+    #[arg(long, value_name = "REGISTRY/OWNER/NAME")]
+    pub image: String,
+    /// The new source repository URL, such as https://github.com/acme/widget; it is also the keyless signing identity.
+    #[arg(long, value_name = "URL")]
+    pub repository: String,
+    /// The binary the image runs, when it is not the configured one.
+    #[arg(long, value_name = "NAME")]
+    pub binary: Option<String>,
+    /// Print the files it would change, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

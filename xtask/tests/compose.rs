@@ -1,5 +1,5 @@
 //! The reference deployment: `docker compose config` (compose v2) must
-//! accept docker-compose.yml, and the hardening of issue 8 is checked on
+//! accept docker-compose.yml, and the hardening docs/compose.md describes is checked on
 //! the configuration compose itself resolved, not on the YAML text.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test

@@ -219,8 +219,13 @@ pub fn run_ok(command: &mut Command) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// The workspace root.
+/// The workspace root: this checkout, or the one `XTASK_TEST_WORKSPACE`
+/// names, so that a test can run other test binaries against a clone (the
+/// adopt test checks a renamed clone so).
 pub fn workspace_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os(WORKSPACE_OVERRIDE) {
+        return PathBuf::from(dir);
+    }
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask is inside the workspace")
@@ -272,6 +277,9 @@ pub fn source_slug() -> String {
     let owner = parts.next().unwrap_or_default();
     format!("{owner}/{name}")
 }
+
+/// The variable `workspace_root` reads first.
+pub const WORKSPACE_OVERRIDE: &str = "XTASK_TEST_WORKSPACE";
 
 /// `cargo xtask …`, as the built xtask binary, run from the workspace root.
 pub fn xtask() -> Command {
