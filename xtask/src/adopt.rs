@@ -190,9 +190,8 @@ fn with_binary(manifest: &str, binary: &str) -> Result<String> {
         if trimmed.starts_with('[') {
             in_release = trimmed.starts_with("[workspace.metadata.release]");
         }
-        if in_release && trimmed.starts_with("binary ")
-            || in_release && trimmed.starts_with("binary=")
-        {
+        let is_binary_key = trimmed.starts_with("binary ") || trimmed.starts_with("binary=");
+        if in_release && is_binary_key {
             lines.push(format!("binary = \"{binary}\""));
             found = true;
         } else {
