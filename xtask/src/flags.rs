@@ -271,7 +271,7 @@ pub struct Verify {
     /// platform, unpack it safely and run `/server version --json`, isolated.
     #[arg(long)]
     pub run: bool,
-    /// The version `/server version --json` must report, with --run (default: Cargo.toml's).
+    /// The version the SBOMs, the provenance and (with --run) the binary must report; default: the version tag being verified (`:v1.2.3`), else Cargo.toml's.
     #[arg(long)]
     pub expect_version: Option<String>,
     /// Also verify this Helm chart (oci://…/charts/server@sha256:… or :VERSION):
