@@ -145,8 +145,8 @@ pub struct Dist {
     /// Build only these platforms (repeatable), instead of the configured ones.
     #[arg(long = "platform", value_name = "OS/ARCH")]
     pub platforms: Vec<String>,
-    /// How to cross-compile.
-    #[arg(long, value_enum, default_value_t = Strategy::Auto)]
+    /// How to cross-compile: cargo (what images and releases use), or zigbuild or cross, chosen on purpose.
+    #[arg(long, value_enum, default_value_t = Strategy::RELEASE)]
     pub strategy: Strategy,
     /// Skip checking the ELF machine, static linking and `server version`.
     #[arg(long)]
@@ -451,5 +451,16 @@ mod tests {
         let mut out = Vec::new();
         missing(&Xtask::command(), "cargo xtask", &mut out);
         assert_eq!(out, Vec::<String>::new());
+    }
+
+    #[test]
+    fn dist_builds_with_cargo_unless_told_and_never_guesses() {
+        let parsed = Xtask::try_parse_from(["cargo xtask", "dist"]).unwrap();
+        let Command::Dist(dist) = parsed.command else {
+            panic!("not dist")
+        };
+        assert_eq!(dist.strategy, Strategy::Cargo);
+        assert!(Xtask::try_parse_from(["cargo xtask", "dist", "--strategy", "auto"]).is_err());
+        assert_eq!(Strategy::RELEASE.name(), "cargo");
     }
 }

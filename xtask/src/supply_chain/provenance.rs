@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use crate::build::binaries::Strategy;
 use crate::supply_chain::crate_graph::{self, Crate, CrateSource};
 use crate::support::config::{is_digest, Config, Platform};
 use crate::support::source::{rfc3339_utc, Source};
@@ -153,6 +154,9 @@ pub fn predicate_with(
     let mut internal = json!({
         "SOURCE_DATE_EPOCH": input.source.epoch.to_string(),
         "buildCommand": input.build_command,
+        // `image` and `release` always compile with this one; another
+        // strategy links otherwise and gives another digest.
+        "distStrategy": Strategy::RELEASE.name(),
     });
     if let Some(platform) = input.platform {
         internal["target"] = json!(platform.triple());
@@ -324,6 +328,7 @@ mod tests {
                     "internalParameters": {
                         "SOURCE_DATE_EPOCH": "1700000000",
                         "buildCommand": ["cargo", "auditable", "build"],
+                        "distStrategy": "cargo",
                         "target": "aarch64-unknown-linux-gnu",
                     },
                     "resolvedDependencies": [
