@@ -353,6 +353,22 @@ fn caddy_proxies_to_the_server_port_the_healthcheck_uses() {
         .filter(|l| l.starts_with("reverse_proxy"))
         .collect();
     assert_eq!(directives, ["reverse_proxy server:8080 {"]);
+    assert_eq!(
+        proxy_settings(&caddyfile, "lb_try"),
+        ["lb_try_duration 30s", "lb_try_interval 250ms"],
+        "the proxy must retry while the server is replaced (docs/operations.md)"
+    );
+}
+
+/// The lines of the reverse_proxy block that start with `prefix`.
+fn proxy_settings<'a>(caddyfile: &'a str, prefix: &str) -> Vec<&'a str> {
+    caddyfile
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| !l.starts_with("reverse_proxy"))
+        .take_while(|l| *l != "}")
+        .filter(|l| l.starts_with(prefix))
+        .collect()
 }
 
 #[test]
