@@ -275,3 +275,16 @@ fn adopt_sets_the_binary_name() {
         .lines()
         .any(|l| l == format!("image = \"{IMAGE}\"")));
 }
+
+/// `cosign generate-key-pair` run in the checkout by mistake must neither
+/// dirty the tree the release preflight wants clean nor let a key be added.
+#[test]
+fn a_key_pair_made_in_the_checkout_is_ignored() {
+    let clone = Clone::new();
+    for name in ["cosign.key", "cosign.pub"] {
+        std::fs::write(clone.path.join(name), "not a real key\n").unwrap();
+    }
+    assert_eq!(clone.status(), "");
+    let ignored = clone.git(&["check-ignore", "cosign.key", "cosign.pub"]);
+    assert_eq!(ignored, "cosign.key\ncosign.pub\n");
+}
