@@ -19,6 +19,8 @@ pub struct Xtask {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Rename the project: image, source repository and binary, everywhere they are written.
+    Adopt(Adopt),
     /// Install every tool the release and the tests use, where missing.
     Setup(Setup),
     /// Run everything CI runs: setup, fmt, clippy and the whole test suite.
@@ -51,6 +53,22 @@ pub enum Command {
     Chart(Chart),
     /// Check a binary against the contract the pipeline relies on (docs/binary-contract.md).
     Conformance(Conformance),
+}
+
+#[derive(Debug, Args)]
+pub struct Adopt {
+    /// The new image repository, REGISTRY/OWNER/NAME in lowercase, such as ghcr.io/acme/widget.
+    #[arg(long, value_name = "REGISTRY/OWNER/NAME")]
+    pub image: String,
+    /// The new source repository URL, such as https://github.com/acme/widget; it is also the keyless signing identity.
+    #[arg(long, value_name = "URL")]
+    pub repository: String,
+    /// The binary the image runs, when it is not the configured one.
+    #[arg(long, value_name = "NAME")]
+    pub binary: Option<String>,
+    /// Print the files it would change, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -129,8 +147,8 @@ pub struct Dist {
     /// Build only these platforms (repeatable), instead of the configured ones.
     #[arg(long = "platform", value_name = "OS/ARCH")]
     pub platforms: Vec<String>,
-    /// How to cross-compile.
-    #[arg(long, value_enum, default_value_t = Strategy::Auto)]
+    /// How to cross-compile: cargo (what images and releases use), or zigbuild or cross, chosen on purpose.
+    #[arg(long, value_enum, default_value_t = Strategy::RELEASE)]
     pub strategy: Strategy,
     /// Skip checking the ELF machine, static linking and `server version`.
     #[arg(long)]
@@ -255,7 +273,7 @@ pub struct Verify {
     /// platform, unpack it safely and run `/server version --json`, isolated.
     #[arg(long)]
     pub run: bool,
-    /// The version `/server version --json` must report, with --run (default: Cargo.toml's).
+    /// The version the SBOMs, the provenance and (with --run) the binary must report; default: the version tag being verified (`:v1.2.3`), else Cargo.toml's.
     #[arg(long)]
     pub expect_version: Option<String>,
     /// Also verify this Helm chart (oci://…/charts/server@sha256:… or :VERSION):
@@ -459,5 +477,16 @@ mod tests {
         let mut out = Vec::new();
         missing(&Xtask::command(), "cargo xtask", &mut out);
         assert_eq!(out, Vec::<String>::new());
+    }
+
+    #[test]
+    fn dist_builds_with_cargo_unless_told_and_never_guesses() {
+        let parsed = Xtask::try_parse_from(["cargo xtask", "dist"]).unwrap();
+        let Command::Dist(dist) = parsed.command else {
+            panic!("not dist")
+        };
+        assert_eq!(dist.strategy, Strategy::Cargo);
+        assert!(Xtask::try_parse_from(["cargo xtask", "dist", "--strategy", "auto"]).is_err());
+        assert_eq!(Strategy::RELEASE.name(), "cargo");
     }
 }

@@ -7,6 +7,7 @@
 pub mod flags;
 
 // Tasks.
+pub mod adopt;
 pub mod attest;
 pub mod audit;
 pub mod bench;

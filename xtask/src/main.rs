@@ -5,13 +5,14 @@ use std::process::ExitCode;
 use clap::Parser;
 use xtask::flags::{self, Command};
 use xtask::{
-    attest, audit, bench, bundle, chart, conformance, dist, image, pin_base, release, sbom, setup,
-    sign, tags, test, verify,
+    adopt, attest, audit, bench, bundle, chart, conformance, dist, image, pin_base, release, sbom,
+    setup, sign, tags, test, verify,
 };
 
 fn main() -> ExitCode {
     let flags = flags::Xtask::parse();
     let result = match &flags.command {
+        Command::Adopt(flags) => adopt::run(flags),
         Command::Setup(flags) => setup::run(flags),
         Command::Test(flags) => test::run(flags),
         Command::Tags(flags) => tags::run(flags),

@@ -206,11 +206,11 @@ pub fn verify(config: &Config, options: &VerifyOptions, nest: &Nest) -> Result<R
         insecure: options.insecure,
         identity_regexp,
     };
-    let expected_version = options
-        .expect_version
-        .as_deref()
-        .map(|v| v.strip_prefix('v').unwrap_or(v).to_owned())
-        .unwrap_or_else(|| config.version.to_string());
+    let expected_version = expected_version(
+        options.expect_version.as_deref(),
+        &options.reference,
+        &config.version,
+    );
 
     let mut steps = Steps::within(nest, if options.run { 4 } else { 3 });
     let client = client_for(&options.reference, options.insecure)?;
@@ -343,6 +343,22 @@ pub fn verify(config: &Config, options: &VerifyOptions, nest: &Nest) -> Result<R
     })
 }
 
+/// The version the image must be: `--expect-version`, else the version tag
+/// being verified (`…:v1.2.3`), so that any checkout verifies any release;
+/// only a reference without a version tag falls back to this checkout's.
+fn expected_version(expect: Option<&str>, reference: &str, checkout: &semver::Version) -> String {
+    let from_tag = || {
+        let tag = crate::oci::reference::Reference::parse(reference)
+            .ok()?
+            .tag?;
+        crate::tags::parse_version(&tag).ok().map(|v| v.to_string())
+    };
+    match expect {
+        Some(v) => v.strip_prefix('v').unwrap_or(v).to_owned(),
+        None => from_tag().unwrap_or_else(|| checkout.to_string()),
+    }
+}
+
 /// The commit the version tag points to in this checkout, if it has the
 /// tag: a release's provenance must name that commit as its source. Without
 /// git or the tag, the image's revision label is the reference instead.
@@ -472,4 +488,33 @@ fn run_platform(
             " under qemu"
         }
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_expected_version_comes_from_the_flag_then_the_tag_then_the_checkout() {
+        let checkout = semver::Version::new(0, 1, 0);
+        let image = "registry.example/acme/widget";
+        assert_eq!(
+            expected_version(Some("v2.0.0"), &format!("{image}:v1.2.3"), &checkout),
+            "2.0.0"
+        );
+        assert_eq!(
+            expected_version(None, &format!("{image}:v1.2.3"), &checkout),
+            "1.2.3"
+        );
+        assert_eq!(
+            expected_version(None, &format!("{image}:v1.3.0-rc.1"), &checkout),
+            "1.3.0-rc.1"
+        );
+        assert_eq!(
+            expected_version(None, &format!("{image}:main"), &checkout),
+            "0.1.0"
+        );
+        let digest = format!("{image}@sha256:{}", "a".repeat(64));
+        assert_eq!(expected_version(None, &digest, &checkout), "0.1.0");
+    }
 }

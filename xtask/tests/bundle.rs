@@ -266,7 +266,8 @@ fn load_verifies_before_it_tags_and_refuses_altered_archives() {
         )),
         "{line}"
     );
-    assert!(line.ends_with("; no tag was set: check --key (or, keyless, that this is a release of https://github.com/example-org/rust-release), or bundle the release again"), "{line}");
+    let expected_end = format!("; no tag was set: check --key (or, keyless, that this is a release of {}), or bundle the release again", support::source_repository());
+    assert!(line.ends_with(&expected_end), "{line}");
     assert_eq!(tags_of_b(), Vec::<String>::new());
 
     // An unsigned index made of the signed platforms (another annotation,

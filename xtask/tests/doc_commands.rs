@@ -320,7 +320,7 @@ const EXPECTATIONS: &[(&str, How)] = &[
     // pulling.md
     ("docker pull", How::NoEngine),
     (
-        "crane digest ghcr.io/example-org/rust-release:v1.2.3",
+        "crane digest ghcr.io/",
         How::Runs(Before::Nothing, prints_index),
     ),
     (
@@ -351,7 +351,7 @@ const EXPECTATIONS: &[(&str, How)] = &[
     ),
     // verifying.md
     (
-        "IMAGE=ghcr.io/example-org/rust-release",
+        "IMAGE=ghcr.io/",
         How::Runs(Before::Nothing, prints_repository),
     ),
     (
@@ -446,7 +446,7 @@ struct Bed {
 
 impl Bed {
     fn repository(&self) -> String {
-        self.a.repo("example-org/rust-release")
+        self.a.repo(&support::release_image_path())
     }
 
     fn base(&self) -> String {
@@ -498,7 +498,7 @@ fn set_up() -> Bed {
 
     support::dist();
     let scratch = tempfile::tempdir().unwrap();
-    let repository = a.repo("example-org/rust-release");
+    let repository = a.repo(&support::release_image_path());
     let key = keys.path().join("cosign.key");
     let image = run_ok(
         support::xtask()
@@ -1145,18 +1145,20 @@ fn env_has_a_database_password(bed: &mut Bed, _: &DocCommand, _: &Ran) -> Result
 }
 
 fn compose_config_ok(_: &mut Bed, _: &DocCommand, ran: &Ran) -> Result<(), String> {
-    let image = "image: ghcr.io/example-org/rust-release:latest";
+    let image = format!("image: {}:latest", support::release_image());
     ran.stdout
-        .contains(image)
+        .contains(&image)
         .then_some(())
         .ok_or_else(|| format!("the configuration has no `{image}`"))
 }
 
-const DEFAULT_IMAGE_LINE: &str = "SERVER_IMAGE=ghcr.io/example-org/rust-release:latest";
+fn default_image_line() -> String {
+    format!("SERVER_IMAGE={}:latest", support::release_image())
+}
 
 fn rollback_env_written(bed: &mut Bed, _: &DocCommand, _: &Ran) -> Result<(), String> {
     let written = std::fs::read_to_string(bed.cwd.join("rollback.env")).unwrap_or_default();
-    equal("rollback.env", &written, DEFAULT_IMAGE_LINE)
+    equal("rollback.env", &written, &default_image_line())
 }
 
 fn env_names_the_digest(bed: &mut Bed, _: &DocCommand, _: &Ran) -> Result<(), String> {
@@ -1181,7 +1183,7 @@ fn env_names_the_digest(bed: &mut Bed, _: &DocCommand, _: &Ran) -> Result<(), St
 }
 
 fn env_rolled_back(bed: &mut Bed, _: &DocCommand, _: &Ran) -> Result<(), String> {
-    equal(".env", &bed.env_line()?, DEFAULT_IMAGE_LINE)
+    equal(".env", &bed.env_line()?, &default_image_line())
 }
 
 fn bundle_file(bed: &Bed) -> PathBuf {

@@ -180,7 +180,7 @@ fn base_digest(reference: &str) -> String {
 /// The label build arguments, with the values the native builder uses.
 fn label_args(base: &str, digest: &str) -> Vec<(String, String)> {
     [
-        ("SOURCE", "https://github.com/example-org/rust-release"),
+        ("SOURCE", support::source_repository().as_str()),
         ("REVISION", head_sha().as_str()),
         ("VERSION", server_version().as_str()),
         ("CREATED", commit_time_rfc3339().as_str()),
@@ -512,11 +512,7 @@ fn expected_dry_run(out: &Path, base: (&str, &str, &str), tags: &[&str], repo: &
     let (from, base_name, base_digest) = base;
     let epoch = commit_epoch();
     let labels = [
-        (
-            "SOURCE",
-            "source",
-            "https://github.com/example-org/rust-release".to_owned(),
-        ),
+        ("SOURCE", "source", support::source_repository()),
         ("REVISION", "revision", head_sha()),
         ("VERSION", "version", server_version()),
         ("CREATED", "created", commit_time_rfc3339()),
@@ -628,7 +624,7 @@ fn buildx_dry_run_prints_the_exact_command_and_writes_nothing() {
         &out,
         ("scratch", "scratch", ""),
         &[],
-        "ghcr.io/example-org/rust-release",
+        &support::release_image(),
     );
     assert_eq!(stdout, expected);
 }

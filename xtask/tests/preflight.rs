@@ -326,7 +326,7 @@ fn a_dry_run_without_push_touches_no_network() {
     assert_eq!(
         checks,
         format!(
-            "release {tag} of ghcr.io/example-org/rust-release from {head} (dry run: nothing is built, pushed or tagged)\n\
+            "release {tag} of {image} from {head} (dry run: nothing is built, pushed or tagged)\n\
              preflight:\n  \
              ok: {tag} is a strict semver version\n  \
              ok: server/Cargo.toml has version {version}\n  \
@@ -335,6 +335,7 @@ fn a_dry_run_without_push_touches_no_network() {
              tags: none; without --push nothing is pushed or tagged\n",
             head = ws.head,
             version = ws.version,
+            image = support::release_image(),
         )
     );
 }

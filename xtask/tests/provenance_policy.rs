@@ -82,11 +82,14 @@ fn provenance_policy_accepts_a_release_provenance_and_refuses_another_repository
             .env("COSIGN_PASSWORD", PASSWORD)
             .env("GITHUB_ACTIONS", "true")
             .env("GITHUB_SERVER_URL", "https://github.com")
-            .env("GITHUB_REPOSITORY", "example-org/rust-release")
+            .env("GITHUB_REPOSITORY", support::source_slug())
             .env("GITHUB_REF", "refs/tags/v0.1.0")
             .env(
                 "GITHUB_WORKFLOW_REF",
-                "example-org/rust-release/.github/workflows/release.yml@refs/tags/v0.1.0",
+                format!(
+                    "{}/.github/workflows/release.yml@refs/tags/v0.1.0",
+                    support::source_slug()
+                ),
             )
             .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL")
             .env_remove("GITHUB_TOKEN"),
@@ -106,7 +109,7 @@ fn provenance_policy_accepts_a_release_provenance_and_refuses_another_repository
     // The same policy expecting another repository: cosign refuses.
     let text = std::fs::read_to_string(&policy).unwrap();
     let other = text.replace(
-        "repository := \"https://github.com/example-org/rust-release\"",
+        &format!("repository := \"{}\"", support::source_repository()),
         "repository := \"https://github.com/someone-else/rust-release\"",
     );
     assert_ne!(other, text, "the policy names the repository in one place");

@@ -690,7 +690,7 @@ fn releases_v0_1_0_then_v0_2_0_then_maintenance_v0_1_1_with_faults_on_the_way() 
         assert_eq!(bytes, std::fs::read(&predicate_path).unwrap(), "{asset}");
         let text = String::from_utf8(bytes).unwrap();
         assert!(
-            text.contains(&repo) && !text.contains("ghcr.io/example-org/rust-release"),
+            text.contains(&repo) && !text.contains(&support::release_image()),
             "{asset}"
         );
         let value: Value = serde_json::from_str(&text).unwrap();
@@ -800,7 +800,7 @@ fn releases_v0_1_0_then_v0_2_0_then_maintenance_v0_1_1_with_faults_on_the_way() 
     assert!(ws.assets(&tag).join("sbom-linux-amd64.cdx.json").is_file());
     assert_eq!(
         String::from_utf8_lossy(&local.stdout).trim(),
-        format!("ghcr.io/example-org/rust-release@{digest}")
+        format!("{}@{digest}", support::release_image())
     );
 
     // 5. v0.2.0 from a new commit: `v0.2` appears and `latest` moves.

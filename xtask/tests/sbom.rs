@@ -227,7 +227,7 @@ fn content_matches_cargo_lock_and_the_source() {
         );
         assert_eq!(
             spdx["packages"][0]["externalRefs"][1]["referenceLocator"],
-            format!("ghcr.io/example-org/rust-release@{}", digest()).as_str()
+            format!("{}@{}", support::release_image(), digest()).as_str()
         );
 
         let components = cdx["components"].as_array().unwrap();

@@ -1122,7 +1122,7 @@ fn statements_name_the_pushed_image_and_signed_falsehoods_fail_verify() {
     );
     for entry in std::fs::read_dir(dir(&image.platforms[0].1)).unwrap() {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        assert!(!text.contains("ghcr.io/example-org/rust-release"));
+        assert!(!text.contains(&support::release_image()));
     }
     xtask_ok(&[&["verify", &reference, "--key", public], &common[..]].concat());
 

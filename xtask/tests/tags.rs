@@ -1,5 +1,5 @@
-//! `cargo xtask tags` through its command line: the CLI contract of
-//! DESIGN.md §3, the GitHub Actions context, and the published tags read
+//! `cargo xtask tags` through its command line: the tag rules of
+//! docs/tags.md, the GitHub Actions context, and the published tags read
 //! from a real registry, paginated.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test

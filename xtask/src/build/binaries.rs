@@ -22,13 +22,30 @@ use crate::support::source::Source;
 use crate::support::tools;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-/// How to cross-compile.
+/// How to cross-compile. Always chosen, never guessed from what is
+/// installed: each one links differently, so each gives other binaries and
+/// another image digest.
 pub enum Strategy {
-    /// cargo-zigbuild, then cross, then cargo with the target's linker.
-    Auto,
+    /// cargo with the target's toolchain and linker: what releases use.
     Cargo,
+    /// cargo-zigbuild, linking with zig.
     Zigbuild,
+    /// cross, building in its container.
     Cross,
+}
+
+impl Strategy {
+    /// What every image and release builds with, and what their
+    /// provenance records.
+    pub const RELEASE: Strategy = Strategy::Cargo;
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Cargo => "cargo",
+            Strategy::Zigbuild => "zigbuild",
+            Strategy::Cross => "cross",
+        }
+    }
 }
 
 /// What an artifact of dist is.
@@ -73,7 +90,7 @@ impl DistOptions {
     /// What the image and release tasks build with: verified binaries.
     pub fn verified() -> DistOptions {
         DistOptions {
-            strategy: Strategy::Auto,
+            strategy: Strategy::RELEASE,
             verify: true,
             dry_run: false,
         }
@@ -105,7 +122,7 @@ pub fn build_commands(config: &Config, platforms: &[Platform]) -> Result<Vec<Str
     platforms
         .iter()
         .map(|platform| {
-            BuildPlan::new(config, platform, Strategy::Auto).map(|p| p.describe(config, &source))
+            BuildPlan::new(config, platform, Strategy::RELEASE).map(|p| p.describe(config, &source))
         })
         .collect()
 }
@@ -229,9 +246,6 @@ impl BuildPlan {
             Strategy::Cargo => Method::Cargo,
             Strategy::Zigbuild => Method::Zigbuild,
             Strategy::Cross => Method::Cross,
-            Strategy::Auto if tools::find_opt("cargo-zigbuild").is_some() => Method::Zigbuild,
-            Strategy::Auto if tools::find_opt("cross").is_some() => Method::Cross,
-            Strategy::Auto => Method::Cargo,
         };
         // cross brings the target's std in its container image.
         let toolchain = match method {

@@ -69,7 +69,7 @@ pub fn run(flags: &flags::Bundle) -> Result<()> {
         config
             .target_dir
             .join("bundle")
-            .join(format!("server-{}.oci.tar", flags.version))
+            .join(format!("{}-{}.oci.tar", config.binary, flags.version))
     });
 
     if flags.load {

@@ -473,8 +473,8 @@ mod tests {
     #[test]
     fn charts_live_next_to_the_image() {
         assert_eq!(
-            default_repository("ghcr.io/example-org/rust-release"),
-            "ghcr.io/example-org/charts/server"
+            default_repository("ghcr.io/fixture-org/rust-release"),
+            "ghcr.io/fixture-org/charts/server"
         );
     }
 

@@ -313,7 +313,7 @@ mod tests {
             ]}]})
         };
         assert!(check_spdx(&document(&facts.reference()), &facts).is_ok());
-        let elsewhere = format!("ghcr.io/example-org/rust-release@{}", facts.digest);
+        let elsewhere = format!("ghcr.io/fixture-org/rust-release@{}", facts.digest);
         assert_eq!(
             check_spdx(&document(&elsewhere), &facts)
                 .unwrap_err()
@@ -359,10 +359,10 @@ mod tests {
         );
         let mut wrong = provenance();
         wrong["buildDefinition"]["externalParameters"]["image"] =
-            json!("ghcr.io/example-org/rust-release");
+            json!("ghcr.io/fixture-org/rust-release");
         assert_eq!(
             check_provenance(&wrong, &facts).unwrap_err().to_string(),
-            "the provenance of linux/arm64 names the image ghcr.io/example-org/rust-release, not 127.0.0.1:5000/app"
+            "the provenance of linux/arm64 names the image ghcr.io/fixture-org/rust-release, not 127.0.0.1:5000/app"
         );
     }
 }

@@ -457,8 +457,8 @@ mod tests {
     #[test]
     fn identity_regexp_is_anchored_to_the_release_workflow() {
         assert_eq!(
-            release_identity_regexp("https://github.com/example-org/rust-release").unwrap(),
-            r"^https://github\.com/example-org/rust-release/\.github/workflows/release\.yml@refs/tags/v"
+            release_identity_regexp("https://github.com/fixture-org/rust-release").unwrap(),
+            r"^https://github\.com/fixture-org/rust-release/\.github/workflows/release\.yml@refs/tags/v"
         );
         assert_eq!(
             release_identity_regexp("https://github.com/o/r.s.git/").unwrap(),

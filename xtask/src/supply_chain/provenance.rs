@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use crate::build::binaries::Strategy;
 use crate::supply_chain::crate_graph::{self, Crate, CrateSource};
 use crate::support::config::{is_digest, Config, Platform};
 use crate::support::source::{rfc3339_utc, Source};
@@ -153,6 +154,9 @@ pub fn predicate_with(
     let mut internal = json!({
         "SOURCE_DATE_EPOCH": input.source.epoch.to_string(),
         "buildCommand": input.build_command,
+        // `image` and `release` always compile with this one; another
+        // strategy links otherwise and gives another digest.
+        "distStrategy": Strategy::RELEASE.name(),
     });
     if let Some(platform) = input.platform {
         internal["target"] = json!(platform.triple());
@@ -228,14 +232,14 @@ mod tests {
     /// them; built from the real one so that new Config fields need no edit.
     fn config() -> Config {
         let mut config = Config::load().unwrap();
-        config.image = "ghcr.io/example-org/rust-release".into();
+        config.image = "ghcr.io/fixture-org/rust-release".into();
         config.platforms = vec![
             "linux/amd64".parse().unwrap(),
             "linux/arm64".parse().unwrap(),
         ];
         config.package = "server".into();
         config.version = "1.2.3".parse().unwrap();
-        config.repository = "https://github.com/example-org/rust-release".into();
+        config.repository = "https://github.com/fixture-org/rust-release".into();
         config
     }
 
@@ -269,11 +273,11 @@ mod tests {
     fn ci_env() -> BuildEnv {
         let vars: BTreeMap<&str, &str> = [
             ("GITHUB_ACTIONS", "true"),
-            ("GITHUB_REPOSITORY", "example-org/rust-release"),
+            ("GITHUB_REPOSITORY", "fixture-org/rust-release"),
             ("GITHUB_REF", "refs/tags/v1.2.3"),
             (
                 "GITHUB_WORKFLOW_REF",
-                "example-org/rust-release/.github/workflows/release.yml@refs/tags/v1.2.3",
+                "fixture-org/rust-release/.github/workflows/release.yml@refs/tags/v1.2.3",
             ),
             ("GITHUB_RUN_ID", "4242"),
             ("GITHUB_RUN_ATTEMPT", "2"),
@@ -299,7 +303,7 @@ mod tests {
         let input = ProvenanceInput {
             config: &config,
             source: &source,
-            image: "ghcr.io/example-org/rust-release",
+            image: "ghcr.io/fixture-org/rust-release",
             platform: Some(&platform),
             platforms: &[],
             base_name: "gcr.io/distroless/static-debian13:nonroot",
@@ -311,24 +315,25 @@ mod tests {
             predicate,
             json!({
                 "buildDefinition": {
-                    "buildType": "https://github.com/example-org/rust-release/blob/main/docs/sbom-and-provenance.md#build-type-v1",
+                    "buildType": "https://github.com/fixture-org/rust-release/blob/main/docs/sbom-and-provenance.md#build-type-v1",
                     "externalParameters": {
                         "version": "1.2.3",
                         "platform": "linux/arm64",
-                        "image": "ghcr.io/example-org/rust-release",
+                        "image": "ghcr.io/fixture-org/rust-release",
                         "source": {
-                            "repository": "https://github.com/example-org/rust-release",
+                            "repository": "https://github.com/fixture-org/rust-release",
                             "revision": "a".repeat(40),
                         },
                     },
                     "internalParameters": {
                         "SOURCE_DATE_EPOCH": "1700000000",
                         "buildCommand": ["cargo", "auditable", "build"],
+                        "distStrategy": "cargo",
                         "target": "aarch64-unknown-linux-gnu",
                     },
                     "resolvedDependencies": [
                         {
-                            "uri": "git+https://github.com/example-org/rust-release@refs/tags/v1.2.3",
+                            "uri": "git+https://github.com/fixture-org/rust-release@refs/tags/v1.2.3",
                             "digest": { "gitCommit": "a".repeat(40) },
                         },
                         {
@@ -344,9 +349,9 @@ mod tests {
                     ],
                 },
                 "runDetails": {
-                    "builder": { "id": "https://github.com/example-org/rust-release/.github/workflows/release.yml@refs/tags/v1.2.3" },
+                    "builder": { "id": "https://github.com/fixture-org/rust-release/.github/workflows/release.yml@refs/tags/v1.2.3" },
                     "metadata": {
-                        "invocationId": "https://github.com/example-org/rust-release/actions/runs/4242/attempts/2",
+                        "invocationId": "https://github.com/fixture-org/rust-release/actions/runs/4242/attempts/2",
                         "startedOn": "2026-11-22T00:00:00Z",
                     },
                 },
@@ -365,7 +370,7 @@ mod tests {
         let input = ProvenanceInput {
             config: &config,
             source: &source,
-            image: "ghcr.io/example-org/rust-release",
+            image: "ghcr.io/fixture-org/rust-release",
             platform: None,
             platforms: &config.platforms,
             base_name: "scratch",
@@ -384,7 +389,7 @@ mod tests {
         );
         assert_eq!(
             predicate["buildDefinition"]["resolvedDependencies"],
-            json!([{ "uri": "git+https://github.com/example-org/rust-release", "digest": { "gitCommit": "a".repeat(40) } }])
+            json!([{ "uri": "git+https://github.com/fixture-org/rust-release", "digest": { "gitCommit": "a".repeat(40) } }])
         );
         assert_eq!(
             predicate["runDetails"],
@@ -405,7 +410,7 @@ mod tests {
         let input = ProvenanceInput {
             config: &config,
             source: &source,
-            image: "ghcr.io/example-org/rust-release",
+            image: "ghcr.io/fixture-org/rust-release",
             platform: None,
             platforms: &config.platforms,
             base_name: "scratch",
@@ -468,7 +473,7 @@ mod tests {
         let input = ProvenanceInput {
             config: &config,
             source: &unknown,
-            image: "ghcr.io/example-org/rust-release",
+            image: "ghcr.io/fixture-org/rust-release",
             platform: None,
             platforms: &config.platforms,
             base_name: "scratch",

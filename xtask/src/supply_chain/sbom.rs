@@ -374,9 +374,9 @@ mod tests {
                 sha: "a".repeat(40),
                 epoch: 1_795_305_600,
             },
-            image: "ghcr.io/example-org/rust-release".into(),
+            image: "ghcr.io/fixture-org/rust-release".into(),
             image_digest: Some(format!("sha256:{}", "c".repeat(64))),
-            repository: "https://github.com/example-org/rust-release".into(),
+            repository: "https://github.com/fixture-org/rust-release".into(),
         };
         (graph, info)
     }
@@ -470,7 +470,7 @@ mod tests {
         let doc = spdx(&graph, &info);
         assert_eq!(doc["name"], "server-0.1.0-linux-arm64");
         assert!(doc["documentNamespace"].as_str().unwrap().starts_with(
-            "https://github.com/example-org/rust-release/spdx/server-0.1.0-linux-arm64-"
+            "https://github.com/fixture-org/rust-release/spdx/server-0.1.0-linux-arm64-"
         ));
         assert_eq!(doc["packages"][2]["licenseDeclared"], "NOASSERTION");
         assert_eq!(
@@ -479,7 +479,7 @@ mod tests {
         );
         assert_eq!(
             doc["packages"][0]["externalRefs"][1]["referenceLocator"],
-            format!("ghcr.io/example-org/rust-release@sha256:{}", "c".repeat(64))
+            format!("ghcr.io/fixture-org/rust-release@sha256:{}", "c".repeat(64))
         );
         let relationships = doc["relationships"].as_array().unwrap();
         assert_eq!(relationships.len(), 3);

@@ -299,6 +299,67 @@ impl AuditPolicy {
     }
 }
 
+/// Every key `[workspace.metadata.release]` accepts, as dotted paths such
+/// as `chart.publish`, `toolchains.<triple>.linker` and
+/// `audit.ignore[].expires`, read from the serde structs themselves so that
+/// docs/release-configuration.md cannot drift from them.
+pub fn accepted_keys() -> Vec<String> {
+    let mut keys = Vec::new();
+    for field in fields_of::<RawRelease>() {
+        let nested: Vec<String> = match field {
+            "toolchains" => prefixed("toolchains.<triple>.", fields_of::<ToolchainConfig>()),
+            "chart" => prefixed("chart.", fields_of::<ChartConfig>()),
+            "audit" => fields_of::<RawAudit>()
+                .into_iter()
+                .flat_map(|f| match f {
+                    "ignore" => prefixed("audit.ignore[].", fields_of::<IgnoreEntry>()),
+                    other => vec![format!("audit.{other}")],
+                })
+                .collect(),
+            other => vec![other.to_owned()],
+        };
+        keys.extend(nested);
+    }
+    keys
+}
+
+fn prefixed(prefix: &str, fields: Vec<&str>) -> Vec<String> {
+    fields.into_iter().map(|f| format!("{prefix}{f}")).collect()
+}
+
+/// The field names serde derived for `T`, as it passes them to
+/// `deserialize_struct`: a deserializer that records them and stops.
+fn fields_of<'de, T: Deserialize<'de>>() -> Vec<&'static str> {
+    struct Recorder<'a>(&'a mut Vec<&'static str>);
+    impl<'de> serde::Deserializer<'de> for Recorder<'_> {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(
+            self,
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            Err(serde::de::Error::custom("only records field names"))
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0.extend_from_slice(fields);
+            Err(serde::de::Error::custom("only records field names"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut fields = Vec::new();
+    // The error is the point: the recorder stops once it has the names.
+    let _ = T::deserialize(Recorder(&mut fields));
+    fields
+}
+
 /// `YYYY-MM-DD` as (year, month, day), if it is one.
 pub fn parse_date(text: &str) -> Option<(i32, u32, u32)> {
     let mut parts = text.split('-');
@@ -382,6 +443,22 @@ mod tests {
     fn policy(value: serde_json::Value) -> Result<AuditPolicy> {
         let raw: RawAudit = serde_json::from_value(value)?;
         raw.checked()
+    }
+
+    #[test]
+    fn the_accepted_keys_come_from_the_structs() {
+        let keys = accepted_keys();
+        for key in [
+            "image",
+            "base-digest",
+            "toolchains.<triple>.linker",
+            "chart.publish",
+            "audit.warn",
+            "audit.ignore[].expires",
+        ] {
+            assert!(keys.contains(&key.to_owned()), "{key} in {keys:?}");
+        }
+        assert!(!keys.contains(&"chart".to_owned()), "tables are not keys");
     }
 
     #[test]

@@ -220,13 +220,67 @@ pub fn run_ok(command: &mut Command) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// The workspace root.
+/// The workspace root: this checkout, or the one `XTASK_TEST_WORKSPACE`
+/// names, so that a test can run other test binaries against a clone (the
+/// adopt test checks a renamed clone so).
 pub fn workspace_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os(WORKSPACE_OVERRIDE) {
+        return PathBuf::from(dir);
+    }
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask is inside the workspace")
         .to_path_buf()
 }
+
+/// `[workspace.metadata.release]` of the workspace, read by the xtask's own
+/// loader, so that no test writes the project's name: `cargo xtask adopt`
+/// renames it in one place.
+pub fn release_config() -> &'static xtask::support::config::Config {
+    static CONFIG: std::sync::OnceLock<xtask::support::config::Config> = std::sync::OnceLock::new();
+    CONFIG.get_or_init(|| {
+        let metadata = cargo_metadata::MetadataCommand::new()
+            .no_deps()
+            .current_dir(workspace_root())
+            .exec()
+            .expect("cargo metadata runs in the workspace");
+        xtask::support::config::Config::from_metadata(&metadata)
+            .expect("[workspace.metadata.release] is valid")
+    })
+}
+
+/// The image repository the release publishes, such as
+/// `ghcr.io/OWNER/NAME`.
+pub fn release_image() -> String {
+    release_config().image.clone()
+}
+
+/// The image repository without its registry host, such as
+/// `OWNER/NAME`.
+pub fn release_image_path() -> String {
+    let image = release_image();
+    image
+        .split_once('/')
+        .map(|(_, path)| path.to_owned())
+        .unwrap_or(image)
+}
+
+/// The source repository URL of the workspace (`repository` in Cargo.toml).
+pub fn source_repository() -> String {
+    release_config().repository.clone()
+}
+
+/// `owner/name` of the source repository on its forge.
+pub fn source_slug() -> String {
+    let url = source_repository();
+    let mut parts = url.trim_end_matches('/').rsplitn(3, '/');
+    let name = parts.next().unwrap_or_default();
+    let owner = parts.next().unwrap_or_default();
+    format!("{owner}/{name}")
+}
+
+/// The variable `workspace_root` reads first.
+pub const WORKSPACE_OVERRIDE: &str = "XTASK_TEST_WORKSPACE";
 
 /// `cargo xtask …`, as the built xtask binary, run from the workspace root.
 pub fn xtask() -> Command {
