@@ -47,6 +47,8 @@ pub enum Command {
     PinBase(PinBase),
     /// Package the Helm chart pinned to the image digest; --push publishes and signs it.
     Chart(Chart),
+    /// Empty target/cache/, the compressed archives and layers warm builds reuse.
+    CleanCache(CleanCache),
 }
 
 #[derive(Debug, Args)]
@@ -367,6 +369,9 @@ pub struct Chart {
     #[arg(long)]
     pub json: bool,
 }
+
+#[derive(Debug, Args, Clone)]
+pub struct CleanCache {}
 
 #[cfg(test)]
 mod tests {

@@ -11,6 +11,7 @@ pub mod attest;
 pub mod bench;
 pub mod bundle;
 pub mod chart;
+pub mod clean_cache;
 pub mod dist;
 pub mod floating;
 pub mod image;

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use xtask::flags::{self, Command};
 use xtask::{
-    attest, bench, bundle, chart, dist, image, pin_base, release, sbom, setup, sign, tags, test,
-    verify,
+    attest, bench, bundle, chart, clean_cache, dist, image, pin_base, release, sbom, setup, sign,
+    tags, test, verify,
 };
 
 fn main() -> ExitCode {
@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Command::Bench(flags) => bench::run(flags),
         Command::PinBase(flags) => pin_base::run(flags),
         Command::Chart(flags) => chart::run(flags),
+        Command::CleanCache(flags) => clean_cache::run(flags),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

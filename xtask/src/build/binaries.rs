@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use xshell::{cmd, Shell};
 
 use crate::support::archive::{self, Entry};
+use crate::support::cache::Cache;
 use crate::support::config::{Config, Platform};
 use crate::support::elf::Elf;
 use crate::support::fs::write_if_changed;
@@ -153,7 +154,7 @@ pub fn build(config: &Config, platforms: &[Platform], options: DistOptions) -> R
             write_if_changed(&binary, &bytes, 0o755)?;
             let folder = format!("{}-{version}-{}", config.binary, platform.slug());
             let entry_path = format!("{folder}/{}", config.binary);
-            let archive = archive::tar_gz(
+            let (archive, _) = Cache::in_target(&config.target_dir).tar_gz(
                 &[Entry {
                     path: &entry_path,
                     data: &bytes,
