@@ -51,11 +51,19 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// The cache of a target directory: `<target>/cache`.
+    /// The cache of a target directory, `<target>/cache`, or the directory
+    /// named by `XTASK_CACHE_DIR`: tests give each run its own.
     pub fn in_target(target_dir: &Utf8Path) -> Cache {
-        Cache {
-            dir: target_dir.join("cache"),
-        }
+        let dir = match std::env::var("XTASK_CACHE_DIR") {
+            Ok(dir) if !dir.is_empty() => Utf8PathBuf::from(dir),
+            _ => target_dir.join("cache"),
+        };
+        Cache { dir }
+    }
+
+    /// The cache of exactly this directory.
+    pub fn at(dir: Utf8PathBuf) -> Cache {
+        Cache { dir }
     }
 
     pub fn dir(&self) -> &Utf8Path {
@@ -234,7 +242,7 @@ mod tests {
     #[test]
     fn a_hit_gives_the_bytes_of_a_miss() {
         let temp = tempfile::tempdir().unwrap();
-        let cache = Cache::in_target(Utf8Path::from_path(temp.path()).unwrap());
+        let cache = Cache::at(Utf8Path::from_path(temp.path()).unwrap().to_owned());
         let (miss, outcome) = cache.tar_gz(&[entry(b"binary")], 7).unwrap();
         assert_eq!(outcome, Outcome::Miss);
         let (hit, outcome) = cache.tar_gz(&[entry(b"binary")], 7).unwrap();
@@ -248,7 +256,7 @@ mod tests {
     #[test]
     fn every_setting_is_in_the_key() {
         let temp = tempfile::tempdir().unwrap();
-        let cache = Cache::in_target(Utf8Path::from_path(temp.path()).unwrap());
+        let cache = Cache::at(Utf8Path::from_path(temp.path()).unwrap().to_owned());
         cache.tar_gz(&[entry(b"binary")], 7).unwrap();
         let changed = [
             (vec![entry(b"binarz")], 7),
@@ -280,7 +288,7 @@ mod tests {
     #[test]
     fn a_corrupted_blob_is_detected_and_rebuilt() {
         let temp = tempfile::tempdir().unwrap();
-        let cache = Cache::in_target(Utf8Path::from_path(temp.path()).unwrap());
+        let cache = Cache::at(Utf8Path::from_path(temp.path()).unwrap().to_owned());
         let (good, _) = cache.tar_gz(&[entry(b"binary")], 7).unwrap();
         let blob = cache.blob_path(&archive::sha256_hex(&good.gz));
         let mut bytes = std::fs::read(&blob).unwrap();
@@ -299,7 +307,7 @@ mod tests {
     #[test]
     fn keeps_the_most_recently_used_entries() {
         let temp = tempfile::tempdir().unwrap();
-        let cache = Cache::in_target(Utf8Path::from_path(temp.path()).unwrap());
+        let cache = Cache::at(Utf8Path::from_path(temp.path()).unwrap().to_owned());
         let data: Vec<Vec<u8>> = (0..KEEP_ENTRIES + 3)
             .map(|i| format!("binary {i}").into_bytes())
             .collect();
