@@ -324,6 +324,10 @@ pub struct Bench {
     /// figures are not meant to be compared.
     #[arg(long)]
     pub quick: bool,
+    /// Measure the pipeline instead of the server: warm `image --push`
+    /// against a loopback registry, and the native builder against buildah.
+    #[arg(long)]
+    pub pipeline: bool,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -13,8 +13,11 @@
 //! - idle RSS: VmRSS in /proc/PID/status, 500 ms after the first 200;
 //! - healthcheck: `server healthcheck` wall time, with hyperfine and no shell;
 //! - load: wrk on loopback against /healthz, with VmRSS sampled meanwhile.
+//!
+//! With `--pipeline`, the release pipeline instead (pipeline.rs).
 
 mod measure;
+mod pipeline;
 mod report;
 
 use std::time::Duration;
@@ -159,6 +162,9 @@ pub struct Load {
 }
 
 pub fn run(flags: &flags::Bench) -> Result<()> {
+    if flags.pipeline {
+        return pipeline::run(flags);
+    }
     // Before anything slow, so that a missing tool fails at once.
     let wrk = WRK.find()?;
     let hyperfine = HYPERFINE.find()?;
