@@ -34,9 +34,10 @@ const WORKSPACE_FILES: [&str; 6] = [
     "rust-toolchain",
 ];
 
-/// Variables cargo sets for the xtask itself when it runs it: they say how
-/// the xtask was started, not how the server is built.
-const RUN_ONLY_VARIABLES: [&str; 7] = [
+/// Variables cargo and rustup set for the xtask itself when they run it:
+/// they say how the xtask was started (`cargo xtask` from a shell, or from
+/// within another `cargo xtask`), not how the server is built.
+const RUN_ONLY_VARIABLES: [&str; 10] = [
     "CARGO",
     "CARGO_MANIFEST_DIR",
     "CARGO_MANIFEST_PATH",
@@ -44,9 +45,14 @@ const RUN_ONLY_VARIABLES: [&str; 7] = [
     "CARGO_CRATE_NAME",
     "CARGO_PRIMARY_PACKAGE",
     "CARGO_RUSTC_CURRENT_DIR",
+    "RUST_RECURSION_COUNT",
+    "RUSTUP_TOOLCHAIN_SOURCE",
+    "RUST_BACKTRACE",
 ];
 
 /// Prefixes of the variables cargo, rustc, build scripts and C compilers read.
+/// `LDFLAGS` rather than `LD`: cargo run sets LD_LIBRARY_PATH to the xtask's
+/// own build directories, which says nothing about the server's build.
 const BUILD_VARIABLE_PREFIXES: [&str; 10] = [
     "CARGO",
     "RUST",
@@ -54,7 +60,7 @@ const BUILD_VARIABLE_PREFIXES: [&str; 10] = [
     "CFLAGS",
     "CXX",
     "AR",
-    "LD",
+    "LDFLAGS",
     "TARGET_",
     "HOST_",
     "PKG_CONFIG",
