@@ -251,8 +251,25 @@ fn round(value: f64) -> f64 {
 }
 
 /// Runs a command in the workspace; its stdout is not the benchmark's.
+/// Without the variables cargo set for this process: a nested `cargo`
+/// would see a changed CARGO_MANIFEST_DIR, which ring's build script
+/// watches, and rebuild the xtask; a user's shell has none of them.
 fn spawn(config: &Config, program: &str, args: &[String]) -> Result<()> {
-    let output = Command::new(program)
+    let mut command = Command::new(program);
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&name.as_ref())
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
+    let output = command
         .args(args)
         .current_dir(&config.workspace_root)
         .env("PATH", tools::augmented_path())
