@@ -53,6 +53,8 @@ pub enum Command {
     Chart(Chart),
     /// Check a binary against the contract the pipeline relies on (docs/binary-contract.md).
     Conformance(Conformance),
+    /// Empty target/cache/, the compressed archives and layers warm builds reuse.
+    CleanCache(CleanCache),
 }
 
 #[derive(Debug, Args)]
@@ -380,6 +382,10 @@ pub struct Bench {
     /// figures are not meant to be compared.
     #[arg(long)]
     pub quick: bool,
+    /// Measure the pipeline instead of the server: warm `image --push`
+    /// against a loopback registry, and the native builder against buildah.
+    #[arg(long)]
+    pub pipeline: bool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -444,6 +450,9 @@ pub struct Conformance {
     #[arg(long)]
     pub json: bool,
 }
+
+#[derive(Debug, Args, Clone)]
+pub struct CleanCache {}
 
 #[cfg(test)]
 mod tests {

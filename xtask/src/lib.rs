@@ -13,6 +13,7 @@ pub mod audit;
 pub mod bench;
 pub mod bundle;
 pub mod chart;
+pub mod clean_cache;
 pub mod conformance;
 pub mod dist;
 pub mod floating;

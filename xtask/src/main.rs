@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use xtask::flags::{self, Command};
 use xtask::{
-    adopt, attest, audit, bench, bundle, chart, conformance, dist, image, pin_base, release, sbom,
-    setup, sign, tags, test, verify,
+    adopt, attest, audit, bench, bundle, chart, clean_cache, conformance, dist, image, pin_base,
+    release, sbom, setup, sign, tags, test, verify,
 };
 
 fn main() -> ExitCode {
@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         Command::PinBase(flags) => pin_base::run(flags),
         Command::Chart(flags) => chart::run(flags),
         Command::Conformance(flags) => conformance::run(flags),
+        Command::CleanCache(flags) => clean_cache::run(flags),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

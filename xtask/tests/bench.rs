@@ -183,3 +183,54 @@ fn bench_without_wrk_says_to_run_setup() {
         "error: wrk not found: run `cargo xtask setup` (apt-get install wrk)\n"
     );
 }
+
+/// The shape of `bench --pipeline --json`, on one run of each: the
+/// timings are not asserted, only that each is a measured duration.
+#[test]
+fn bench_pipeline_quick_json_reports_every_figure_and_the_machine() {
+    support::dist();
+    let output = run(xtask().args(["bench", "--pipeline", "--quick", "--json"]));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "bench --pipeline failed:\n{stderr}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("bench --json prints one JSON object");
+    let mut keys: Vec<&String> = report.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "buildah",
+            "commands",
+            "git_sha",
+            "machine",
+            "native_image",
+            "quick",
+            "ratios",
+            "warm_image_push"
+        ]
+    );
+    assert_eq!(report["git_sha"], head_sha());
+    assert_eq!(report["quick"], true);
+    for figure in ["warm_image_push", "native_image", "buildah"] {
+        let runs = report[figure]["runs_s"].as_array().unwrap();
+        assert_eq!(runs.len(), 1, "{figure}: {runs:?}");
+        assert!(runs[0].as_f64().unwrap() > 0.0, "{figure}: {runs:?}");
+        assert_eq!(report[figure]["median_s"], runs[0]);
+    }
+    assert!(report["machine"]["nproc"].as_u64().unwrap() >= 1);
+    assert!(!report["machine"]["cpu_model"].as_str().unwrap().is_empty());
+    assert_eq!(report["ratios"]["warm_image_push_target_s"], 1.0);
+    assert_eq!(report["ratios"]["buildah_over_native_target"], 3.0);
+    let commands = report["commands"].as_array().unwrap();
+    assert_eq!(commands.len(), 3, "{commands:?}");
+    assert!(
+        commands[0]
+            .as_str()
+            .unwrap()
+            .starts_with("cargo xtask image --push"),
+        "{commands:?}"
+    );
+}

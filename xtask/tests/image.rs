@@ -520,3 +520,121 @@ fn buildx_dry_run_prints_the_exact_command_and_a_missing_buildx_is_a_clear_error
         String::from_utf8_lossy(&missing.stderr)
     );
 }
+
+/// `cargo xtask image --base scratch` into `out`, with its own cache.
+fn image_with_cache(cache: &std::path::Path, out: &std::path::Path) -> Command {
+    support::dist();
+    let mut command = support::xtask();
+    command
+        .args(["image", "--json", "--base", "scratch", "--out"])
+        .arg(out)
+        .env("XTASK_CACHE_DIR", cache);
+    command
+}
+
+/// Every file under `dir`, relative, with its bytes.
+fn files_under(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fn walk(
+        root: &std::path::Path,
+        dir: &std::path::Path,
+        out: &mut std::collections::BTreeMap<String, Vec<u8>>,
+    ) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let name = path.strip_prefix(root).unwrap().display().to_string();
+                out.insert(name, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+#[test]
+fn a_cache_hit_gives_the_bytes_of_a_miss_and_a_corrupted_entry_is_rebuilt() {
+    let temp = tempfile::tempdir().unwrap();
+    let cache = temp.path().join("cache");
+    let layouts: Vec<_> = ["miss", "hit", "corrupt"]
+        .iter()
+        .map(|name| temp.path().join(name))
+        .collect();
+
+    let miss = json_of(&run(&mut image_with_cache(&cache, &layouts[0])));
+    // Per platform, the image layer and the release archive of dist.
+    let blobs: Vec<_> = std::fs::read_dir(cache.join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(blobs.len(), 4, "{blobs:?}");
+    assert_eq!(std::fs::read_dir(cache.join("entries")).unwrap().count(), 4);
+    let mtimes: Vec<_> = blobs
+        .iter()
+        .map(|b| std::fs::metadata(b).unwrap().modified().unwrap())
+        .collect();
+
+    let hit = json_of(&run(&mut image_with_cache(&cache, &layouts[1])));
+    assert_eq!(hit["digest"], miss["digest"]);
+    assert_eq!(files_under(&layouts[1]), files_under(&layouts[0]));
+    for (blob, mtime) in blobs.iter().zip(&mtimes) {
+        assert_eq!(
+            &std::fs::metadata(blob).unwrap().modified().unwrap(),
+            mtime,
+            "a hit rewrote {}",
+            blob.display()
+        );
+    }
+
+    // One flipped byte in a cached layer: detected by its digest, and rebuilt.
+    let corrupted = blobs
+        .iter()
+        .find(|b| {
+            layouts[0]
+                .join("blobs/sha256")
+                .join(b.file_name().unwrap())
+                .is_file()
+        })
+        .expect("a cached blob is a layer of the image");
+    let good = std::fs::read(corrupted).unwrap();
+    let mut bad = good.clone();
+    bad[100] ^= 0xff;
+    std::fs::write(corrupted, &bad).unwrap();
+    let rebuilt = json_of(&run(&mut image_with_cache(&cache, &layouts[2])));
+    assert_eq!(rebuilt["digest"], miss["digest"]);
+    assert_eq!(files_under(&layouts[2]), files_under(&layouts[0]));
+    assert_eq!(std::fs::read(corrupted).unwrap(), good);
+}
+
+#[test]
+fn two_concurrent_builds_sharing_one_cache_both_succeed_and_agree() {
+    let temp = tempfile::tempdir().unwrap();
+    let cache = temp.path().join("cache");
+    let children: Vec<_> = ["one", "two"]
+        .iter()
+        .map(|name| {
+            image_with_cache(&cache, &temp.path().join(name))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<Value> = children
+        .into_iter()
+        .map(|child| json_of(&child.wait_with_output().unwrap()))
+        .collect();
+    assert_eq!(outputs[0]["digest"], outputs[1]["digest"]);
+    assert_eq!(
+        files_under(&temp.path().join("one")),
+        files_under(&temp.path().join("two"))
+    );
+    // And what they left serves a third run.
+    let third = json_of(&run(&mut image_with_cache(
+        &cache,
+        &temp.path().join("three"),
+    )));
+    assert_eq!(third["digest"], outputs[0]["digest"]);
+}

@@ -14,9 +14,12 @@
 //! - healthcheck: `server healthcheck` wall time, with hyperfine and no shell;
 //! - load: wrk on loopback against /healthz, with VmRSS sampled meanwhile;
 //! - the same with a database, in `database`.
+//!
+//! With `--pipeline`, the release pipeline instead (pipeline.rs).
 
 mod database;
 mod measure;
+mod pipeline;
 mod report;
 
 use std::time::Duration;
@@ -165,6 +168,9 @@ pub struct Load {
 }
 
 pub fn run(flags: &flags::Bench) -> Result<()> {
+    if flags.pipeline {
+        return pipeline::run(flags);
+    }
     // Before anything slow, so that a missing tool fails at once.
     let wrk = WRK.find()?;
     let hyperfine = HYPERFINE.find()?;

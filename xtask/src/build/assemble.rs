@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 use crate::build::base::{Base, Bases};
 use crate::build::binaries::{self, Dist, DistOptions};
 use crate::oci::{self, Descriptor, Index, Layout, Manifest, PlatformSpec, BASE_DIGEST, BASE_NAME};
-use crate::support::archive::{self, Entry};
+use crate::support::archive::Entry;
+use crate::support::cache::Cache;
 use crate::support::config::{Config, Platform};
 use crate::support::source::Source;
 
@@ -65,7 +66,7 @@ pub fn assemble(config: &Config, dist: &Dist, options: &Options<'_>) -> Result<B
         let binary_path = dist.binary(config, platform)?;
         let binary =
             std::fs::read(&binary_path).with_context(|| format!("cannot read {binary_path}"))?;
-        let layer = archive::tar_gz(
+        let (layer, _) = Cache::in_target(&config.target_dir).tar_gz(
             &[Entry {
                 path: &config.binary,
                 data: &binary,

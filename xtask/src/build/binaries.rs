@@ -2,6 +2,7 @@
 //! every configured platform, with archives, SHA256SUMS and dist.json
 //! under target/dist/.
 
+use crate::build::fingerprint;
 use crate::build::toolchain::{
     cargo_home, default_toolchain, find_linker, select_toolchain, Toolchain,
 };
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use xshell::{cmd, Shell};
 
 use crate::support::archive::{self, Entry};
+use crate::support::cache::Cache;
 use crate::support::config::{Config, Platform};
 use crate::support::elf::Elf;
 use crate::support::fs::write_if_changed;
@@ -151,26 +153,34 @@ pub fn build(config: &Config, platforms: &[Platform], options: DistOptions) -> R
                 println!("{}", plan.describe(config, &source));
                 return Ok(());
             }
+            let built = built_binary(config, triple);
+            let fingerprint = fingerprint::of_build(
+                config,
+                &plan.describe(config, &source),
+                &plan.toolchain.rustc,
+                &plan.toolchain.cargo,
+            )?;
+            if fingerprint::is_up_to_date(config, triple, &fingerprint, &built) {
+                eprintln!("{triple}: sources, toolchain and flags unchanged since the last build; cargo skipped");
+                return Ok(());
+            }
             plan.command(&sh, config, &source)
                 .run()
-                .with_context(|| format!("building {triple} failed; see the cargo output above"))
+                .with_context(|| format!("building {triple} failed; see the cargo output above"))?;
+            fingerprint::record_build(config, triple, &fingerprint, &built)
         })?;
         if dry_run {
             continue;
         }
         let binary = steps.run(&format!("{platform}: archive"), || {
-            let built = config
-                .target_dir
-                .join(triple)
-                .join("release")
-                .join(&config.binary);
+            let built = built_binary(config, triple);
             let binary = dist_dir.join(platform.slug()).join(&config.binary);
             let bytes = std::fs::read(&built)
                 .with_context(|| format!("cannot read the built binary {built}"))?;
             write_if_changed(&binary, &bytes, 0o755)?;
             let folder = format!("{}-{version}-{}", config.binary, platform.slug());
             let entry_path = format!("{folder}/{}", config.binary);
-            let archive = archive::tar_gz(
+            let (archive, _) = Cache::in_target(&config.target_dir).tar_gz(
                 &[Entry {
                     path: &entry_path,
                     data: &bytes,
@@ -197,7 +207,7 @@ pub fn build(config: &Config, platforms: &[Platform], options: DistOptions) -> R
         })?;
         if verify {
             steps.run(&format!("{platform}: verify"), || {
-                verify_binary(&sh, &binary, platform, &version, &source)
+                verify_binary(&sh, config, &binary, platform, &version, &source)
             })?;
         }
     }
@@ -208,6 +218,15 @@ pub fn build(config: &Config, platforms: &[Platform], options: DistOptions) -> R
         write_manifests(config, &artifacts)
     })?;
     Ok(Dist { source, artifacts })
+}
+
+/// Where cargo leaves the binary of a target.
+fn built_binary(config: &Config, triple: &str) -> Utf8PathBuf {
+    config
+        .target_dir
+        .join(triple)
+        .join("release")
+        .join(&config.binary)
 }
 
 fn write_manifests(config: &Config, artifacts: &[Artifact]) -> Result<()> {
@@ -363,6 +382,7 @@ fn rustflags(config: &Config) -> Vec<String> {
 /// Checks the ELF machine, static linking, and what the binary says it is.
 fn verify_binary(
     sh: &Shell,
+    config: &Config,
     binary: &Utf8Path,
     platform: &Platform,
     version: &str,
@@ -379,6 +399,12 @@ fn verify_binary(
     }
     if elf.has_interpreter {
         bail!("{binary} is dynamically linked (it has a PT_INTERP program header); it must be static for a distroless image");
+    }
+    // The run is what takes time (under qemu for arm64): a binary with this
+    // digest already reported this version and commit.
+    let digest = archive::sha256_hex(&bytes);
+    if fingerprint::was_verified(config, &digest, version, &source.sha) {
+        return Ok(());
     }
     let output = if platform.is_host() {
         cmd!(sh, "{binary} version --json").quiet().read()
@@ -400,5 +426,5 @@ fn verify_binary(
             source.sha
         );
     }
-    Ok(())
+    fingerprint::record_verified(config, &digest, version, &source.sha)
 }

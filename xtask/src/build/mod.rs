@@ -6,4 +6,5 @@ pub mod assemble;
 pub mod base;
 pub mod binaries;
 pub mod buildx;
+pub mod fingerprint;
 pub mod toolchain;

@@ -1,8 +1,9 @@
 //! What every stage needs and nothing stage-specific: the release
 //! configuration, the source being built, git, external tools, progress
-//! output, files and archives.
+//! output, files, archives and the cache of archives.
 
 pub mod archive;
+pub mod cache;
 pub mod config;
 pub mod elf;
 pub mod fs;

@@ -1,0 +1,374 @@
+//! `cargo xtask bench --pipeline`: the release pipeline's warm path, timed
+//! as a user runs it (`cargo xtask …`, cargo's own no-op check included),
+//! against a distribution registry on loopback, and the native builder
+//! against buildah on the same Dockerfile and binaries.
+//!
+//! The commands are spawned through cargo rather than called in-process
+//! because what is measured is the command line a developer or CI types,
+//! process start and cargo's freshness check included. Missed targets are
+//! reported, never errors: the figures depend on the machine.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use camino::Utf8Path;
+use serde::Serialize;
+
+use crate::build::binaries::{self, DistOptions};
+use crate::flags;
+use crate::support::config::Config;
+use crate::support::progress::Steps;
+use crate::support::source::Source;
+use crate::support::tools::{self, Tool};
+
+const DOCKER_REGISTRY: Tool = Tool {
+    name: "docker-registry",
+    install_hint: "run `cargo xtask setup` (apt-get install docker-registry)",
+};
+const BUILDAH: Tool = Tool {
+    name: "buildah",
+    install_hint: "run `cargo xtask setup` (apt-get install buildah)",
+};
+
+const WARM_PUSH_TARGET_S: f64 = 1.0;
+const BUILDAH_RATIO_TARGET: f64 = 3.0;
+
+#[derive(Debug, Serialize)]
+pub struct PipelineReport {
+    pub machine: Machine,
+    pub git_sha: String,
+    pub quick: bool,
+    /// `cargo xtask image --push` with nothing changed.
+    pub warm_image_push: Timing,
+    /// `cargo xtask image` (native, no push) with nothing changed.
+    pub native_image: Timing,
+    /// `buildah bud` of the Dockerfile for both platforms, same binaries.
+    pub buildah: Timing,
+    pub ratios: Ratios,
+    /// The exact commands behind the figures.
+    pub commands: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu_model: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Timing {
+    pub runs_s: Vec<f64>,
+    pub median_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Ratios {
+    /// buildah's median over the native builder's.
+    pub buildah_over_native: f64,
+    pub buildah_over_native_target: f64,
+    pub warm_image_push_target_s: f64,
+    pub warm_image_push_ok: bool,
+    pub buildah_over_native_ok: bool,
+}
+
+pub fn run(flags: &flags::Bench) -> Result<()> {
+    let registry_program = DOCKER_REGISTRY.find()?;
+    let buildah = BUILDAH.find()?;
+    let config = Config::load()?;
+    let source = Source::detect(&config.workspace_root)?;
+    let runs = if flags.quick { 1 } else { 3 };
+    // Under target/, emptied first: a registry, a layout and buildah's storage.
+    let scratch = config.target_dir.join("bench/pipeline");
+    if scratch.exists() {
+        std::fs::remove_dir_all(&scratch).with_context(|| format!("cannot empty {scratch}"))?;
+    }
+    std::fs::create_dir_all(&scratch).with_context(|| format!("cannot create {scratch}"))?;
+    let result = measure(
+        &config,
+        &source,
+        &scratch,
+        runs,
+        &registry_program,
+        &buildah,
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
+    let (warm_image_push, native_image, buildah, commands) = result?;
+
+    let ratio = buildah.median_s / native_image.median_s.max(f64::EPSILON);
+    let report = PipelineReport {
+        machine: machine()?,
+        git_sha: source.sha.clone(),
+        quick: flags.quick,
+        ratios: Ratios {
+            buildah_over_native: round(ratio),
+            buildah_over_native_target: BUILDAH_RATIO_TARGET,
+            warm_image_push_target_s: WARM_PUSH_TARGET_S,
+            warm_image_push_ok: warm_image_push.median_s <= WARM_PUSH_TARGET_S,
+            buildah_over_native_ok: ratio >= BUILDAH_RATIO_TARGET,
+        },
+        warm_image_push,
+        native_image,
+        buildah,
+        commands,
+    };
+    if flags.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(())
+}
+
+type Measured = (Timing, Timing, Timing, Vec<String>);
+
+fn measure(
+    config: &Config,
+    source: &Source,
+    scratch: &Utf8Path,
+    runs: usize,
+    registry_program: &std::path::Path,
+    buildah: &std::path::Path,
+) -> Result<Measured> {
+    let mut steps = Steps::new(5);
+    steps.run("build the binaries (warm-up)", || {
+        binaries::build(config, &config.platforms, DistOptions::verified()).map(|_| ())
+    })?;
+    let registry = steps.run("start a registry on loopback", || {
+        LoopbackRegistry::start(registry_program, scratch)
+    })?;
+    let repository = format!("127.0.0.1:{}/bench/server", registry.port);
+    let out = scratch.join("oci");
+    let push: Vec<String> = [
+        "xtask",
+        "image",
+        "--push",
+        "--insecure",
+        "--base",
+        "scratch",
+        "--branch",
+        "bench",
+        "--image",
+        &repository,
+        "--out",
+        out.as_str(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let native: Vec<String> = ["xtask", "image", "--base", "scratch", "--out", out.as_str()]
+        .map(String::from)
+        .to_vec();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut commands = Vec::new();
+
+    let warm_push = steps.run(&format!("warm image --push, {runs} runs after one"), || {
+        time_runs(runs + 1, || spawn(config, &cargo, &push)).map(|mut t| {
+            // The first run pushes the blobs; only the later ones are warm.
+            t.remove(0);
+            timing(t)
+        })
+    })?;
+    commands.push(format!("cargo {}", push.join(" ")));
+    let native_image = steps.run(&format!("native image, {runs} runs"), || {
+        time_runs(runs, || spawn(config, &cargo, &native)).map(timing)
+    })?;
+    commands.push(format!("cargo {}", native.join(" ")));
+    let storage = scratch.join("buildah");
+    let buildah_timing = steps.run(&format!("buildah bud, both platforms, {runs} runs"), || {
+        time_runs(runs, || {
+            for arch in ["amd64", "arm64"] {
+                let args = buildah_args(&storage, arch, source);
+                spawn(config, &buildah.display().to_string(), &args)?;
+            }
+            Ok(())
+        })
+        .map(timing)
+    })?;
+    commands.push(format!(
+        "buildah {} (and linux/arm64)",
+        buildah_args(&storage, "amd64", source).join(" ")
+    ));
+    drop(registry);
+    Ok((warm_push, native_image, buildah_timing, commands))
+}
+
+fn buildah_args(storage: &Utf8Path, arch: &str, source: &Source) -> Vec<String> {
+    [
+        "--root",
+        storage.join("root").as_str(),
+        "--runroot",
+        storage.join("run").as_str(),
+        "--storage-driver",
+        "vfs",
+        "bud",
+        "--isolation",
+        "chroot",
+        "--platform",
+        &format!("linux/{arch}"),
+        "--format",
+        "docker",
+        "--identity-label=false",
+        "--timestamp",
+        &source.epoch.to_string(),
+        "--build-arg",
+        "BASE=scratch",
+        "--build-arg",
+        &format!("TARGETARCH={arch}"),
+        "-f",
+        "Dockerfile",
+        "-t",
+        &format!("localhost/bench:{arch}"),
+        ".",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn time_runs(runs: usize, mut once: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        once()?;
+        times.push(round(start.elapsed().as_secs_f64()));
+    }
+    Ok(times)
+}
+
+fn timing(runs_s: Vec<f64>) -> Timing {
+    let mut sorted = runs_s.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median_s = match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => round((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    };
+    Timing { runs_s, median_s }
+}
+
+fn round(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
+}
+
+/// Runs a command in the workspace; its stdout is not the benchmark's.
+/// Without the variables cargo set for this process: a nested `cargo`
+/// would see a changed CARGO_MANIFEST_DIR, which ring's build script
+/// watches, and rebuild the xtask; a user's shell has none of them.
+fn spawn(config: &Config, program: &str, args: &[String]) -> Result<()> {
+    let mut command = Command::new(program);
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&name.as_ref())
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
+    let output = command
+        .args(args)
+        .current_dir(&config.workspace_root)
+        .env("PATH", tools::augmented_path())
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !output.status.success() {
+        bail!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// docker-registry on a free loopback port, its storage in `scratch`;
+/// stopped when dropped.
+struct LoopbackRegistry {
+    port: u16,
+    child: Child,
+}
+
+impl LoopbackRegistry {
+    fn start(program: &std::path::Path, scratch: &Utf8Path) -> Result<LoopbackRegistry> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("cannot find a free port on 127.0.0.1")?
+            .port();
+        let config = scratch.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {scratch}/registry\nhttp:\n  addr: 127.0.0.1:{port}\n"
+            ),
+        )
+        .with_context(|| format!("cannot write {config}"))?;
+        let child = Command::new(program)
+            .arg("serve")
+            .arg(config.as_str())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start docker-registry")?;
+        let mut registry = LoopbackRegistry { port, child };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline || registry.child.try_wait()?.is_some() {
+                bail!("docker-registry did not listen on 127.0.0.1:{port} within 15 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(registry)
+    }
+}
+
+impl Drop for LoopbackRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn machine() -> Result<Machine> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").context("cannot read /proc/cpuinfo")?;
+    let cpu_model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, m)| m.trim())
+        })
+        .unwrap_or("unknown")
+        .to_owned();
+    let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Ok(Machine { nproc, cpu_model })
+}
+
+fn render(report: &PipelineReport) -> String {
+    let r = &report.ratios;
+    let mark = |ok: bool| if ok { "ok" } else { "MISSED" };
+    format!(
+        "machine: {} × {}\ncommit: {}\n\
+         warm image --push      {:>7.3} s  (target ≤ {:.1} s: {})\n\
+         native image           {:>7.3} s\n\
+         buildah, both arches   {:>7.3} s\n\
+         buildah / native       {:>7.2}×   (target ≥ {:.0}×: {})\n\ncommands:\n  {}\n",
+        report.machine.nproc,
+        report.machine.cpu_model,
+        report.git_sha,
+        report.warm_image_push.median_s,
+        r.warm_image_push_target_s,
+        mark(r.warm_image_push_ok),
+        report.native_image.median_s,
+        report.buildah.median_s,
+        r.buildah_over_native,
+        r.buildah_over_native_target,
+        mark(r.buildah_over_native_ok),
+        report.commands.join("\n  ")
+    )
+}
