@@ -12,6 +12,7 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
+use support::token_service::{Grant, TokenService};
 use support::{run, run_ok, seed_base, skopeo_tags, tag_digests, tool, Registry};
 
 const PASSWORD: &str = "release-test";
@@ -972,4 +973,105 @@ fn releases_v0_1_0_then_v0_2_0_then_maintenance_v0_1_1_with_faults_on_the_way() 
     let again = ok_json(&ws.release(&args));
     assert_eq!(again["resumed"], serde_json::json!(["sign", "attest"]));
     assert_eq!(listed(&d011), 2);
+
+    // 8. The same release to distribution with token auth (Bearer, as GHCR
+    //    does it), the credentials only in a credential helper that a
+    //    DOCKER_CONFIG names: pushed, signed, attested, verified by the
+    //    release's own verify step, and tagged; a re-run adds nothing.
+    let tokens = TokenService::start(vec![Grant {
+        user: "alice",
+        password: "alice-pw",
+        actions: &["pull", "push"],
+    }]);
+    let guarded = Registry::start_with_token(&tokens);
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(
+        config.path().join("config.json"),
+        serde_json::json!({"credHelpers": {guarded.host(): "test"}}).to_string(),
+    )
+    .unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    support::auth_registry::write_credential_helper(
+        bin.path(),
+        &guarded.host(),
+        "alice",
+        "alice-pw",
+    );
+    let path =
+        std::env::join_paths(std::iter::once(bin.path().to_path_buf()).chain(support::tool_path()))
+            .unwrap();
+    let there = guarded.repo("app");
+    let args = [
+        "v0.1.1",
+        "--push",
+        "--insecure",
+        "--image",
+        &there,
+        "--base",
+        &base,
+        "--key",
+        key,
+        "--no-tlog",
+        "--json",
+    ];
+    let release_with_helper = || {
+        run(Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .current_dir(&ws.path)
+            .arg("release")
+            .args(args)
+            .env("COSIGN_PASSWORD", PASSWORD)
+            .env("DOCKER_CONFIG", config.path())
+            .env("XTASK_AUDIT_DB", support::advisory_db::empty())
+            .env("PATH", &path)
+            .env_remove("GITHUB_TOKEN")
+            .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL"))
+    };
+    let summary = ok_json(&release_with_helper());
+    assert_eq!(summary["digest"], d011.as_str());
+    assert_eq!(summary["resumed"], serde_json::json!([]));
+    let mut tags: Vec<(String, Option<String>)> = tag_list(&summary);
+    tags.sort();
+    assert_eq!(
+        tags,
+        [
+            ("latest".to_owned(), None),
+            (format!("sha-{}", &v011[..7]), None),
+            ("v0.1".to_owned(), None),
+            ("v0.1.1".to_owned(), None),
+        ]
+    );
+    let listed = run_ok(Command::new(tool("skopeo")).args([
+        "list-tags",
+        "--tls-verify=false",
+        "--creds",
+        "alice:alice-pw",
+        &format!("docker://{there}"),
+    ]));
+    let mut listed: Vec<String> = serde_json::from_str::<Value>(&listed).unwrap()["Tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_owned())
+        .collect();
+    listed.sort();
+    // The fallback tags of the index and of each platform, and the tags.
+    let mut expected: Vec<String> = std::iter::once(d011.clone())
+        .chain(
+            summary["platforms"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|d| d.as_str().unwrap().to_owned()),
+        )
+        .map(|d| d.replace(':', "-"))
+        .collect();
+    expected.extend(tags.into_iter().map(|(tag, _)| tag));
+    expected.sort();
+    assert_eq!(listed, expected);
+    assert!(tokens
+        .scopes()
+        .contains(&"repository:app:pull,push".to_owned()));
+    let again = ok_json(&release_with_helper());
+    assert_eq!(again["resumed"], serde_json::json!(["sign", "attest"]));
+    assert_eq!(again["digest"], d011.as_str());
 }
