@@ -15,8 +15,9 @@
 //! - load: wrk on loopback against /healthz, with VmRSS sampled meanwhile;
 //! - the same with a database, in `database`.
 //!
-//! With `--pipeline`, the release pipeline instead (pipeline.rs).
+//! With `--pipeline`, the release pipeline instead (pipeline.rs, cold.rs).
 
+mod cold;
 mod database;
 mod measure;
 mod pipeline;

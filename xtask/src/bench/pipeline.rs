@@ -1,7 +1,9 @@
 //! `cargo xtask bench --pipeline`: the release pipeline's warm path, timed
 //! as a user runs it (`cargo xtask …`, cargo's own no-op check included),
 //! against a distribution registry on loopback, and the native builder
-//! against buildah on the same Dockerfile and binaries.
+//! against buildah on the same Dockerfile and binaries; then, unless
+//! `--quick`, the cold path (cold.rs): the floor, a cold `image --push`
+//! and `image` after a one-line change.
 //!
 //! The commands are spawned through cargo rather than called in-process
 //! because what is measured is the command line a developer or CI types,
@@ -23,6 +25,8 @@ use crate::support::progress::Steps;
 use crate::support::source::Source;
 use crate::support::tools::{self, Tool};
 
+use super::cold::{self, Single};
+
 const DOCKER_REGISTRY: Tool = Tool {
     name: "docker-registry",
     install_hint: "run `cargo xtask setup` (apt-get install docker-registry)",
@@ -34,6 +38,7 @@ const BUILDAH: Tool = Tool {
 
 const WARM_PUSH_TARGET_S: f64 = 1.0;
 const BUILDAH_RATIO_TARGET: f64 = 3.0;
+const COLD_OVER_FLOOR_TARGET: f64 = 1.15;
 
 #[derive(Debug, Serialize)]
 pub struct PipelineReport {
@@ -46,6 +51,12 @@ pub struct PipelineReport {
     pub native_image: Timing,
     /// `buildah bud` of the Dockerfile for both platforms, same binaries.
     pub buildah: Timing,
+    /// Plain `cargo build --release` of every target from clean.
+    pub floor: Single,
+    /// `image --push` from an empty target directory and cache.
+    pub cold_image_push: Single,
+    /// `image` after a one-line change to the server, committed.
+    pub image_after_change: Single,
     pub ratios: Ratios,
     /// The exact commands behind the figures.
     pub commands: Vec<String>,
@@ -55,6 +66,9 @@ pub struct PipelineReport {
 pub struct Machine {
     pub nproc: usize,
     pub cpu_model: String,
+    /// /proc/loadavg (1, 5 and 15 minutes) when the run ended: the
+    /// figures are only as good as the machine was idle.
+    pub load_average: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,6 +85,10 @@ pub struct Ratios {
     pub warm_image_push_target_s: f64,
     pub warm_image_push_ok: bool,
     pub buildah_over_native_ok: bool,
+    /// The cold `image --push` over the floor; None when skipped.
+    pub cold_over_floor: Option<f64>,
+    pub cold_over_floor_target: f64,
+    pub cold_over_floor_ok: Option<bool>,
 }
 
 pub fn run(flags: &flags::Bench) -> Result<()> {
@@ -90,13 +108,26 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
         &source,
         &scratch,
         runs,
+        flags.quick,
         &registry_program,
         &buildah,
     );
     let _ = std::fs::remove_dir_all(&scratch);
-    let (warm_image_push, native_image, buildah, commands) = result?;
+    let Measured {
+        warm_image_push,
+        native_image,
+        buildah,
+        floor,
+        cold_image_push,
+        image_after_change,
+        commands,
+    } = result?;
 
     let ratio = buildah.median_s / native_image.median_s.max(f64::EPSILON);
+    let cold_over_floor = match (cold_image_push.seconds, floor.seconds) {
+        (Some(cold), Some(floor)) => Some(round(cold / floor.max(f64::EPSILON))),
+        _ => None,
+    };
     let report = PipelineReport {
         machine: machine()?,
         git_sha: source.sha.clone(),
@@ -107,10 +138,16 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
             warm_image_push_target_s: WARM_PUSH_TARGET_S,
             warm_image_push_ok: warm_image_push.median_s <= WARM_PUSH_TARGET_S,
             buildah_over_native_ok: ratio >= BUILDAH_RATIO_TARGET,
+            cold_over_floor,
+            cold_over_floor_target: COLD_OVER_FLOOR_TARGET,
+            cold_over_floor_ok: cold_over_floor.map(|r| r <= COLD_OVER_FLOOR_TARGET),
         },
         warm_image_push,
         native_image,
         buildah,
+        floor,
+        cold_image_push,
+        image_after_change,
         commands,
     };
     if flags.json {
@@ -121,17 +158,26 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
     Ok(())
 }
 
-type Measured = (Timing, Timing, Timing, Vec<String>);
+struct Measured {
+    warm_image_push: Timing,
+    native_image: Timing,
+    buildah: Timing,
+    floor: Single,
+    cold_image_push: Single,
+    image_after_change: Single,
+    commands: Vec<String>,
+}
 
 fn measure(
     config: &Config,
     source: &Source,
     scratch: &Utf8Path,
     runs: usize,
+    quick: bool,
     registry_program: &std::path::Path,
     buildah: &std::path::Path,
 ) -> Result<Measured> {
-    let mut steps = Steps::new(5);
+    let mut steps = Steps::new(if quick { 5 } else { 7 });
     steps.run("build the binaries (warm-up)", || {
         binaries::build(config, &config.platforms, DistOptions::verified()).map(|_| ())
     })?;
@@ -189,8 +235,31 @@ fn measure(
         "buildah {} (and linux/arm64)",
         buildah_args(&storage, "amd64", source).join(" ")
     ));
+    let (floor, cold_image_push, image_after_change) = if quick {
+        (Single::skipped(), Single::skipped(), Single::skipped())
+    } else {
+        let (floor, described) = steps
+            .run("the floor: cargo build of every target from clean", || {
+                cold::floor(config, source, scratch)
+            })?;
+        commands.extend(described);
+        let cold = steps.run(
+            "cold image --push in a clone, then image after a one-line change",
+            || cold::cold_and_change(config, source, scratch, &repository),
+        )?;
+        commands.extend(cold.commands);
+        (floor, cold.cold_image_push, cold.image_after_change)
+    };
     drop(registry);
-    Ok((warm_push, native_image, buildah_timing, commands))
+    Ok(Measured {
+        warm_image_push: warm_push,
+        native_image,
+        buildah: buildah_timing,
+        floor,
+        cold_image_push,
+        image_after_change,
+        commands,
+    })
 }
 
 fn buildah_args(storage: &Utf8Path, arch: &str, source: &Source) -> Vec<String> {
@@ -246,15 +315,21 @@ fn timing(runs_s: Vec<f64>) -> Timing {
     Timing { runs_s, median_s }
 }
 
-fn round(value: f64) -> f64 {
+pub(super) fn round(value: f64) -> f64 {
     (value * 1000.0).round() / 1000.0
 }
 
 /// Runs a command in the workspace; its stdout is not the benchmark's.
-/// Without the variables cargo set for this process: a nested `cargo`
-/// would see a changed CARGO_MANIFEST_DIR, which ring's build script
-/// watches, and rebuild the xtask; a user's shell has none of them.
 fn spawn(config: &Config, program: &str, args: &[String]) -> Result<()> {
+    let mut cmd = command(std::path::Path::new(program));
+    cmd.args(args).current_dir(&config.workspace_root);
+    run_quiet(&mut cmd, program, args)
+}
+
+/// `program` without the variables cargo set for this process: a nested
+/// `cargo` would see a changed CARGO_MANIFEST_DIR, which ring's build
+/// script watches, and rebuild the xtask; a user's shell has none of them.
+pub(super) fn command(program: &std::path::Path) -> Command {
     let mut command = Command::new(program);
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
@@ -269,11 +344,15 @@ fn spawn(config: &Config, program: &str, args: &[String]) -> Result<()> {
             command.env_remove(name.as_ref());
         }
     }
-    let output = command
-        .args(args)
-        .current_dir(&config.workspace_root)
+    command
         .env("PATH", tools::augmented_path())
-        .stdin(Stdio::null())
+        .stdin(Stdio::null());
+    command
+}
+
+/// Runs `command` to its end; its output is kept for the error only.
+pub(super) fn run_quiet(command: &mut Command, program: &str, args: &[String]) -> Result<()> {
+    let output = command
         .output()
         .with_context(|| format!("cannot run {program}"))?;
     if !output.status.success() {
@@ -346,20 +425,47 @@ fn machine() -> Result<Machine> {
         .unwrap_or("unknown")
         .to_owned();
     let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
-    Ok(Machine { nproc, cpu_model })
+    let load_average = std::fs::read_to_string("/proc/loadavg")
+        .context("cannot read /proc/loadavg")?
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
+    Ok(Machine {
+        nproc,
+        cpu_model,
+        load_average,
+    })
 }
 
 fn render(report: &PipelineReport) -> String {
     let r = &report.ratios;
     let mark = |ok: bool| if ok { "ok" } else { "MISSED" };
+    let single = |s: &Single| match s.seconds {
+        Some(seconds) => format!("{seconds:>7.3} s"),
+        None => "skipped (--quick)".to_owned(),
+    };
+    let cold_ratio = match (r.cold_over_floor, r.cold_over_floor_ok) {
+        (Some(ratio), Some(ok)) => format!(
+            "{ratio:>7.2}×   (target ≤ {:.2}×: {})",
+            r.cold_over_floor_target,
+            mark(ok)
+        ),
+        _ => "skipped (--quick)".to_owned(),
+    };
     format!(
-        "machine: {} × {}\ncommit: {}\n\
+        "machine: {} × {}, load average {}\ncommit: {}\n\
          warm image --push      {:>7.3} s  (target ≤ {:.1} s: {})\n\
          native image           {:>7.3} s\n\
          buildah, both arches   {:>7.3} s\n\
-         buildah / native       {:>7.2}×   (target ≥ {:.0}×: {})\n\ncommands:\n  {}\n",
+         buildah / native       {:>7.2}×   (target ≥ {:.0}×: {})\n\
+         floor, cargo build     {}\n\
+         cold image --push      {}\n\
+         cold / floor           {}\n\
+         image after a change   {}\n\ncommands:\n  {}\n",
         report.machine.nproc,
         report.machine.cpu_model,
+        report.machine.load_average,
         report.git_sha,
         report.warm_image_push.median_s,
         r.warm_image_push_target_s,
@@ -369,6 +475,10 @@ fn render(report: &PipelineReport) -> String {
         r.buildah_over_native,
         r.buildah_over_native_target,
         mark(r.buildah_over_native_ok),
+        single(&report.floor),
+        single(&report.cold_image_push),
+        cold_ratio,
+        single(&report.image_after_change),
         report.commands.join("\n  ")
     )
 }
