@@ -185,7 +185,8 @@ fn bench_without_wrk_says_to_run_setup() {
 }
 
 /// The shape of `bench --pipeline --json`, on one run of each: the
-/// timings are not asserted, only that each is a measured duration.
+/// timings are not asserted, only that each is a measured duration. The
+/// cold figures take minutes, so `--quick` reports them as skipped.
 #[test]
 fn bench_pipeline_quick_json_reports_every_figure_and_the_machine() {
     support::dist();
@@ -203,8 +204,11 @@ fn bench_pipeline_quick_json_reports_every_figure_and_the_machine() {
         keys,
         [
             "buildah",
+            "cold_image_push",
             "commands",
+            "floor",
             "git_sha",
+            "image_after_change",
             "machine",
             "native_image",
             "quick",
@@ -212,6 +216,34 @@ fn bench_pipeline_quick_json_reports_every_figure_and_the_machine() {
             "warm_image_push"
         ]
     );
+    for figure in ["floor", "cold_image_push", "image_after_change"] {
+        let mut keys: Vec<&String> = report[figure].as_object().unwrap().keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["parts_s", "seconds", "skipped"], "{figure}");
+        assert_eq!(report[figure]["skipped"], true, "{figure}");
+        assert!(report[figure]["seconds"].is_null(), "{figure}");
+        assert_eq!(report[figure]["parts_s"], serde_json::json!({}), "{figure}");
+    }
+    let mut ratios: Vec<&String> = report["ratios"].as_object().unwrap().keys().collect();
+    ratios.sort();
+    assert_eq!(
+        ratios,
+        [
+            "buildah_over_native",
+            "buildah_over_native_ok",
+            "buildah_over_native_target",
+            "cold_over_floor",
+            "cold_over_floor_ok",
+            "cold_over_floor_target",
+            "warm_image_push_ok",
+            "warm_image_push_target_s"
+        ]
+    );
+    assert_eq!(report["ratios"]["cold_over_floor_target"], 1.15);
+    assert!(report["ratios"]["cold_over_floor"].is_null());
+    assert!(report["ratios"]["cold_over_floor_ok"].is_null());
+    let load = report["machine"]["load_average"].as_str().unwrap();
+    assert_eq!(load.split(' ').count(), 3, "{load}");
     assert_eq!(report["git_sha"], head_sha());
     assert_eq!(report["quick"], true);
     for figure in ["warm_image_push", "native_image", "buildah"] {
