@@ -17,7 +17,8 @@ use anyhow::{Context, Result};
 use camino::Utf8Path;
 use serde::Serialize;
 
-use crate::build::toolchain::{cargo_home, find_linker, select_toolchain};
+use crate::build::binaries::rustflags;
+use crate::build::toolchain::{find_linker, select_toolchain};
 use crate::support::config::Config;
 use crate::support::source::Source;
 
@@ -127,22 +128,6 @@ fn build_all(
         ));
     }
     Ok((Single::measured(total, parts), described))
-}
-
-/// As dist passes them (binaries.rs): static, paths remapped.
-fn rustflags(config: &Config) -> Vec<String> {
-    let mut flags = vec![
-        "-C".to_owned(),
-        "target-feature=+crt-static".to_owned(),
-        format!("--remap-path-prefix={}=/build", config.workspace_root),
-    ];
-    if let Some(cargo_home) = cargo_home() {
-        flags.push(format!(
-            "--remap-path-prefix={}=/cargo",
-            cargo_home.display()
-        ));
-    }
-    flags
 }
 
 /// What `cold_and_change` measured, and the commands.

@@ -363,8 +363,9 @@ impl BuildPlan {
 }
 
 /// Static, and free of the paths of this checkout and this machine, so that
-/// a clone elsewhere gives the same bytes.
-fn rustflags(config: &Config) -> Vec<String> {
+/// a clone elsewhere gives the same bytes. The bench's floor builds with
+/// them too, so that it measures the same compilation.
+pub fn rustflags(config: &Config) -> Vec<String> {
     let mut flags = vec![
         "-C".to_owned(),
         "target-feature=+crt-static".to_owned(),
