@@ -77,7 +77,7 @@ impl Release<'_> {
         Ok(written)
     }
 
-    /// The SBOMs and provenance, copied byte for byte from the files that
+    /// The SBOMs, provenance and scan results, copied byte for byte from the files that
     /// were attested (target/attest/<hex>/), so that what a user downloads
     /// is what the registry's signed statements say. Without --push nothing
     /// was attested: the same writer makes them under the release's own
@@ -121,10 +121,14 @@ impl Release<'_> {
         let mut files = Vec::new();
         for attestation in attest::plan(&subject, root) {
             let slug = attestation.subject.replace('/', "-");
+            // Every kind names its own asset: two kinds on one name would
+            // ship one and silently drop the other.
             let name = match attestation.kind {
                 "cyclonedx" => format!("sbom-{slug}.cdx.json"),
                 "spdxjson" => format!("sbom-{slug}.spdx.json"),
-                _ => format!("provenance-{slug}.json"),
+                "slsaprovenance1" => format!("provenance-{slug}.json"),
+                "vuln" => format!("vuln-{slug}.json"),
+                other => bail!("no release asset name for a {other} attestation of {slug}"),
             };
             if !attestation.predicate.is_file() {
                 bail!(
