@@ -977,7 +977,8 @@ fn releases_v0_1_0_then_v0_2_0_then_maintenance_v0_1_1_with_faults_on_the_way() 
         "a signature and a provenance on the index"
     );
     for (platform, digest) in summary["platforms"].as_object().unwrap() {
-        assert_eq!(listed(digest.as_str().unwrap()), 4, "{platform}");
+        // A signature, two SBOMs, a provenance and the scan result.
+        assert_eq!(listed(digest.as_str().unwrap()), 5, "{platform}");
     }
     // A re-run finds all of it through the API and adds nothing.
     let again = ok_json(&ws.release(&args));
