@@ -80,6 +80,24 @@ fn set_policy(ws: &Path, expires: &str) {
     ]);
 }
 
+/// Every finding of every platform in `audit --json`'s output, as
+/// (advisory id, crate, version).
+fn findings(scans: &Value) -> Vec<(String, String, String)> {
+    scans
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["result"]["findings"].as_array().unwrap().clone())
+        .map(|f| {
+            (
+                f["id"].as_str().unwrap().to_owned(),
+                f["crate"].as_str().unwrap().to_owned(),
+                f["version"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
 fn repositories(registry: &Registry) -> String {
     http_get(registry.port, "/v2/_catalog").unwrap().1
 }
@@ -165,19 +183,7 @@ fn the_gate_denies_ignores_expires_and_attests() {
     let local = xtask(&ws, &["audit", "--db", hit, "--json"]);
     assert_eq!(local.status.code(), Some(1), "{}", text(&local));
     let scans: Value = serde_json::from_slice(&local.stdout).unwrap();
-    let local_ids: Vec<(String, String, String)> = scans
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|s| s["result"]["findings"].as_array().unwrap().clone())
-        .map(|f| {
-            (
-                f["id"].as_str().unwrap().to_owned(),
-                f["crate"].as_str().unwrap().to_owned(),
-                f["version"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let local_ids = findings(&scans);
     assert_eq!(scans.as_array().unwrap().len(), 2, "{scans}");
     assert!(
         local_ids
@@ -272,19 +278,7 @@ fn the_gate_denies_ignores_expires_and_attests() {
     let remote = xtask(&ws, &["audit", &index, "--insecure", "--db", hit, "--json"]);
     assert_eq!(remote.status.code(), Some(0), "{}", text(&remote));
     let remote: Value = serde_json::from_slice(&remote.stdout).unwrap();
-    let remote_ids: Vec<(String, String, String)> = remote
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|s| s["result"]["findings"].as_array().unwrap().clone())
-        .map(|f| {
-            (
-                f["id"].as_str().unwrap().to_owned(),
-                f["crate"].as_str().unwrap().to_owned(),
-                f["version"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let remote_ids = findings(&remote);
     assert_eq!(remote_ids, local_ids);
 
     // 5. Expired: the release fails, naming the entry; nothing is pushed.

@@ -82,6 +82,34 @@ fn mib(bytes: f64) -> String {
     format!("{:.2} MiB", bytes / (1024.0 * 1024.0))
 }
 
+/// The throughput and latency rows of one wrk run against `target`.
+fn wrk_rows(
+    target: &str,
+    load: &Load,
+    settings: &Settings,
+) -> [(String, String, String, &'static str); 2] {
+    [
+        (
+            format!(
+                "{target} throughput (wrk -t{} -c{} -d{}s)",
+                settings.wrk_threads, settings.wrk_connections, settings.wrk_seconds
+            ),
+            format!("{:.0} req/s", load.requests_per_sec),
+            String::new(),
+            "",
+        ),
+        (
+            "  latency p50 / p99; non-2xx; socket errors".to_owned(),
+            format!(
+                "{:.2} / {:.2} ms; {}; {}",
+                load.latency_p50_ms, load.latency_p99_ms, load.non_2xx, load.socket_errors
+            ),
+            String::new(),
+            "",
+        ),
+    ]
+}
+
 pub(super) fn render(report: &Report, settings: &Settings) -> String {
     let short = report.git_sha.get(..7).unwrap_or(&report.git_sha);
     let mut rows: Vec<(String, String, String, &str)> = Vec::new();
@@ -132,24 +160,7 @@ pub(super) fn render(report: &Report, settings: &Settings) -> String {
         verdict(hc.ok),
     ));
     let load = &report.load;
-    rows.push((
-        format!(
-            "/healthz throughput (wrk -t{} -c{} -d{}s)",
-            settings.wrk_threads, settings.wrk_connections, settings.wrk_seconds
-        ),
-        format!("{:.0} req/s", load.requests_per_sec),
-        String::new(),
-        "",
-    ));
-    rows.push((
-        "  latency p50 / p99; non-2xx; socket errors".to_owned(),
-        format!(
-            "{:.2} / {:.2} ms; {}; {}",
-            load.latency_p50_ms, load.latency_p99_ms, load.non_2xx, load.socket_errors
-        ),
-        String::new(),
-        "",
-    ));
+    rows.extend(wrk_rows("/healthz", load, settings));
     rows.push((
         "RSS under load (peak / after)".to_owned(),
         format!(
@@ -180,25 +191,7 @@ pub(super) fn render(report: &Report, settings: &Settings) -> String {
         String::new(),
         "",
     ));
-    let items = &db.item_load;
-    rows.push((
-        format!(
-            "  GET /v1/items/{{key}} throughput (wrk -t{} -c{} -d{}s)",
-            settings.wrk_threads, settings.wrk_connections, settings.wrk_seconds
-        ),
-        format!("{:.0} req/s", items.requests_per_sec),
-        String::new(),
-        "",
-    ));
-    rows.push((
-        "  latency p50 / p99; non-2xx; socket errors".to_owned(),
-        format!(
-            "{:.2} / {:.2} ms; {}; {}",
-            items.latency_p50_ms, items.latency_p99_ms, items.non_2xx, items.socket_errors
-        ),
-        String::new(),
-        "",
-    ));
+    rows.extend(wrk_rows("  GET /v1/items/{key}", &db.item_load, settings));
 
     let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let figure_width = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
