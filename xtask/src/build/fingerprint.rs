@@ -17,12 +17,13 @@ use anyhow::{Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use xshell::{cmd, Shell};
 
 use crate::support::archive;
 use crate::support::config::Config;
 use crate::support::fs::write_unique;
 use crate::support::tools;
+
+use super::toolchain::{executable_identity, rustc_output};
 
 /// Files of the workspace, outside the package, that shape a build.
 const WORKSPACE_FILES: [&str; 6] = [
@@ -74,12 +75,7 @@ pub fn of_build(config: &Config, command: &str, rustc: &Path, cargo: &Path) -> R
         hasher.update(bytes);
     };
     add("command", command.as_bytes());
-    let sh = Shell::new()?;
-    sh.set_var("PATH", tools::augmented_path());
-    let version = cmd!(sh, "{rustc} -vV")
-        .quiet()
-        .read()
-        .with_context(|| format!("`{} -vV` failed; check the toolchain", rustc.display()))?;
+    let version = rustc_output(config, rustc, &["-vV"])?;
     add("rustc -vV", version.as_bytes());
     let auditable = tools::find_opt("cargo-auditable");
     for program in [Some(cargo.to_path_buf()), auditable].into_iter().flatten() {
@@ -175,24 +171,6 @@ pub fn record_verified(
         &verified_path(config, binary_sha256, version, sha),
         line.as_bytes(),
     )
-}
-
-/// A changed executable at the same path (an upgrade) changes its size or
-/// its modification time.
-fn executable_identity(path: &Path) -> String {
-    let metadata = std::fs::metadata(path);
-    let (size, modified) = match &metadata {
-        Ok(m) => (
-            m.len(),
-            m.modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_nanos())
-                .unwrap_or_default(),
-        ),
-        Err(_) => (0, 0),
-    };
-    format!("{} {size} {modified}", path.display())
 }
 
 fn build_variables() -> Vec<(String, String)> {
