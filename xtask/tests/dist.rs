@@ -169,13 +169,15 @@ fn a_second_run_with_nothing_changed_writes_nothing() {
 }
 
 /// Two clones at different paths, each with an empty target/, give the
-/// same bytes: no checkout path or timestamp leaks into the outputs.
+/// same bytes and the same image: no checkout path or timestamp leaks into
+/// the outputs.
 #[test]
 fn clones_at_different_paths_give_identical_bytes() {
     let temp = tempfile::tempdir().unwrap();
     let first = temp.path().join("a/rust-release");
     let second = temp.path().join("somewhere/else/entirely");
     let mut sums = Vec::new();
+    let mut images = Vec::new();
     for clone in [&first, &second] {
         std::fs::create_dir_all(clone.parent().unwrap()).unwrap();
         run_ok(
@@ -189,12 +191,28 @@ fn clones_at_different_paths_give_identical_bytes() {
             Command::new(env!("CARGO_BIN_EXE_xtask"))
                 .arg("dist")
                 .current_dir(clone)
-                .env_remove("CARGO_TARGET_DIR"),
+                .env_remove("CARGO_TARGET_DIR")
+                .env_remove(xtask::support::config::BUILD_DIR_VARIABLE),
         );
         sums.push(std::fs::read_to_string(clone.join("target/dist/SHA256SUMS")).unwrap());
+        let image = run_ok(
+            Command::new(env!("CARGO_BIN_EXE_xtask"))
+                .args(["image", "--base", "scratch", "--out", "target/oci"])
+                .current_dir(clone)
+                .env_remove("CARGO_TARGET_DIR")
+                .env_remove(xtask::support::config::BUILD_DIR_VARIABLE),
+        );
+        let index = image
+            .lines()
+            .find(|l| l.starts_with("sha256:"))
+            .unwrap_or_else(|| panic!("image printed no index digest: {image}"))
+            .to_owned();
+        images.push(index);
     }
     assert_eq!(sums[0], sums[1]);
     assert_eq!(sums[0].lines().count(), 4, "{}", sums[0]);
+    assert_eq!(images[0], images[1]);
+    assert_eq!(images[0].len(), "sha256:".len() + 64, "{}", images[0]);
 }
 
 #[test]

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::build::binaries::rustflags;
 use crate::build::toolchain::{find_linker, select_toolchain};
-use crate::support::config::Config;
+use crate::support::config::{Config, BUILD_DIR_VARIABLE};
 use crate::support::source::Source;
 
 use super::pipeline::{command, round, run_quiet};
@@ -183,7 +183,9 @@ pub fn cold_and_change(
         cmd.args(&args)
             .current_dir(&clone)
             .env("CARGO_TARGET_DIR", &target_dir)
-            .env("XTASK_CACHE_DIR", &cache_dir);
+            .env("XTASK_CACHE_DIR", &cache_dir)
+            // A shared build directory would make the cold build warm.
+            .env_remove(BUILD_DIR_VARIABLE);
         let start = Instant::now();
         run_quiet(&mut cmd, "xtask", &args)?;
         Ok(start.elapsed().as_secs_f64())

@@ -329,6 +329,9 @@ impl BuildPlan {
         if let Some(linker) = &self.linker {
             env.insert(format!("CARGO_TARGET_{target_env}_LINKER"), linker.clone());
         }
+        if config.shares_build_dir() {
+            env.insert("CARGO_BUILD_BUILD_DIR".into(), config.build_dir.to_string());
+        }
         env.insert("SERVER_BUILD_GIT_SHA".into(), source.sha.clone());
         env.insert("SOURCE_DATE_EPOCH".into(), source.epoch.to_string());
         env
@@ -366,10 +369,14 @@ impl BuildPlan {
 /// a clone elsewhere gives the same bytes. The bench's floor builds with
 /// them too, so that it measures the same compilation.
 pub fn rustflags(config: &Config) -> Vec<String> {
+    // Workspace sources reach rustc as relative paths; absolute paths come
+    // only from the build directory (generated code) and cargo's home. Only
+    // those are remapped: a flag naming the workspace would make every
+    // checkout's dependencies different to cargo, and unshareable.
     let mut flags = vec![
         "-C".to_owned(),
         "target-feature=+crt-static".to_owned(),
-        format!("--remap-path-prefix={}=/build", config.workspace_root),
+        format!("--remap-path-prefix={}=/build/target", config.build_dir),
     ];
     if let Some(cargo_home) = cargo_home() {
         flags.push(format!(

@@ -277,6 +277,7 @@ mod tests {
         Config {
             workspace_root: ".".into(),
             target_dir: "target".into(),
+            build_dir: "target".into(),
             image: image.into(),
             platforms: Vec::new(),
             base: "scratch".into(),

@@ -13,6 +13,10 @@ use serde::Deserialize;
 pub struct Config {
     pub workspace_root: Utf8PathBuf,
     pub target_dir: Utf8PathBuf,
+    /// Where dist's cargo builds keep their intermediate artifacts: cargo's
+    /// build directory, unless `XTASK_BUILD_DIR` names one that several
+    /// checkouts share.
+    pub build_dir: Utf8PathBuf,
     /// The image repository, without tag or digest.
     pub image: String,
     pub platforms: Vec<Platform>,
@@ -65,6 +69,29 @@ struct RawRelease {
     chart: ChartConfig,
     #[serde(default)]
     audit: RawAudit,
+}
+
+/// Names a build directory that checkouts of the same workspace share, so
+/// that dist compiles the dependencies once for all of them.
+pub const BUILD_DIR_VARIABLE: &str = "XTASK_BUILD_DIR";
+
+fn build_dir(metadata: &cargo_metadata::Metadata) -> Result<Utf8PathBuf> {
+    if let Some(dir) = std::env::var_os(BUILD_DIR_VARIABLE) {
+        let dir = Utf8PathBuf::from_path_buf(dir.into()).map_err(|p| {
+            anyhow::format_err!(
+                "{BUILD_DIR_VARIABLE}={} is not UTF-8; use a UTF-8 path",
+                p.display()
+            )
+        })?;
+        if !dir.is_absolute() {
+            bail!("{BUILD_DIR_VARIABLE}={dir} is relative; give an absolute path, since checkouts sharing it sit in different places");
+        }
+        return Ok(dir);
+    }
+    Ok(metadata
+        .build_directory
+        .clone()
+        .unwrap_or_else(|| metadata.target_directory.clone()))
 }
 
 fn default_branch() -> String {
@@ -131,6 +158,7 @@ impl Config {
         Ok(Config {
             workspace_root: metadata.workspace_root.clone(),
             target_dir: metadata.target_directory.clone(),
+            build_dir: build_dir(metadata)?,
             image: raw.image,
             platforms,
             base: raw.base,
@@ -146,6 +174,12 @@ impl Config {
             chart: raw.chart,
             audit: raw.audit.checked()?,
         })
+    }
+
+    /// Whether dist must name the build directory to cargo: only when it is
+    /// not the one cargo would pick.
+    pub fn shares_build_dir(&self) -> bool {
+        std::env::var_os(BUILD_DIR_VARIABLE).is_some()
     }
 
     pub fn dist_dir(&self) -> Utf8PathBuf {

@@ -283,9 +283,14 @@ pub fn source_slug() -> String {
 pub const WORKSPACE_OVERRIDE: &str = "XTASK_TEST_WORKSPACE";
 
 /// `cargo xtask …`, as the built xtask binary, run from the workspace root.
+/// The build directory `cargo xtask test` shares between clean clones is
+/// not for the workspace: its uncommitted edits, built there, would look
+/// fresh to a clone made earlier at the same commit.
 pub fn xtask() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    command.current_dir(workspace_root());
+    command
+        .current_dir(workspace_root())
+        .env_remove(xtask::support::config::BUILD_DIR_VARIABLE);
     command
 }
 
