@@ -1,9 +1,11 @@
 //! Publishing a manifest tree (an OCI layout's image, or an archive's):
-//! blobs first, then platform manifests, then the index, all by digest;
-//! tags last, exact before floating. A failure at any point leaves every
-//! tag where it was.
+//! blobs first, up to `PARALLEL_UPLOADS` at once, then platform manifests,
+//! then the index, one at a time and all by digest; tags last, exact
+//! before floating. A failure at any point leaves every tag where it was.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -19,9 +21,17 @@ pub struct PushReport {
     pub manifests_pushed: Vec<String>,
 }
 
+/// Blob uploads of one push running at once. Four gives most of the gain
+/// where each request waits on latency (loopback registries included, where
+/// the registry's own hashing and storage is the wait) while staying polite
+/// to a registry that rate-limits per client; it also bounds the blobs held
+/// in memory at once.
+pub const PARALLEL_UPLOADS: usize = 4;
+
 /// Where the blobs and manifests of a tree come from: an OCI layout on
-/// disk, or an archive read into memory.
-pub trait BlobSource {
+/// disk, or an archive read into memory. Sync: blobs are read by the upload
+/// threads.
+pub trait BlobSource: Sync {
     /// The bytes of `digest`, checked against it.
     fn blob(&self, digest: &str) -> Result<Vec<u8>>;
 }
@@ -74,39 +84,106 @@ pub fn push_tree(
     let mut manifests = Vec::new();
     let mut blobs = Vec::new();
     walk(source, digest, media_type, &mut manifests, &mut blobs)?;
-    let mut report = PushReport::default();
-    for blob in &blobs {
-        if report.skipped.contains(blob)
-            || report.uploaded.contains(blob)
-            || report.mounted.contains(blob)
-        {
-            continue;
-        }
-        if client.blob_exists(repo, blob)? {
-            report.skipped.push(blob.clone());
-            continue;
-        }
-        let session = match mount_from.map(|from| client.mount_blob(repo, blob, from)) {
-            Some(Ok(Mount::Mounted)) => {
-                report.mounted.push(blob.clone());
-                continue;
-            }
-            Some(Ok(Mount::Upload(session))) => Some(session),
-            Some(Err(err)) => return Err(err),
-            None => None,
-        };
-        let bytes = source.blob(blob)?;
-        match session {
-            Some(session) => client.finish_upload(repo, &session, blob, &bytes),
-            None => client.upload_blob(repo, blob, &bytes),
-        }
-        .with_context(|| format!("cannot upload blob {blob} to {repo}"))?;
-        report.uploaded.push(blob.clone());
-    }
+    let mut report = push_blobs(client, repo, source, &blobs, mount_from)?;
     for (digest, media_type, bytes) in manifests {
         put_manifest_if_missing(client, repo, &digest, &media_type, &bytes, &mut report)?;
     }
     Ok(report)
+}
+
+/// What became of one blob.
+enum Outcome {
+    Uploaded,
+    Mounted,
+    Skipped,
+}
+
+/// Puts every blob of `blobs` into `repo`, up to `PARALLEL_UPLOADS` at a
+/// time. The report lists them in the order of `blobs`, whatever the
+/// timing. The first failure stops the others from starting a new blob and
+/// is the error; blobs already under way finish, which is harmless since
+/// nothing refers to them yet.
+fn push_blobs(
+    client: &Client,
+    repo: &str,
+    source: &impl BlobSource,
+    blobs: &[String],
+    mount_from: Option<&str>,
+) -> Result<PushReport> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let outcomes: Mutex<Vec<Option<Outcome>>> = Mutex::new(blobs.iter().map(|_| None).collect());
+    let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let worker = || {
+        while !failed.load(Ordering::SeqCst) {
+            let i = next.fetch_add(1, Ordering::SeqCst);
+            let Some(blob) = blobs.get(i) else {
+                break;
+            };
+            match push_blob(client, repo, source, blob, mount_from)
+                .with_context(|| format!("cannot upload blob {blob} to {repo}"))
+            {
+                Ok(outcome) => lock(&outcomes)[i] = Some(outcome),
+                Err(err) => {
+                    failed.store(true, Ordering::SeqCst);
+                    lock(&first_error).get_or_insert(err);
+                }
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..PARALLEL_UPLOADS.min(blobs.len()) {
+            scope.spawn(worker);
+        }
+        worker();
+    });
+    if let Some(err) = lock(&first_error).take() {
+        return Err(err);
+    }
+    let mut report = PushReport::default();
+    let outcomes = std::mem::take(&mut *lock(&outcomes));
+    for (blob, outcome) in blobs.iter().zip(outcomes) {
+        let list = match outcome {
+            Some(Outcome::Uploaded) => &mut report.uploaded,
+            Some(Outcome::Mounted) => &mut report.mounted,
+            Some(Outcome::Skipped) => &mut report.skipped,
+            None => bail!("blob {blob} was never pushed to {repo}; this is a bug in the xtask"),
+        };
+        list.push(blob.clone());
+    }
+    Ok(report)
+}
+
+/// Skips, mounts or uploads one blob.
+fn push_blob(
+    client: &Client,
+    repo: &str,
+    source: &impl BlobSource,
+    blob: &str,
+    mount_from: Option<&str>,
+) -> Result<Outcome> {
+    if client.blob_exists(repo, blob)? {
+        return Ok(Outcome::Skipped);
+    }
+    let session = match mount_from {
+        Some(from) => match client.mount_blob(repo, blob, from)? {
+            Mount::Mounted => return Ok(Outcome::Mounted),
+            Mount::Upload(session) => Some(session),
+        },
+        None => None,
+    };
+    let bytes = source.blob(blob)?;
+    match session {
+        Some(session) => client.finish_upload(repo, &session, blob, &bytes)?,
+        None => client.upload_blob(repo, blob, &bytes)?,
+    }
+    Ok(Outcome::Uploaded)
+}
+
+/// The guarded value even if an upload thread panicked holding the lock: a
+/// panic propagates out of the scope before the value is read anyway.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The manifests of a tree, children before their index, and the blobs of

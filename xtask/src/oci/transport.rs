@@ -4,8 +4,8 @@
 //! only and the token, cached per scope, only to the registry), retries of
 //! idempotent requests, and the registry's refusals turned into errors.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -68,9 +68,20 @@ pub struct Transport {
     agent: ureq::Agent,
     /// Looked up on the first challenge: a registry that never asks never
     /// runs a credential helper.
-    credential: RefCell<Option<Option<Found>>>,
-    scheme: RefCell<Scheme>,
-    tokens: RefCell<HashMap<String, String>>,
+    credential: Mutex<Option<Option<Found>>>,
+    scheme: Mutex<Scheme>,
+    tokens: Mutex<HashMap<String, String>>,
+    /// Held while a token is fetched, so that blob uploads running side by
+    /// side that all lack the push token wait for one fetch instead of each
+    /// asking the token service. The other locks are never held across a
+    /// request, so uploads that have their token are not serialized.
+    fetching: Mutex<()>,
+}
+
+/// The guarded value even if another thread panicked holding the lock: the
+/// caches hold whole values, never a half-written one.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 pub fn scope(repository: &str, push: bool) -> String {
@@ -93,19 +104,22 @@ impl Transport {
             base,
             insecure,
             agent,
-            credential: RefCell::new(None),
-            scheme: RefCell::new(Scheme::Unknown),
-            tokens: RefCell::new(HashMap::new()),
+            credential: Mutex::new(None),
+            scheme: Mutex::new(Scheme::Unknown),
+            tokens: Mutex::new(HashMap::new()),
+            fetching: Mutex::new(()),
         }
     }
 
     fn credential(&self) -> Result<Option<Found>> {
-        if let Some(found) = self.credential.borrow().as_ref() {
+        if let Some(found) = lock(&self.credential).as_ref() {
             return Ok(found.clone());
         }
+        // Looked up outside the lock: a credential helper is a process, and
+        // two threads running it at first is harmless.
         let found = auth::credentials(&self.host)
             .with_context(|| format!("cannot find credentials for {}", self.host))?;
-        *self.credential.borrow_mut() = Some(found.clone());
+        *lock(&self.credential) = Some(found.clone());
         Ok(found)
     }
 
@@ -122,7 +136,7 @@ impl Transport {
         }
         match response.status {
             401 | 403 | 429 | 500..=599 => {
-                let found = self.credential.borrow().clone().flatten();
+                let found = lock(&self.credential).clone().flatten();
                 Err(errors::describe(&Failure {
                     host: &self.host,
                     repository: request.repository,
@@ -130,7 +144,7 @@ impl Transport {
                     status: response.status,
                     body: &response.body,
                     credential: found.as_ref().map(|f| f.source.as_str()),
-                    authenticated: auth.is_some() && self.tokens.borrow().contains_key(&scope),
+                    authenticated: auth.is_some() && lock(&self.tokens).contains_key(&scope),
                     tries: if retry::is_idempotent(request.method, request.url) {
                         retry::TRIES
                     } else {
@@ -153,19 +167,13 @@ impl Transport {
         if !ours {
             return Ok(None);
         }
-        let scheme = self.scheme.borrow().clone();
+        let scheme = lock(&self.scheme).clone();
         match scheme {
             Scheme::Unknown => Ok(None),
             Scheme::Basic => Ok(self.credential()?.and_then(|f| f.credential.basic_header())),
             Scheme::Bearer { realm, service } => {
-                if !self.tokens.borrow().contains_key(scope) {
-                    self.fetch_token(&realm, service.as_deref(), scope)?;
-                }
-                Ok(self
-                    .tokens
-                    .borrow()
-                    .get(scope)
-                    .map(|t| format!("Bearer {t}")))
+                let token = self.token(&realm, service.as_deref(), scope, None)?;
+                Ok(Some(format!("Bearer {token}")))
             }
         }
     }
@@ -190,18 +198,18 @@ impl Transport {
                 if bearer.param("error") == Some("insufficient_scope") {
                     return Ok(false);
                 }
-                self.tokens.borrow_mut().remove(scope);
             }
             let realm = bearer.param("realm").with_context(|| {
                 format!("cannot authenticate to {}: its Bearer challenge has no realm; the registry is misconfigured", self.host)
             })?;
             token::check_realm(&self.host, realm, self.insecure)?;
             let service = bearer.param("service").map(str::to_owned);
-            *self.scheme.borrow_mut() = Scheme::Bearer {
+            *lock(&self.scheme) = Scheme::Bearer {
                 realm: realm.to_owned(),
                 service: service.clone(),
             };
-            self.fetch_token(realm, service.as_deref(), scope)?;
+            let stale = sent.and_then(|s| s.strip_prefix("Bearer "));
+            self.token(realm, service.as_deref(), scope, stale)?;
             return Ok(true);
         }
         if challenges.iter().any(|c| c.scheme == "basic") && sent.is_none() {
@@ -209,16 +217,45 @@ impl Transport {
                 .credential()?
                 .is_some_and(|f| matches!(f.credential, Credential::Basic { .. }));
             if has_basic {
-                *self.scheme.borrow_mut() = Scheme::Basic;
+                *lock(&self.scheme) = Scheme::Basic;
                 return Ok(true);
             }
         }
         Ok(false)
     }
 
-    /// Gets a token for `scope` from `realm` and caches it. The user's
-    /// credentials go here, and only here, for a Bearer registry.
-    fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<()> {
+    /// The cached token for `scope`, unless it is `stale` (the one the
+    /// registry just refused); otherwise a fresh one from `realm`. Another
+    /// thread's fetch is waited for and its token used: a burst of uploads
+    /// asks the token service once.
+    fn token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        stale: Option<&str>,
+    ) -> Result<String> {
+        let cached = |tokens: &HashMap<String, String>| {
+            tokens
+                .get(scope)
+                .filter(|t| Some(t.as_str()) != stale)
+                .cloned()
+        };
+        if let Some(token) = cached(&lock(&self.tokens)) {
+            return Ok(token);
+        }
+        let _fetching = lock(&self.fetching);
+        if let Some(token) = cached(&lock(&self.tokens)) {
+            return Ok(token);
+        }
+        let token = self.fetch_token(realm, service, scope)?;
+        lock(&self.tokens).insert(scope.to_owned(), token.clone());
+        Ok(token)
+    }
+
+    /// Gets a token for `scope` from `realm`. The user's credentials go
+    /// here, and only here, for a Bearer registry.
+    fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<String> {
         let scopes = [scope.to_owned()];
         let found = self.credential()?;
         let response = match found.as_ref().map(|f| &f.credential) {
@@ -267,10 +304,8 @@ impl Transport {
                 }
             );
         }
-        let token = token::parse_token(&response.body)
-            .with_context(|| format!("cannot get a token for {scope} from {realm}"))?;
-        self.tokens.borrow_mut().insert(scope.to_owned(), token);
-        Ok(())
+        token::parse_token(&response.body)
+            .with_context(|| format!("cannot get a token for {scope} from {realm}"))
     }
 
     /// Sends, and for an idempotent request tries again on 429, 5xx or a
