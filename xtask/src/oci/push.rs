@@ -5,12 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::oci::client::{Client, Mount};
+use crate::oci::transport::lock;
 use crate::oci::{self, Descriptor, Layout};
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -178,12 +179,6 @@ fn push_blob(
         None => client.upload_blob(repo, blob, &bytes)?,
     }
     Ok(Outcome::Uploaded)
-}
-
-/// The guarded value even if an upload thread panicked holding the lock: a
-/// panic propagates out of the scope before the value is read anyway.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The manifests of a tree, children before their index, and the blobs of

@@ -78,9 +78,10 @@ pub struct Transport {
     fetching: Mutex<()>,
 }
 
-/// The guarded value even if another thread panicked holding the lock: the
-/// caches hold whole values, never a half-written one.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+/// The guarded value even if another thread panicked holding the lock.
+/// Every lock of the client guards a value replaced whole, never left
+/// half-written, and a panicking upload thread ends the push anyway.
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
