@@ -252,3 +252,63 @@ fn dry_run_prints_the_exact_commands_and_builds_nothing() {
     );
     assert!(out.contains("target-feature=+crt-static"), "{out}");
 }
+
+#[test]
+fn dry_run_plan_says_the_targets_build_in_parallel_when_forced() {
+    let out = run_ok(
+        xtask()
+            .env("XTASK_PARALLEL_TARGETS", "1")
+            .args(["dist", "--dry-run"]),
+    );
+    // Each gets its share of this machine's cores, at least one.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let jobs = (cores / 2).max(1);
+    assert!(
+        out.lines().any(|l| l
+            == format!(
+                "# targets: built in parallel, --jobs {jobs} each (XTASK_PARALLEL_TARGETS=1)"
+            )),
+        "{out}"
+    );
+    for triple in ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"] {
+        assert!(
+            out.contains(&format!(
+                "auditable build --release --locked --package server --bin server --target {triple} --jobs {jobs}\n"
+            )),
+            "{out}"
+        );
+        // Its own target directory, or the second cargo waits for the
+        // first one's lock.
+        assert!(
+            out.contains(&format!("/target/parallel/{triple}\"")),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn dry_run_plan_says_the_targets_build_one_after_the_other_when_forced() {
+    let out = run_ok(
+        xtask()
+            .env("XTASK_PARALLEL_TARGETS", "0")
+            .args(["dist", "--dry-run"]),
+    );
+    assert!(
+        out.lines()
+            .any(|l| l == "# targets: built one after the other (XTASK_PARALLEL_TARGETS=0)"),
+        "{out}"
+    );
+    assert!(!out.contains("--jobs"), "{out}");
+}
+
+#[test]
+fn dry_run_rejects_an_override_other_than_0_or_1() {
+    let out = run(xtask()
+        .env("XTASK_PARALLEL_TARGETS", "yes")
+        .args(["dist", "--dry-run"]));
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        "error: XTASK_PARALLEL_TARGETS must be 0 or 1, not \"yes\""
+    );
+}

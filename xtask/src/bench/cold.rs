@@ -84,7 +84,7 @@ fn build_all(
         env.insert("RUSTC".into(), toolchain.rustc.display().to_string());
         env.insert(
             format!("CARGO_TARGET_{target_env}_RUSTFLAGS"),
-            rustflags(config).join(" "),
+            rustflags(target_dir).join(" "),
         );
         if !platform.is_host() {
             env.insert(

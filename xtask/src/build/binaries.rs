@@ -3,13 +3,14 @@
 //! under target/dist/.
 
 use crate::build::fingerprint;
+use crate::build::schedule::Schedule;
 use crate::build::toolchain::{
     cargo_home, default_toolchain, find_linker, select_toolchain, Toolchain,
 };
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde::{Deserialize, Serialize};
 use xshell::{cmd, Shell};
@@ -19,6 +20,7 @@ use crate::support::cache::Cache;
 use crate::support::config::{Config, Platform};
 use crate::support::elf::Elf;
 use crate::support::fs::write_if_changed;
+use crate::support::process;
 use crate::support::progress::Steps;
 use crate::support::source::Source;
 use crate::support::tools;
@@ -118,13 +120,21 @@ pub fn select_platforms(config: &Config, requested: &[String]) -> Result<Vec<Pla
     requested.iter().map(|p| p.parse()).collect()
 }
 
-/// The exact build command per platform, for plans and dry runs.
+/// The exact build command per platform, for plans and dry runs, as this
+/// machine's schedule runs them.
 pub fn build_commands(config: &Config, platforms: &[Platform]) -> Result<Vec<String>> {
     let source = Source::detect(&config.workspace_root)?;
+    let schedule = Schedule::for_this_machine(platforms.len())?;
     platforms
         .iter()
         .map(|platform| {
-            BuildPlan::new(config, platform, Strategy::RELEASE).map(|p| p.describe(config, &source))
+            let plan = BuildPlan::new(config, platform, Strategy::RELEASE)?;
+            Ok(match schedule.parallel_jobs {
+                Some(jobs) => plan
+                    .in_parallel(config)
+                    .describe(config, &source, Some(jobs)),
+                None => plan.describe(config, &source, None),
+            })
         })
         .collect()
 }
@@ -143,37 +153,72 @@ pub fn build(config: &Config, platforms: &[Platform], options: DistOptions) -> R
     sh.change_dir(&config.workspace_root);
     sh.set_var("PATH", tools::augmented_path());
 
-    let mut steps = Steps::new(platforms.len() * if verify { 3 } else { 2 } + 1);
+    let schedule = Schedule::for_this_machine(platforms.len())?;
+    if dry_run {
+        println!("# {}", schedule.describe());
+    } else {
+        eprintln!("{}", schedule.describe());
+    }
+    let build_steps = match schedule.parallel_jobs {
+        Some(_) => 1,
+        None => platforms.len(),
+    };
+    let mut steps = Steps::new(build_steps + platforms.len() * if verify { 2 } else { 1 } + 1);
+    match schedule.parallel_jobs {
+        None => {
+            for platform in platforms {
+                let triple = platform.triple();
+                steps.run(&format!("{platform}: build {triple}"), || {
+                    let plan = BuildPlan::new(config, platform, strategy)?;
+                    if dry_run {
+                        println!("{}", plan.describe(config, &source, None));
+                        return Ok(());
+                    }
+                    let Some(fingerprint) = stale_fingerprint(config, &plan, &source)? else {
+                        return Ok(());
+                    };
+                    plan.command(&sh, config, &source).run().with_context(|| {
+                        format!("building {triple} failed; see the cargo output above")
+                    })?;
+                    fingerprint::record_build(config, triple, &fingerprint, &plan.built(config))
+                })?;
+            }
+        }
+        Some(jobs) => {
+            let triples: Vec<&str> = platforms.iter().map(|p| p.triple()).collect();
+            steps.run(
+                &format!("build {} in parallel", triples.join(" and ")),
+                || {
+                    let plans = platforms
+                        .iter()
+                        .map(|platform| {
+                            BuildPlan::new(config, platform, strategy)
+                                .map(|plan| plan.in_parallel(config))
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    if dry_run {
+                        for plan in &plans {
+                            println!("{}", plan.describe(config, &source, Some(jobs)));
+                        }
+                        return Ok(());
+                    }
+                    build_in_parallel(config, &source, &plans, platforms, jobs)
+                },
+            )?;
+        }
+    }
+    if dry_run {
+        return Ok(Dist {
+            source,
+            artifacts: Vec::new(),
+        });
+    }
+
     let mut artifacts = Vec::new();
     for platform in platforms {
         let triple = platform.triple();
-        steps.run(&format!("{platform}: build {triple}"), || {
-            let plan = BuildPlan::new(config, platform, strategy)?;
-            if dry_run {
-                println!("{}", plan.describe(config, &source));
-                return Ok(());
-            }
-            let built = built_binary(config, triple);
-            let fingerprint = fingerprint::of_build(
-                config,
-                &plan.describe(config, &source),
-                &plan.toolchain.rustc,
-                &plan.toolchain.cargo,
-            )?;
-            if fingerprint::is_up_to_date(config, triple, &fingerprint, &built) {
-                eprintln!("{triple}: sources, toolchain and flags unchanged since the last build; cargo skipped");
-                return Ok(());
-            }
-            plan.command(&sh, config, &source)
-                .run()
-                .with_context(|| format!("building {triple} failed; see the cargo output above"))?;
-            fingerprint::record_build(config, triple, &fingerprint, &built)
-        })?;
-        if dry_run {
-            continue;
-        }
         let binary = steps.run(&format!("{platform}: archive"), || {
-            let built = built_binary(config, triple);
+            let built = built_binary(config, triple, schedule.parallel_jobs.is_some());
             let binary = dist_dir.join(platform.slug()).join(&config.binary);
             let bytes = std::fs::read(&built)
                 .with_context(|| format!("cannot read the built binary {built}"))?;
@@ -211,22 +256,119 @@ pub fn build(config: &Config, platforms: &[Platform], options: DistOptions) -> R
             })?;
         }
     }
-    if dry_run {
-        return Ok(Dist { source, artifacts });
-    }
     steps.run("write SHA256SUMS and dist.json", || {
         write_manifests(config, &artifacts)
     })?;
     Ok(Dist { source, artifacts })
 }
 
-/// Where cargo leaves the binary of a target.
-fn built_binary(config: &Config, triple: &str) -> Utf8PathBuf {
-    config
-        .target_dir
-        .join(triple)
-        .join("release")
-        .join(&config.binary)
+/// The fingerprint to record after building, or None when cargo can be
+/// skipped. It is taken over the command without `--jobs`: the job count
+/// changes how fast cargo builds, not what it builds.
+fn stale_fingerprint(config: &Config, plan: &BuildPlan, source: &Source) -> Result<Option<String>> {
+    let fingerprint = fingerprint::of_build(
+        config,
+        &plan.describe(config, source, None),
+        &plan.toolchain.rustc,
+        &plan.toolchain.cargo,
+    )?;
+    if fingerprint::is_up_to_date(config, plan.triple, &fingerprint, &plan.built(config)) {
+        eprintln!(
+            "{}: sources, toolchain and flags unchanged since the last build; cargo skipped",
+            plan.triple
+        );
+        return Ok(None);
+    }
+    Ok(Some(fingerprint))
+}
+
+/// Runs the cargo of every stale target at once, each with `--jobs jobs`,
+/// its output streamed with its platform before each line. Both run to
+/// the end even when one fails, so that each failure is reported.
+fn build_in_parallel(
+    config: &Config,
+    source: &Source,
+    plans: &[BuildPlan],
+    platforms: &[Platform],
+    jobs: usize,
+) -> Result<()> {
+    let mut stale = Vec::new();
+    for (plan, platform) in plans.iter().zip(platforms) {
+        if let Some(fingerprint) = stale_fingerprint(config, plan, source)? {
+            stale.push((plan, platform, fingerprint));
+        }
+    }
+    // A lone stale target has the whole machine to itself.
+    let jobs = (stale.len() > 1).then_some(jobs);
+    let results: Vec<Result<()>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = stale
+            .iter()
+            .map(|(plan, platform, fingerprint)| {
+                scope.spawn(move || {
+                    build_streamed(config, source, plan, platform, jobs)?;
+                    fingerprint::record_build(config, plan.triple, fingerprint, &plan.built(config))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(&stale)
+            .map(|(handle, (plan, _, _))| {
+                handle.join().unwrap_or_else(|_| {
+                    Err(anyhow!("the thread building {} panicked", plan.triple))
+                })
+            })
+            .collect()
+    });
+    let failures: Vec<String> = results
+        .into_iter()
+        .filter_map(|r| r.err().map(|e| format!("{e:#}")))
+        .collect();
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", failures.join("\n\n"))
+    }
+}
+
+/// The last lines of a failed cargo's output go into the error: its own
+/// error is at the end, and the full output has already been shown.
+const FAILED_OUTPUT_LINES: usize = 60;
+
+fn build_streamed(
+    config: &Config,
+    source: &Source,
+    plan: &BuildPlan,
+    platform: &Platform,
+    jobs: Option<usize>,
+) -> Result<()> {
+    let triple = plan.triple;
+    let finished = process::stream_stderr_prefixed(
+        plan.expression(config, source, jobs),
+        &format!("cargo build for {triple}"),
+        &format!("    {platform} | "),
+    )?;
+    if finished.success {
+        return Ok(());
+    }
+    let lines: Vec<&str> = finished.stderr.lines().collect();
+    let tail = lines[lines.len().saturating_sub(FAILED_OUTPUT_LINES)..].join("\n");
+    bail!("building {triple} failed; the end of its cargo output:\n{tail}")
+}
+
+/// The target directory of `triple` when it is built in parallel.
+fn parallel_target_dir(config: &Config, triple: &str) -> Utf8PathBuf {
+    config.target_dir.join("parallel").join(triple)
+}
+
+/// Where cargo leaves the binary of a target, built in parallel or not.
+fn built_binary(config: &Config, triple: &str, parallel: bool) -> Utf8PathBuf {
+    let target_dir = if parallel {
+        parallel_target_dir(config, triple)
+    } else {
+        config.target_dir.clone()
+    };
+    target_dir.join(triple).join("release").join(&config.binary)
 }
 
 fn write_manifests(config: &Config, artifacts: &[Artifact]) -> Result<()> {
@@ -256,6 +398,11 @@ struct BuildPlan {
     method: Method,
     linker: Option<String>,
     auditable: bool,
+    /// Its own target directory when built alongside another target: cargo
+    /// locks the shared one for the whole build (the host directory of build
+    /// scripts is common to all targets), which would make the second cargo
+    /// wait for the first.
+    target_dir: Option<Utf8PathBuf>,
 }
 
 impl BuildPlan {
@@ -286,10 +433,38 @@ impl BuildPlan {
             method,
             linker,
             auditable,
+            target_dir: None,
         })
     }
 
-    fn program_and_args(&self, config: &Config) -> (PathBuf, Vec<String>) {
+    /// The plan for building alongside other targets, in its own target
+    /// directory.
+    fn in_parallel(self, config: &Config) -> BuildPlan {
+        BuildPlan {
+            target_dir: Some(parallel_target_dir(config, self.triple)),
+            ..self
+        }
+    }
+
+    /// Where cargo keeps the intermediate artifacts, whose paths the flags
+    /// remap. Built alongside another target, a shared build directory is
+    /// split by target too, for the same lock as the target directory.
+    fn build_dir(&self, config: &Config) -> Utf8PathBuf {
+        match &self.target_dir {
+            Some(_) if config.shares_build_dir() => {
+                config.build_dir.join("parallel").join(self.triple)
+            }
+            Some(target_dir) => target_dir.clone(),
+            None => config.build_dir.clone(),
+        }
+    }
+
+    /// Where cargo leaves the binary.
+    fn built(&self, config: &Config) -> Utf8PathBuf {
+        built_binary(config, self.triple, self.target_dir.is_some())
+    }
+
+    fn program_and_args(&self, config: &Config, jobs: Option<usize>) -> (PathBuf, Vec<String>) {
         let mut args: Vec<String> = Vec::new();
         let program = match self.method {
             Method::Cross => tools::find_opt("cross").unwrap_or_else(|| PathBuf::from("cross")),
@@ -315,6 +490,9 @@ impl BuildPlan {
             ]
             .map(String::from),
         );
+        if let Some(jobs) = jobs {
+            args.extend(["--jobs".to_owned(), jobs.to_string()]);
+        }
         (program, args)
     }
 
@@ -324,13 +502,19 @@ impl BuildPlan {
         env.insert("RUSTC".into(), self.toolchain.rustc.display().to_string());
         env.insert(
             format!("CARGO_TARGET_{target_env}_RUSTFLAGS"),
-            rustflags(config).join(" "),
+            rustflags(&self.build_dir(config)).join(" "),
         );
         if let Some(linker) = &self.linker {
             env.insert(format!("CARGO_TARGET_{target_env}_LINKER"), linker.clone());
         }
+        if let Some(target_dir) = &self.target_dir {
+            env.insert("CARGO_TARGET_DIR".into(), target_dir.to_string());
+        }
         if config.shares_build_dir() {
-            env.insert("CARGO_BUILD_BUILD_DIR".into(), config.build_dir.to_string());
+            env.insert(
+                "CARGO_BUILD_BUILD_DIR".into(),
+                self.build_dir(config).to_string(),
+            );
         }
         env.insert("SERVER_BUILD_GIT_SHA".into(), source.sha.clone());
         env.insert("SOURCE_DATE_EPOCH".into(), source.epoch.to_string());
@@ -338,7 +522,7 @@ impl BuildPlan {
     }
 
     fn command<'a>(&self, sh: &'a Shell, config: &Config, source: &Source) -> xshell::Cmd<'a> {
-        let (program, args) = self.program_and_args(config);
+        let (program, args) = self.program_and_args(config, None);
         // Outside flags would make the bytes depend on the caller's shell.
         cmd!(sh, "{program} {args...}")
             .env_remove("RUSTFLAGS")
@@ -346,8 +530,28 @@ impl BuildPlan {
             .envs(self.env(config, source))
     }
 
-    fn describe(&self, config: &Config, source: &Source) -> String {
-        let (program, args) = self.program_and_args(config);
+    /// [`BuildPlan::command`] for a child whose output streams while
+    /// another runs, with `--jobs` when given.
+    fn expression(
+        &self,
+        config: &Config,
+        source: &Source,
+        jobs: Option<usize>,
+    ) -> duct::Expression {
+        let (program, args) = self.program_and_args(config, jobs);
+        let mut expression = duct::cmd(program, args)
+            .dir(config.workspace_root.as_std_path())
+            .env("PATH", tools::augmented_path())
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS");
+        for (key, value) in self.env(config, source) {
+            expression = expression.env(key, value);
+        }
+        expression
+    }
+
+    fn describe(&self, config: &Config, source: &Source, jobs: Option<usize>) -> String {
+        let (program, args) = self.program_and_args(config, jobs);
         let env: Vec<String> = self
             .env(config, source)
             .into_iter()
@@ -368,7 +572,7 @@ impl BuildPlan {
 /// Static, and free of the paths of this checkout and this machine, so that
 /// a clone elsewhere gives the same bytes. The bench's floor builds with
 /// them too, so that it measures the same compilation.
-pub fn rustflags(config: &Config) -> Vec<String> {
+pub fn rustflags(build_dir: &Utf8Path) -> Vec<String> {
     // Workspace sources reach rustc as relative paths; absolute paths come
     // only from the build directory (generated code) and cargo's home. Only
     // those are remapped: a flag naming the workspace would make every
@@ -376,7 +580,7 @@ pub fn rustflags(config: &Config) -> Vec<String> {
     let mut flags = vec![
         "-C".to_owned(),
         "target-feature=+crt-static".to_owned(),
-        format!("--remap-path-prefix={}=/build/target", config.build_dir),
+        format!("--remap-path-prefix={build_dir}=/build/target"),
     ];
     if let Some(cargo_home) = cargo_home() {
         flags.push(format!(

@@ -7,4 +7,5 @@ pub mod base;
 pub mod binaries;
 pub mod buildx;
 pub mod fingerprint;
+pub mod schedule;
 pub mod toolchain;

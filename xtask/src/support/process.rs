@@ -18,6 +18,16 @@ pub struct Finished {
 /// Runs `expression` with stdout captured and stderr both shown live,
 /// each line indented, and kept.
 pub fn stream_stderr(expression: duct::Expression, what: &str) -> Result<Finished> {
+    stream_stderr_prefixed(expression, what, "    ")
+}
+
+/// [`stream_stderr`] with each shown line after `prefix`, so that children
+/// running at the same time can be told apart.
+pub fn stream_stderr_prefixed(
+    expression: duct::Expression,
+    what: &str,
+    prefix: &str,
+) -> Result<Finished> {
     let (reader, writer) = std::io::pipe().context("cannot create a pipe")?;
     let expression = expression.stdout_capture().stderr_file(writer).unchecked();
     let handle = expression
@@ -26,11 +36,12 @@ pub fn stream_stderr(expression: duct::Expression, what: &str) -> Result<Finishe
     // The expression keeps a copy of the pipe's write end: drop it, so
     // that the reader sees the end of the stream when the child exits.
     drop(expression);
+    let prefix = prefix.to_owned();
     let copier = std::thread::spawn(move || {
         let mut kept = String::new();
         for line in BufReader::new(reader).lines() {
             let Ok(line) = line else { break };
-            eprintln!("    {line}");
+            eprintln!("{prefix}{line}");
             kept.push_str(&line);
             kept.push('\n');
         }
