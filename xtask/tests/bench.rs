@@ -204,6 +204,7 @@ fn bench_pipeline_quick_json_reports_every_figure_and_the_machine() {
         keys,
         [
             "buildah",
+            "cargo_noop",
             "cold_image_push",
             "commands",
             "floor",
@@ -211,6 +212,7 @@ fn bench_pipeline_quick_json_reports_every_figure_and_the_machine() {
             "image_after_change",
             "machine",
             "native_image",
+            "native_image_direct",
             "quick",
             "ratios",
             "warm_image_push"
@@ -230,11 +232,15 @@ fn bench_pipeline_quick_json_reports_every_figure_and_the_machine() {
         ratios,
         [
             "buildah_over_native",
+            "buildah_over_native_direct",
             "buildah_over_native_ok",
             "buildah_over_native_target",
             "cold_over_floor",
             "cold_over_floor_ok",
             "cold_over_floor_target",
+            "warm_image_push_beyond_cargo_ok",
+            "warm_image_push_beyond_cargo_s",
+            "warm_image_push_beyond_cargo_target_s",
             "warm_image_push_ok",
             "warm_image_push_target_s"
         ]
@@ -246,7 +252,13 @@ fn bench_pipeline_quick_json_reports_every_figure_and_the_machine() {
     assert_eq!(load.split(' ').count(), 3, "{load}");
     assert_eq!(report["git_sha"], head_sha());
     assert_eq!(report["quick"], true);
-    for figure in ["warm_image_push", "native_image", "buildah"] {
+    for figure in [
+        "warm_image_push",
+        "native_image",
+        "native_image_direct",
+        "cargo_noop",
+        "buildah",
+    ] {
         let runs = report[figure]["runs_s"].as_array().unwrap();
         assert_eq!(runs.len(), 1, "{figure}: {runs:?}");
         assert!(runs[0].as_f64().unwrap() > 0.0, "{figure}: {runs:?}");
@@ -256,8 +268,25 @@ fn bench_pipeline_quick_json_reports_every_figure_and_the_machine() {
     assert!(!report["machine"]["cpu_model"].as_str().unwrap().is_empty());
     assert_eq!(report["ratios"]["warm_image_push_target_s"], 1.0);
     assert_eq!(report["ratios"]["buildah_over_native_target"], 3.0);
+    assert_eq!(
+        report["ratios"]["warm_image_push_beyond_cargo_target_s"],
+        0.5
+    );
+    let beyond = report["ratios"]["warm_image_push_beyond_cargo_s"]
+        .as_f64()
+        .unwrap();
+    let expected = (report["warm_image_push"]["median_s"].as_f64().unwrap()
+        - report["cargo_noop"]["median_s"].as_f64().unwrap())
+    .max(0.0);
+    assert!((beyond - expected).abs() < 0.0015, "{beyond} != {expected}");
     let commands = report["commands"].as_array().unwrap();
-    assert_eq!(commands.len(), 3, "{commands:?}");
+    assert_eq!(commands.len(), 5, "{commands:?}");
+    let direct = commands[2].as_str().unwrap();
+    assert!(
+        direct.contains("/xtask image --base scratch --out "),
+        "{commands:?}"
+    );
+    assert_eq!(commands[3], "cargo xtask --help", "{commands:?}");
     assert!(
         commands[0]
             .as_str()
