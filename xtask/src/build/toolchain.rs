@@ -161,7 +161,9 @@ pub fn rustc_output(config: &Config, rustc: &Path, args: &[&str]) -> Result<Stri
                 args.join(" ")
             )
         })?;
-    if let Some(path) = cached {
+    // Never the first to create target/: a dry run in a fresh checkout
+    // leaves nothing behind, and the next real build asks again.
+    if let Some(path) = cached.filter(|_| config.target_dir.is_dir()) {
         write_unique(&path, output.as_bytes())?;
     }
     Ok(output)
@@ -261,6 +263,14 @@ mod tests {
         std::fs::create_dir_all(&bin).unwrap();
         let rustc = counting_rustc(&bin, "/sysroot/one");
 
+        // Without a target directory nothing is kept, and none is created.
+        rustc_output(&config, &rustc, &["--print", "sysroot"]).unwrap();
+        rustc_output(&config, &rustc, &["--print", "sysroot"]).unwrap();
+        assert_eq!(asked(&bin), 2);
+        assert!(!config.target_dir.exists());
+        std::fs::create_dir_all(&config.target_dir).unwrap();
+        std::fs::remove_file(bin.join("count")).unwrap();
+
         let first = rustc_output(&config, &rustc, &["--print", "sysroot"]).unwrap();
         assert_eq!(first, "/sysroot/one");
         assert_eq!(asked(&bin), 1);
@@ -284,6 +294,7 @@ mod tests {
         let temp = tempfile::tempdir().unwrap();
         let mut config = Config::load().unwrap();
         config.target_dir = Utf8Path::from_path(temp.path()).unwrap().join("target");
+        std::fs::create_dir_all(&config.target_dir).unwrap();
         assert_eq!(identifiable_rustc(Path::new("rustc")), None);
         let failed = rustc_output(&config, Path::new("/nowhere/rustc"), &["-vV"]).unwrap_err();
         assert!(
