@@ -3,7 +3,7 @@
 use camino::Utf8PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-pub use crate::build::binaries::Strategy;
+pub use crate::build::plan::Strategy;
 pub use crate::supply_chain::cosign::SigningArgs;
 
 #[derive(Debug, Parser)]

@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use camino::Utf8Path;
 use serde::Serialize;
 
-use crate::build::binaries::rustflags;
+use crate::build::plan::rustflags;
 use crate::build::toolchain::{find_linker, select_toolchain};
 use crate::support::config::{Config, BUILD_DIR_VARIABLE};
 use crate::support::source::Source;

@@ -21,6 +21,7 @@ mod cold;
 mod database;
 mod measure;
 mod pipeline;
+mod registry;
 mod report;
 
 use std::time::Duration;

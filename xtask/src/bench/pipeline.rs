@@ -10,9 +10,8 @@
 //! process start and cargo's freshness check included. Missed targets are
 //! reported, never errors: the figures depend on the machine.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use camino::Utf8Path;
@@ -26,11 +25,8 @@ use crate::support::source::Source;
 use crate::support::tools::{self, Tool};
 
 use super::cold::{self, Single};
+use super::registry::{LoopbackRegistry, DOCKER_REGISTRY};
 
-const DOCKER_REGISTRY: Tool = Tool {
-    name: "docker-registry",
-    install_hint: "run `cargo xtask setup` (apt-get install docker-registry)",
-};
 const BUILDAH: Tool = Tool {
     name: "buildah",
     install_hint: "run `cargo xtask setup` (apt-get install buildah)",
@@ -405,54 +401,6 @@ pub(super) fn run_quiet(command: &mut Command, program: &str, args: &[String]) -
         );
     }
     Ok(())
-}
-
-/// docker-registry on a free loopback port, its storage in `scratch`;
-/// stopped when dropped.
-struct LoopbackRegistry {
-    port: u16,
-    child: Child,
-}
-
-impl LoopbackRegistry {
-    fn start(program: &std::path::Path, scratch: &Utf8Path) -> Result<LoopbackRegistry> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .context("cannot find a free port on 127.0.0.1")?
-            .port();
-        let config = scratch.join("registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {scratch}/registry\nhttp:\n  addr: 127.0.0.1:{port}\n"
-            ),
-        )
-        .with_context(|| format!("cannot write {config}"))?;
-        let child = Command::new(program)
-            .arg("serve")
-            .arg(config.as_str())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start docker-registry")?;
-        let mut registry = LoopbackRegistry { port, child };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline || registry.child.try_wait()?.is_some() {
-                bail!("docker-registry did not listen on 127.0.0.1:{port} within 15 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(registry)
-    }
-}
-
-impl Drop for LoopbackRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn machine() -> Result<Machine> {

@@ -7,5 +7,6 @@ pub mod base;
 pub mod binaries;
 pub mod buildx;
 pub mod fingerprint;
+pub mod plan;
 pub mod schedule;
 pub mod toolchain;

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::build::binaries::Strategy;
+use crate::build::plan::Strategy;
 use crate::supply_chain::crate_graph::{self, Crate, CrateSource};
 use crate::support::config::{is_digest, Config, Platform};
 use crate::support::source::{rfc3339_utc, Source};
