@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use camino::Utf8Path;
 use serde::Serialize;
 
-use crate::build::plan::rustflags;
+use crate::build::plan::{build_args, build_env};
 use crate::build::toolchain::{find_linker, select_toolchain};
 use crate::support::config::{Config, BUILD_DIR_VARIABLE};
 use crate::support::source::Source;
@@ -78,36 +78,21 @@ fn build_all(
     for platform in &config.platforms {
         let triple = platform.triple();
         let toolchain = select_toolchain(config, triple)?;
-        let target_env = triple.to_uppercase().replace('-', "_");
-        let mut env: BTreeMap<String, String> = BTreeMap::new();
-        env.insert("CARGO_TARGET_DIR".into(), target_dir.to_string());
-        env.insert("RUSTC".into(), toolchain.rustc.display().to_string());
-        env.insert(
-            format!("CARGO_TARGET_{target_env}_RUSTFLAGS"),
-            rustflags(target_dir).join(" "),
-        );
-        if !platform.is_host() {
-            env.insert(
-                format!("CARGO_TARGET_{target_env}_LINKER"),
-                find_linker(config, platform)?,
-            );
-        }
-        // The binary embeds them, as in dist: the same build script work.
-        env.insert("SERVER_BUILD_GIT_SHA".into(), source.sha.clone());
-        env.insert("SOURCE_DATE_EPOCH".into(), source.epoch.to_string());
-        let args: Vec<String> = [
-            "build",
-            "--release",
-            "--locked",
-            "--package",
-            &config.package,
-            "--bin",
-            &config.binary,
-            "--target",
+        let linker = if platform.is_host() {
+            None
+        } else {
+            Some(find_linker(config, platform)?)
+        };
+        let mut env = build_env(
             triple,
-        ]
-        .map(String::from)
-        .to_vec();
+            &toolchain.rustc,
+            linker.as_deref(),
+            target_dir,
+            source,
+        );
+        env.insert("CARGO_TARGET_DIR".into(), target_dir.to_string());
+        let mut args = vec!["build".to_owned()];
+        args.extend(build_args(config, triple));
         let mut cmd = command(&toolchain.cargo);
         cmd.env_remove("RUSTFLAGS")
             .env_remove("CARGO_ENCODED_RUSTFLAGS")

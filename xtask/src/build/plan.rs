@@ -3,7 +3,7 @@
 //! runs it, the release plan prints it, and the fingerprint hashes it.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use camino::{Utf8Path, Utf8PathBuf};
@@ -150,19 +150,7 @@ impl BuildPlan {
             Method::Zigbuild => "zigbuild".into(),
             _ => "build".into(),
         });
-        args.extend(
-            [
-                "--release",
-                "--locked",
-                "--package",
-                &config.package,
-                "--bin",
-                &config.binary,
-                "--target",
-                self.triple,
-            ]
-            .map(String::from),
-        );
+        args.extend(build_args(config, self.triple));
         if let Some(jobs) = jobs {
             args.extend(["--jobs".to_owned(), jobs.to_string()]);
         }
@@ -170,16 +158,13 @@ impl BuildPlan {
     }
 
     fn env(&self, config: &Config, source: &Source) -> BTreeMap<String, String> {
-        let target_env = self.triple.to_uppercase().replace('-', "_");
-        let mut env = BTreeMap::new();
-        env.insert("RUSTC".into(), self.toolchain.rustc.display().to_string());
-        env.insert(
-            format!("CARGO_TARGET_{target_env}_RUSTFLAGS"),
-            rustflags(&self.build_dir(config)).join(" "),
+        let mut env = build_env(
+            self.triple,
+            &self.toolchain.rustc,
+            self.linker.as_deref(),
+            &self.build_dir(config),
+            source,
         );
-        if let Some(linker) = &self.linker {
-            env.insert(format!("CARGO_TARGET_{target_env}_LINKER"), linker.clone());
-        }
         if let Some(target_dir) = &self.target_dir {
             env.insert("CARGO_TARGET_DIR".into(), target_dir.to_string());
         }
@@ -189,8 +174,6 @@ impl BuildPlan {
                 self.build_dir(config).to_string(),
             );
         }
-        env.insert("SERVER_BUILD_GIT_SHA".into(), source.sha.clone());
-        env.insert("SOURCE_DATE_EPOCH".into(), source.epoch.to_string());
         env
     }
 
@@ -240,6 +223,51 @@ impl BuildPlan {
             args.join(" ")
         )
     }
+}
+
+/// cargo's arguments after its subcommand: the server's binary, released
+/// and locked, for `triple`. The bench's floor builds with them too.
+pub fn build_args(config: &Config, triple: &str) -> Vec<String> {
+    [
+        "--release",
+        "--locked",
+        "--package",
+        &config.package,
+        "--bin",
+        &config.binary,
+        "--target",
+        triple,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The variables of every build of the server for `triple`: the compiler,
+/// the flags, the linker when cross-compiling, and the commit and time the
+/// binary embeds. The bench's floor sets them too.
+pub fn build_env(
+    triple: &str,
+    rustc: &Path,
+    linker: Option<&str>,
+    build_dir: &Utf8Path,
+    source: &Source,
+) -> BTreeMap<String, String> {
+    let target_env = triple.to_uppercase().replace('-', "_");
+    let mut env = BTreeMap::new();
+    env.insert("RUSTC".into(), rustc.display().to_string());
+    env.insert(
+        format!("CARGO_TARGET_{target_env}_RUSTFLAGS"),
+        rustflags(build_dir).join(" "),
+    );
+    if let Some(linker) = linker {
+        env.insert(
+            format!("CARGO_TARGET_{target_env}_LINKER"),
+            linker.to_owned(),
+        );
+    }
+    env.insert("SERVER_BUILD_GIT_SHA".into(), source.sha.clone());
+    env.insert("SOURCE_DATE_EPOCH".into(), source.epoch.to_string());
+    env
 }
 
 /// Static, and free of the paths of this checkout and this machine, so that
