@@ -21,58 +21,47 @@ pub struct HoldingProxy {
 impl HoldingProxy {
     pub fn start(upstream: u16, trigger: &'static str) -> HoldingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind the proxy");
-        listener.set_nonblocking(true).expect("nonblocking");
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
         let held = Arc::new(AtomicBool::new(false));
         let release = Arc::new(AtomicBool::new(false));
-        let (stop2, held2, release2) = (stop.clone(), held.clone(), release.clone());
-        std::thread::spawn(move || {
-            while !stop2.load(Ordering::SeqCst) {
-                let Ok((client, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                };
-                let _ = client.set_nonblocking(false);
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                    continue;
-                };
-                let (held, release) = (held2.clone(), release2.clone());
-                let (mut client_read, mut server_write) =
-                    (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let (mut server_read, mut client_write) = (server, client);
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut server_read, &mut client_write);
-                    let _ = client_write.shutdown(std::net::Shutdown::Both);
-                });
-                std::thread::spawn(move || {
-                    let mut window: Vec<u8> = Vec::new();
-                    let mut buf = [0u8; 16 * 1024];
-                    loop {
-                        let n = match client_read.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        window.extend_from_slice(&buf[..n]);
-                        if String::from_utf8_lossy(&window).contains(trigger)
-                            && !held.swap(true, Ordering::SeqCst)
-                        {
-                            // Held at most a minute: a test that never lets
-                            // go fails on its own assertions, not by hanging.
-                            let deadline = Instant::now() + Duration::from_secs(60);
-                            while !release.load(Ordering::SeqCst) && Instant::now() < deadline {
-                                std::thread::sleep(Duration::from_millis(10));
-                            }
+        let (held2, release2) = (held.clone(), release.clone());
+        forward_connections(listener, upstream, stop.clone(), move |client, server| {
+            let (held, release) = (held2.clone(), release2.clone());
+            let (mut client_read, mut server_write) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut server_read, mut client_write) = (server, client);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut server_read, &mut client_write);
+                let _ = client_write.shutdown(std::net::Shutdown::Both);
+            });
+            std::thread::spawn(move || {
+                let mut window: Vec<u8> = Vec::new();
+                let mut buf = [0u8; 16 * 1024];
+                loop {
+                    let n = match client_read.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    window.extend_from_slice(&buf[..n]);
+                    if String::from_utf8_lossy(&window).contains(trigger)
+                        && !held.swap(true, Ordering::SeqCst)
+                    {
+                        // Held at most a minute: a test that never lets
+                        // go fails on its own assertions, not by hanging.
+                        let deadline = Instant::now() + Duration::from_secs(60);
+                        while !release.load(Ordering::SeqCst) && Instant::now() < deadline {
+                            std::thread::sleep(Duration::from_millis(10));
                         }
-                        if server_write.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                        let keep = window.len().saturating_sub(256);
-                        window.drain(..keep);
                     }
-                    let _ = server_write.shutdown(std::net::Shutdown::Write);
-                });
-            }
+                    if server_write.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    let keep = window.len().saturating_sub(256);
+                    window.drain(..keep);
+                }
+                let _ = server_write.shutdown(std::net::Shutdown::Write);
+            });
         });
         HoldingProxy {
             port,
@@ -140,6 +129,31 @@ impl Watch {
     }
 }
 
+/// Accepts on `listener` until `stop` is set, connects each client to the
+/// registry on `upstream`, and hands both streams to `serve`. The listener
+/// is polled, not blocked on, so that the stop is seen.
+pub fn forward_connections(
+    listener: TcpListener,
+    upstream: u16,
+    stop: Arc<AtomicBool>,
+    serve: impl Fn(TcpStream, TcpStream) + Send + 'static,
+) {
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let Ok((client, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            let _ = client.set_nonblocking(false);
+            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                continue;
+            };
+            serve(client, server);
+        }
+    });
+}
+
 const REFUSAL: &str = "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: 62\r\nConnection: close\r\n\r\n{\"errors\":[{\"code\":\"UNKNOWN\",\"message\":\"refused by a proxy\"}]}";
 
 impl BlobProxy {
@@ -150,7 +164,6 @@ impl BlobProxy {
         fail: Option<&str>,
     ) -> BlobProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind the proxy");
-        listener.set_nonblocking(true).expect("nonblocking");
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
         let watch = Arc::new(Watch {
@@ -167,96 +180,84 @@ impl BlobProxy {
             last: AtomicU64::new(0),
         });
         let watched = watch.clone();
-        let stop2 = stop.clone();
-        std::thread::spawn(move || {
-            while !stop2.load(Ordering::SeqCst) {
-                let Ok((client, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                };
-                let _ = client.set_nonblocking(false);
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                    continue;
-                };
-                // Set from a watched request line to its answer's first byte.
-                let waiting = Arc::new(AtomicBool::new(false));
-                let (watch, answered) = (watch.clone(), waiting.clone());
-                let (mut client_read, mut server_write) =
-                    (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let mut refusal = client.try_clone().unwrap();
-                let (mut server_read, mut client_write) = (server, client);
-                let counted = watch.clone();
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 16 * 1024];
-                    loop {
-                        let n = match server_read.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        if answered.swap(false, Ordering::SeqCst) {
-                            counted.in_flight.fetch_sub(1, Ordering::SeqCst);
-                            counted.last.fetch_max(counted.now(), Ordering::SeqCst);
-                        }
-                        if client_write.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
+        forward_connections(listener, upstream, stop.clone(), move |client, server| {
+            // Set from a watched request line to its answer's first byte.
+            let waiting = Arc::new(AtomicBool::new(false));
+            let (watch, answered) = (watch.clone(), waiting.clone());
+            let (mut client_read, mut server_write) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let mut refusal = client.try_clone().unwrap();
+            let (mut server_read, mut client_write) = (server, client);
+            let counted = watch.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16 * 1024];
+                loop {
+                    let n = match server_read.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
                     if answered.swap(false, Ordering::SeqCst) {
                         counted.in_flight.fetch_sub(1, Ordering::SeqCst);
+                        counted.last.fetch_max(counted.now(), Ordering::SeqCst);
                     }
-                    let _ = client_write.shutdown(std::net::Shutdown::Both);
-                });
-                std::thread::spawn(move || {
-                    let mut window: Vec<u8> = Vec::new();
-                    let mut buf = [0u8; 16 * 1024];
-                    'read: loop {
-                        let n = match client_read.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        window.extend_from_slice(&buf[..n]);
-                        loop {
-                            // Bytes, not text: a blob's body is not UTF-8.
-                            let Some(start) = watch
-                                .patterns
-                                .iter()
-                                .filter_map(|p| find(&window, p.as_bytes()))
-                                .min()
-                            else {
-                                let keep = window.len().saturating_sub(64);
-                                window.drain(..keep);
-                                break;
-                            };
-                            let Some(end) = find(&window[start..], b"\r\n").map(|e| start + e)
-                            else {
-                                // The rest of the request line is still to come.
-                                window.drain(..start);
-                                break;
-                            };
-                            let line = String::from_utf8_lossy(&window[start..end]).into_owned();
-                            if line.starts_with("PUT ")
-                                && watch.fail.as_deref().is_some_and(|f| line.contains(f))
-                            {
-                                watch.refused.fetch_add(1, Ordering::SeqCst);
-                                let _ = refusal.write_all(REFUSAL.as_bytes());
-                                let _ = refusal.shutdown(std::net::Shutdown::Both);
-                                let _ = server_write.shutdown(std::net::Shutdown::Both);
-                                break 'read;
-                            }
-                            waiting.store(true, Ordering::SeqCst);
-                            watch.first.fetch_min(watch.now(), Ordering::SeqCst);
-                            let now = watch.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                            watch.most.fetch_max(now, Ordering::SeqCst);
-                            std::thread::sleep(watch.delay);
-                            window.drain(..end);
-                        }
-                        if server_write.write_all(&buf[..n]).is_err() {
+                    if client_write.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                if answered.swap(false, Ordering::SeqCst) {
+                    counted.in_flight.fetch_sub(1, Ordering::SeqCst);
+                }
+                let _ = client_write.shutdown(std::net::Shutdown::Both);
+            });
+            std::thread::spawn(move || {
+                let mut window: Vec<u8> = Vec::new();
+                let mut buf = [0u8; 16 * 1024];
+                'read: loop {
+                    let n = match client_read.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    window.extend_from_slice(&buf[..n]);
+                    loop {
+                        // Bytes, not text: a blob's body is not UTF-8.
+                        let Some(start) = watch
+                            .patterns
+                            .iter()
+                            .filter_map(|p| find(&window, p.as_bytes()))
+                            .min()
+                        else {
+                            let keep = window.len().saturating_sub(64);
+                            window.drain(..keep);
                             break;
+                        };
+                        let Some(end) = find(&window[start..], b"\r\n").map(|e| start + e) else {
+                            // The rest of the request line is still to come.
+                            window.drain(..start);
+                            break;
+                        };
+                        let line = String::from_utf8_lossy(&window[start..end]).into_owned();
+                        if line.starts_with("PUT ")
+                            && watch.fail.as_deref().is_some_and(|f| line.contains(f))
+                        {
+                            watch.refused.fetch_add(1, Ordering::SeqCst);
+                            let _ = refusal.write_all(REFUSAL.as_bytes());
+                            let _ = refusal.shutdown(std::net::Shutdown::Both);
+                            let _ = server_write.shutdown(std::net::Shutdown::Both);
+                            break 'read;
                         }
+                        waiting.store(true, Ordering::SeqCst);
+                        watch.first.fetch_min(watch.now(), Ordering::SeqCst);
+                        let now = watch.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                        watch.most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(watch.delay);
+                        window.drain(..end);
                     }
-                    let _ = server_write.shutdown(std::net::Shutdown::Write);
-                });
-            }
+                    if server_write.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = server_write.shutdown(std::net::Shutdown::Write);
+            });
         });
         BlobProxy {
             port,
