@@ -386,6 +386,11 @@ pub struct Bench {
     /// against a loopback registry, and the native builder against buildah.
     #[arg(long)]
     pub pipeline: bool,
+    /// With --pipeline: how many times the floor and the cold `image
+    /// --push` are each measured, side by side, alternating which goes
+    /// first; the ratio is the median of the rounds'.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..))]
+    pub cold_rounds: u8,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -184,6 +184,20 @@ fn bench_without_wrk_says_to_run_setup() {
     );
 }
 
+/// At least one round: a ratio of no rounds would be no figure at all.
+#[test]
+fn bench_pipeline_refuses_zero_cold_rounds() {
+    let output = run(xtask().args(["bench", "--pipeline", "--cold-rounds", "0"]));
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(output.stdout, b"");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.lines().next(),
+        Some("error: invalid value '0' for '--cold-rounds <COLD_ROUNDS>': 0 is not in 1..=255"),
+        "{stderr}"
+    );
+}
+
 /// The shape of `bench --pipeline --json`, on one run of each: the
 /// timings are not asserted, only that each is a measured duration. The
 /// cold figures take minutes, so `--quick` reports them as skipped.
@@ -221,9 +235,14 @@ fn bench_pipeline_quick_json_reports_every_figure_and_the_machine() {
     for figure in ["floor", "cold_image_push", "image_after_change"] {
         let mut keys: Vec<&String> = report[figure].as_object().unwrap().keys().collect();
         keys.sort();
-        assert_eq!(keys, ["parts_s", "seconds", "skipped"], "{figure}");
+        assert_eq!(
+            keys,
+            ["parts_s", "runs_s", "seconds", "skipped"],
+            "{figure}"
+        );
         assert_eq!(report[figure]["skipped"], true, "{figure}");
         assert!(report[figure]["seconds"].is_null(), "{figure}");
+        assert_eq!(report[figure]["runs_s"], serde_json::json!([]), "{figure}");
         assert_eq!(report[figure]["parts_s"], serde_json::json!({}), "{figure}");
     }
     let mut ratios: Vec<&String> = report["ratios"].as_object().unwrap().keys().collect();
@@ -237,6 +256,7 @@ fn bench_pipeline_quick_json_reports_every_figure_and_the_machine() {
             "buildah_over_native_target",
             "cold_over_floor",
             "cold_over_floor_ok",
+            "cold_over_floor_rounds",
             "cold_over_floor_target",
             "warm_image_push_beyond_cargo_ok",
             "warm_image_push_beyond_cargo_s",
@@ -248,6 +268,10 @@ fn bench_pipeline_quick_json_reports_every_figure_and_the_machine() {
     assert_eq!(report["ratios"]["cold_over_floor_target"], 1.15);
     assert!(report["ratios"]["cold_over_floor"].is_null());
     assert!(report["ratios"]["cold_over_floor_ok"].is_null());
+    assert_eq!(
+        report["ratios"]["cold_over_floor_rounds"],
+        serde_json::json!([])
+    );
     let load = report["machine"]["load_average"].as_str().unwrap();
     assert_eq!(load.split(' ').count(), 3, "{load}");
     assert_eq!(report["git_sha"], head_sha());

@@ -94,8 +94,11 @@ pub struct Ratios {
     /// buildah's median over the xtask executable's, cargo left out.
     pub buildah_over_native_direct: f64,
     pub buildah_over_native_ok: bool,
-    /// The cold `image --push` over the floor; None when skipped.
+    /// The median of the rounds' cold `image --push` over their floor;
+    /// None when skipped.
     pub cold_over_floor: Option<f64>,
+    /// Each round's ratio, in order.
+    pub cold_over_floor_rounds: Vec<f64>,
     pub cold_over_floor_target: f64,
     pub cold_over_floor_ok: Option<bool>,
 }
@@ -106,6 +109,7 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
     let config = Config::load()?;
     let source = Source::detect(&config.workspace_root)?;
     let runs = if flags.quick { 1 } else { 3 };
+    let cold_rounds = usize::from(flags.cold_rounds);
     // Under target/, emptied first: a registry, a layout and buildah's storage.
     let scratch = config.target_dir.join("bench/pipeline");
     if scratch.exists() {
@@ -117,7 +121,7 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
         &source,
         &scratch,
         runs,
-        flags.quick,
+        (!flags.quick).then_some(cold_rounds),
         &registry_program,
         &buildah,
     );
@@ -131,16 +135,15 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
         floor,
         cold_image_push,
         image_after_change,
+        cold_over_floor_rounds,
         commands,
     } = result?;
 
     let ratio = buildah.median_s / native_image.median_s.max(f64::EPSILON);
     let direct_ratio = buildah.median_s / native_image_direct.median_s.max(f64::EPSILON);
     let beyond_cargo = round((warm_image_push.median_s - cargo_noop.median_s).max(0.0));
-    let cold_over_floor = match (cold_image_push.seconds, floor.seconds) {
-        (Some(cold), Some(floor)) => Some(round(cold / floor.max(f64::EPSILON))),
-        _ => None,
-    };
+    let cold_over_floor =
+        (!cold_over_floor_rounds.is_empty()).then(|| median(&cold_over_floor_rounds));
     let report = PipelineReport {
         machine: machine()?,
         git_sha: source.sha.clone(),
@@ -156,6 +159,7 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
             buildah_over_native_direct: round(direct_ratio),
             buildah_over_native_ok: ratio >= BUILDAH_RATIO_TARGET,
             cold_over_floor,
+            cold_over_floor_rounds,
             cold_over_floor_target: COLD_OVER_FLOOR_TARGET,
             cold_over_floor_ok: cold_over_floor.map(|r| r <= COLD_OVER_FLOOR_TARGET),
         },
@@ -186,19 +190,21 @@ struct Measured {
     floor: Single,
     cold_image_push: Single,
     image_after_change: Single,
+    cold_over_floor_rounds: Vec<f64>,
     commands: Vec<String>,
 }
 
+/// `cold_rounds` is None for `--quick`, which skips the cold path.
 fn measure(
     config: &Config,
     source: &Source,
     scratch: &Utf8Path,
     runs: usize,
-    quick: bool,
+    cold_rounds: Option<usize>,
     registry_program: &std::path::Path,
     buildah: &std::path::Path,
 ) -> Result<Measured> {
-    let mut steps = Steps::new(if quick { 7 } else { 9 });
+    let mut steps = Steps::new(if cold_rounds.is_some() { 8 } else { 7 });
     steps.run("build the binaries (warm-up)", || {
         binaries::build(config, &config.platforms, DistOptions::verified()).map(|_| ())
     })?;
@@ -271,20 +277,24 @@ fn measure(
         "buildah {} (and linux/arm64)",
         buildah_args(&storage, "amd64", source).join(" ")
     ));
-    let (floor, cold_image_push, image_after_change) = if quick {
-        (Single::skipped(), Single::skipped(), Single::skipped())
-    } else {
-        let (floor, described) = steps
-            .run("the floor: cargo build of every target from clean", || {
-                cold::floor(config, source, scratch)
-            })?;
-        commands.extend(described);
-        let cold = steps.run(
-            "cold image --push in a clone, then image after a one-line change",
-            || cold::cold_and_change(config, source, scratch, &repository),
-        )?;
-        commands.extend(cold.commands);
-        (floor, cold.cold_image_push, cold.image_after_change)
+    let cold = match cold_rounds {
+        Some(rounds) => {
+            let cold = steps.run(
+                &format!(
+                    "the floor and a cold image --push, {rounds} rounds, then image after a one-line change"
+                ),
+                || cold::measure(config, source, scratch, &repository, rounds),
+            )?;
+            commands.extend(cold.commands.iter().cloned());
+            cold
+        }
+        None => cold::Cold {
+            floor: Single::skipped(),
+            cold_image_push: Single::skipped(),
+            image_after_change: Single::skipped(),
+            ratios: Vec::new(),
+            commands: Vec::new(),
+        },
     };
     drop(registry);
     Ok(Measured {
@@ -293,9 +303,10 @@ fn measure(
         native_image_direct,
         cargo_noop,
         buildah: buildah_timing,
-        floor,
-        cold_image_push,
-        image_after_change,
+        floor: cold.floor,
+        cold_image_push: cold.cold_image_push,
+        image_after_change: cold.image_after_change,
+        cold_over_floor_rounds: cold.ratios,
         commands,
     })
 }
@@ -343,14 +354,19 @@ fn time_runs(runs: usize, mut once: impl FnMut() -> Result<()>) -> Result<Vec<f6
 }
 
 fn timing(runs_s: Vec<f64>) -> Timing {
-    let mut sorted = runs_s.clone();
+    let median_s = median(&runs_s);
+    Timing { runs_s, median_s }
+}
+
+/// The middle value, or the mean of the two middle ones; 0 for none.
+pub(super) fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
-    let median_s = match sorted.len() {
+    match sorted.len() {
         0 => 0.0,
         n if n % 2 == 1 => sorted[n / 2],
         n => round((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
-    };
-    Timing { runs_s, median_s }
+    }
 }
 
 pub(super) fn round(value: f64) -> f64 {
@@ -437,9 +453,14 @@ fn render(report: &PipelineReport) -> String {
     };
     let cold_ratio = match (r.cold_over_floor, r.cold_over_floor_ok) {
         (Some(ratio), Some(ok)) => format!(
-            "{ratio:>7.2}×   (target ≤ {:.2}×: {})",
+            "{ratio:>7.3}×   (target ≤ {:.2}×: {}; median of the rounds {})",
             r.cold_over_floor_target,
-            mark(ok)
+            mark(ok),
+            r.cold_over_floor_rounds
+                .iter()
+                .map(|r| format!("{r:.3}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         _ => "skipped (--quick)".to_owned(),
     };
