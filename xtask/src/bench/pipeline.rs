@@ -26,6 +26,7 @@ use crate::support::tools::{self, Tool};
 
 use super::cold::{self, Single};
 use super::registry::{LoopbackRegistry, DOCKER_REGISTRY};
+use super::report;
 
 const BUILDAH: Tool = Tool {
     name: "buildah",
@@ -176,7 +177,7 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
     if flags.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", render(&report));
+        print!("{}", report::render_pipeline(&report));
     }
     Ok(())
 }
@@ -444,62 +445,16 @@ fn machine() -> Result<Machine> {
     })
 }
 
-fn render(report: &PipelineReport) -> String {
-    let r = &report.ratios;
-    let mark = |ok: bool| if ok { "ok" } else { "MISSED" };
-    let single = |s: &Single| match s.seconds {
-        Some(seconds) => format!("{seconds:>7.3} s"),
-        None => "skipped (--quick)".to_owned(),
-    };
-    let cold_ratio = match (r.cold_over_floor, r.cold_over_floor_ok) {
-        (Some(ratio), Some(ok)) => format!(
-            "{ratio:>7.3}×   (target ≤ {:.2}×: {}; median of the rounds {})",
-            r.cold_over_floor_target,
-            mark(ok),
-            r.cold_over_floor_rounds
-                .iter()
-                .map(|r| format!("{r:.3}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        _ => "skipped (--quick)".to_owned(),
-    };
-    format!(
-        "machine: {} × {}, load average {}\ncommit: {}\n\
-         cargo xtask --help     {:>7.3} s  (cargo's no-op check)\n\
-         warm image --push      {:>7.3} s  (target ≤ {:.1} s: {})\n\
-         \x20\x20beyond cargo         {:>7.3} s  (target ≤ {:.1} s: {})\n\
-         native image           {:>7.3} s\n\
-         \x20\x20the xtask itself     {:>7.3} s\n\
-         buildah, both arches   {:>7.3} s\n\
-         buildah / native       {:>7.2}×   (target ≥ {:.0}×: {})\n\
-         \x20\x20without cargo        {:>7.2}×\n\
-         floor, cargo build     {}\n\
-         cold image --push      {}\n\
-         cold / floor           {}\n\
-         image after a change   {}\n\ncommands:\n  {}\n",
-        report.machine.nproc,
-        report.machine.cpu_model,
-        report.machine.load_average,
-        report.git_sha,
-        report.cargo_noop.median_s,
-        report.warm_image_push.median_s,
-        r.warm_image_push_target_s,
-        mark(r.warm_image_push_ok),
-        r.warm_image_push_beyond_cargo_s,
-        r.warm_image_push_beyond_cargo_target_s,
-        mark(r.warm_image_push_beyond_cargo_ok),
-        report.native_image.median_s,
-        report.native_image_direct.median_s,
-        report.buildah.median_s,
-        r.buildah_over_native,
-        r.buildah_over_native_target,
-        mark(r.buildah_over_native_ok),
-        r.buildah_over_native_direct,
-        single(&report.floor),
-        single(&report.cold_image_push),
-        cold_ratio,
-        single(&report.image_after_change),
-        report.commands.join("\n  ")
-    )
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn the_median_is_the_middle_run_or_the_mean_of_the_two_middle_ones() {
+        assert_eq!(median(&[]), 0.0);
+        assert_eq!(median(&[1.19]), 1.19);
+        assert_eq!(median(&[1.19, 1.089, 1.039]), 1.089);
+        assert_eq!(median(&[145.392, 139.226, 145.202]), 145.202);
+        assert_eq!(median(&[0.3, 0.1, 0.4, 0.2]), 0.25);
+    }
 }

@@ -1,6 +1,8 @@
-//! The benchmark's figures: wrk's output parsed, and the report rendered
-//! against the budgets.
+//! The benchmark's figures: wrk's output parsed, and the reports rendered
+//! against their budgets and targets.
 
+use super::cold::Single;
+use super::pipeline::PipelineReport;
 use super::{Load, Report, Settings};
 
 pub(super) fn parse_wrk(output: &str) -> Option<Load> {
@@ -214,4 +216,146 @@ pub(super) fn render(report: &Report, settings: &Settings) -> String {
         out.push_str(&format!("  {command}\n"));
     }
     out
+}
+
+/// `bench --pipeline`'s report as text: each figure, its target and the
+/// commands behind it.
+pub(super) fn render_pipeline(report: &PipelineReport) -> String {
+    let r = &report.ratios;
+    let mark = |ok: bool| if ok { "ok" } else { "MISSED" };
+    let single = |s: &Single| match s.seconds {
+        Some(seconds) => format!("{seconds:>7.3} s"),
+        None => "skipped (--quick)".to_owned(),
+    };
+    let cold_ratio = match (r.cold_over_floor, r.cold_over_floor_ok) {
+        (Some(ratio), Some(ok)) => format!(
+            "{ratio:>7.3}×   (target ≤ {:.2}×: {}; median of the rounds {})",
+            r.cold_over_floor_target,
+            mark(ok),
+            r.cold_over_floor_rounds
+                .iter()
+                .map(|r| format!("{r:.3}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ => "skipped (--quick)".to_owned(),
+    };
+    format!(
+        "machine: {} × {}, load average {}\ncommit: {}\n\
+         cargo xtask --help     {:>7.3} s  (cargo's no-op check)\n\
+         warm image --push      {:>7.3} s  (target ≤ {:.1} s: {})\n\
+         \x20\x20beyond cargo         {:>7.3} s  (target ≤ {:.1} s: {})\n\
+         native image           {:>7.3} s\n\
+         \x20\x20the xtask itself     {:>7.3} s\n\
+         buildah, both arches   {:>7.3} s\n\
+         buildah / native       {:>7.2}×   (target ≥ {:.0}×: {})\n\
+         \x20\x20without cargo        {:>7.2}×\n\
+         floor, cargo build     {}\n\
+         cold image --push      {}\n\
+         cold / floor           {}\n\
+         image after a change   {}\n\ncommands:\n  {}\n",
+        report.machine.nproc,
+        report.machine.cpu_model,
+        report.machine.load_average,
+        report.git_sha,
+        report.cargo_noop.median_s,
+        report.warm_image_push.median_s,
+        r.warm_image_push_target_s,
+        mark(r.warm_image_push_ok),
+        r.warm_image_push_beyond_cargo_s,
+        r.warm_image_push_beyond_cargo_target_s,
+        mark(r.warm_image_push_beyond_cargo_ok),
+        report.native_image.median_s,
+        report.native_image_direct.median_s,
+        report.buildah.median_s,
+        r.buildah_over_native,
+        r.buildah_over_native_target,
+        mark(r.buildah_over_native_ok),
+        r.buildah_over_native_direct,
+        single(&report.floor),
+        single(&report.cold_image_push),
+        cold_ratio,
+        single(&report.image_after_change),
+        report.commands.join("\n  ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::super::cold::Single;
+    use super::super::pipeline::{Machine, PipelineReport, Ratios, Timing};
+    use super::render_pipeline;
+
+    fn timing(median_s: f64) -> Timing {
+        Timing {
+            runs_s: vec![median_s],
+            median_s,
+        }
+    }
+
+    fn single(runs_s: Vec<f64>, seconds: f64) -> Single {
+        Single {
+            skipped: false,
+            seconds: Some(seconds),
+            runs_s,
+            parts_s: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn the_pipeline_report_shows_each_round_of_the_cold_ratio() {
+        let report = PipelineReport {
+            machine: Machine {
+                nproc: 2,
+                cpu_model: "AMD EPYC".into(),
+                load_average: "1.17 1.46 1.44".into(),
+            },
+            git_sha: "653cc9e".into(),
+            quick: false,
+            warm_image_push: timing(0.236),
+            native_image: timing(0.184),
+            native_image_direct: timing(0.08),
+            cargo_noop: timing(0.12),
+            buildah: timing(0.4),
+            floor: single(vec![139.226, 145.202, 145.392], 145.202),
+            cold_image_push: single(vec![165.646, 158.065, 151.049], 158.065),
+            image_after_change: single(vec![100.074], 100.074),
+            ratios: Ratios {
+                buildah_over_native: 2.174,
+                buildah_over_native_target: 3.0,
+                warm_image_push_target_s: 1.0,
+                warm_image_push_ok: true,
+                warm_image_push_beyond_cargo_s: 0.116,
+                warm_image_push_beyond_cargo_target_s: 0.5,
+                warm_image_push_beyond_cargo_ok: true,
+                buildah_over_native_direct: 5.0,
+                buildah_over_native_ok: false,
+                cold_over_floor: Some(1.089),
+                cold_over_floor_rounds: vec![1.19, 1.089, 1.039],
+                cold_over_floor_target: 1.15,
+                cold_over_floor_ok: Some(true),
+            },
+            commands: vec!["cargo xtask image".into()],
+        };
+        assert_eq!(
+            render_pipeline(&report),
+            "machine: 2 × AMD EPYC, load average 1.17 1.46 1.44\n\
+             commit: 653cc9e\n\
+             cargo xtask --help       0.120 s  (cargo's no-op check)\n\
+             warm image --push        0.236 s  (target ≤ 1.0 s: ok)\n\
+             \x20\x20beyond cargo           0.116 s  (target ≤ 0.5 s: ok)\n\
+             native image             0.184 s\n\
+             \x20\x20the xtask itself       0.080 s\n\
+             buildah, both arches     0.400 s\n\
+             buildah / native          2.17×   (target ≥ 3×: MISSED)\n\
+             \x20\x20without cargo           5.00×\n\
+             floor, cargo build     145.202 s\n\
+             cold image --push      158.065 s\n\
+             cold / floor             1.089×   (target ≤ 1.15×: ok; median of the rounds 1.190, 1.089, 1.039)\n\
+             image after a change   100.074 s\n\
+             \ncommands:\n  cargo xtask image\n"
+        );
+    }
 }
