@@ -29,7 +29,7 @@ use crate::build::toolchain::{find_linker, select_toolchain};
 use crate::support::config::{Config, BUILD_DIR_VARIABLE};
 use crate::support::source::Source;
 
-use super::pipeline::{command, median, round, run_quiet};
+use super::pipeline::{command, image_args, image_push_args, median, round, run_quiet};
 
 /// One measurement too slow for `--quick`, which skips it.
 #[derive(Debug, Serialize)]
@@ -267,27 +267,11 @@ impl Clone {
     }
 
     fn push_args(&self, repository: &str) -> Vec<String> {
-        [
-            "image",
-            "--push",
-            "--insecure",
-            "--base",
-            "scratch",
-            "--branch",
-            "bench",
-            "--image",
-            repository,
-            "--out",
-            self.out().as_str(),
-        ]
-        .map(String::from)
-        .to_vec()
+        image_push_args(repository, &self.out())
     }
 
     fn image_args(&self) -> Vec<String> {
-        ["image", "--base", "scratch", "--out", self.out().as_str()]
-            .map(String::from)
-            .to_vec()
+        image_args(&self.out())
     }
 
     /// Runs the xtask in the clone, with its own target directory and cache.

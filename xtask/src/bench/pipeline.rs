@@ -214,25 +214,12 @@ fn measure(
     })?;
     let repository = format!("127.0.0.1:{}/bench/server", registry.port);
     let out = scratch.join("oci");
-    let push: Vec<String> = [
-        "xtask",
-        "image",
-        "--push",
-        "--insecure",
-        "--base",
-        "scratch",
-        "--branch",
-        "bench",
-        "--image",
-        &repository,
-        "--out",
-        out.as_str(),
-    ]
-    .map(String::from)
-    .to_vec();
-    let native: Vec<String> = ["xtask", "image", "--base", "scratch", "--out", out.as_str()]
-        .map(String::from)
-        .to_vec();
+    let push: Vec<String> = std::iter::once("xtask".to_owned())
+        .chain(image_push_args(&repository, &out))
+        .collect();
+    let native: Vec<String> = std::iter::once("xtask".to_owned())
+        .chain(image_args(&out))
+        .collect();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut commands = Vec::new();
 
@@ -310,6 +297,33 @@ fn measure(
         cold_over_floor_rounds: cold.ratios,
         commands,
     })
+}
+
+/// `image --push` of the native builder to `repository` on loopback, on
+/// `scratch`, its layout written to `out`.
+pub(super) fn image_push_args(repository: &str, out: &Utf8Path) -> Vec<String> {
+    [
+        "image",
+        "--push",
+        "--insecure",
+        "--base",
+        "scratch",
+        "--branch",
+        "bench",
+        "--image",
+        repository,
+        "--out",
+        out.as_str(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// `image` of the native builder, no push, on `scratch`.
+pub(super) fn image_args(out: &Utf8Path) -> Vec<String> {
+    ["image", "--base", "scratch", "--out", out.as_str()]
+        .map(String::from)
+        .to_vec()
 }
 
 fn buildah_args(storage: &Utf8Path, arch: &str, source: &Source) -> Vec<String> {
