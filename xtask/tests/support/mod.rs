@@ -455,41 +455,15 @@ impl KillingProxy {
         proxy::forward_connections(listener, upstream, stop.clone(), move |client, server| {
             let (registry, fired, triggered) =
                 (registry.clone(), fired2.clone(), triggered.clone());
-            let (mut client_read, mut server_write) =
-                (client.try_clone().unwrap(), server.try_clone().unwrap());
-            let (mut server_read, mut client_write) = (server, client);
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut server_read, &mut client_write);
-                let _ = client_write.shutdown(std::net::Shutdown::Both);
-            });
-            std::thread::spawn(move || {
-                let mut window: Vec<u8> = Vec::new();
-                let mut buf = [0u8; 16 * 1024];
-                loop {
-                    let n = match client_read.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    window.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&window);
-                    if text.contains(trigger) {
-                        // Exactly once, and `fired` only once the registry
-                        // is dead, so that a test restarting it after
-                        // seeing `fired` cannot be raced by this thread.
-                        if !triggered.swap(true, Ordering::SeqCst) {
-                            registry.lock().unwrap().stop();
-                            fired.store(true, Ordering::SeqCst);
-                        }
-                        let _ = client_read.shutdown(std::net::Shutdown::Both);
-                        break;
-                    }
-                    if server_write.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                    let keep = window.len().saturating_sub(256);
-                    window.drain(..keep);
+            proxy::forward_watching(client, server, trigger, move || {
+                // Exactly once, and `fired` only once the registry is dead,
+                // so that a test restarting it after seeing `fired` cannot
+                // be raced by this thread.
+                if !triggered.swap(true, Ordering::SeqCst) {
+                    registry.lock().unwrap().stop();
+                    fired.store(true, Ordering::SeqCst);
                 }
-                let _ = server_write.shutdown(std::net::Shutdown::Write);
+                proxy::AfterTrigger::Disconnect
             });
         });
         KillingProxy { port, stop, fired }

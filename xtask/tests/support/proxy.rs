@@ -1,6 +1,7 @@
-//! TCP proxies in front of a registry: one holds the first request
-//! containing a given text (such as `PUT /v2/app/manifests/latest`) until
-//! the test lets it go, the overlap of two publications reproduced; one
+//! TCP proxies in front of a registry, and the loops they share: one holds
+//! the first request containing a given text (such as
+//! `PUT /v2/app/manifests/latest`) until the test lets it go, the overlap
+//! of two publications reproduced; one
 //! slows a repository's blob requests, counts how many overlap, and
 //! refuses the upload of one blob.
 
@@ -28,39 +29,16 @@ impl HoldingProxy {
         let (held2, release2) = (held.clone(), release.clone());
         forward_connections(listener, upstream, stop.clone(), move |client, server| {
             let (held, release) = (held2.clone(), release2.clone());
-            let (mut client_read, mut server_write) =
-                (client.try_clone().unwrap(), server.try_clone().unwrap());
-            let (mut server_read, mut client_write) = (server, client);
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut server_read, &mut client_write);
-                let _ = client_write.shutdown(std::net::Shutdown::Both);
-            });
-            std::thread::spawn(move || {
-                let mut window: Vec<u8> = Vec::new();
-                let mut buf = [0u8; 16 * 1024];
-                loop {
-                    let n = match client_read.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    window.extend_from_slice(&buf[..n]);
-                    if String::from_utf8_lossy(&window).contains(trigger)
-                        && !held.swap(true, Ordering::SeqCst)
-                    {
-                        // Held at most a minute: a test that never lets
-                        // go fails on its own assertions, not by hanging.
-                        let deadline = Instant::now() + Duration::from_secs(60);
-                        while !release.load(Ordering::SeqCst) && Instant::now() < deadline {
-                            std::thread::sleep(Duration::from_millis(10));
-                        }
+            forward_watching(client, server, trigger, move || {
+                if !held.swap(true, Ordering::SeqCst) {
+                    // Held at most a minute: a test that never lets go
+                    // fails on its own assertions, not by hanging.
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    while !release.load(Ordering::SeqCst) && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(10));
                     }
-                    if server_write.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                    let keep = window.len().saturating_sub(256);
-                    window.drain(..keep);
                 }
-                let _ = server_write.shutdown(std::net::Shutdown::Write);
+                AfterTrigger::Forward
             });
         });
         HoldingProxy {
@@ -151,6 +129,57 @@ pub fn forward_connections(
             };
             serve(client, server);
         }
+    });
+}
+
+/// What [`forward_watching`] does with the client's bytes that completed
+/// the trigger.
+pub enum AfterTrigger {
+    /// Passes them on to the registry.
+    Forward,
+    /// Closes the connection without passing them on.
+    Disconnect,
+}
+
+/// Pumps one proxied connection both ways: the registry's answers back as
+/// they come, and the client's bytes on to the registry. Before passing on
+/// a read after which the text seen (the read, and the last 256 bytes
+/// before it) contains `trigger`, it calls `on_trigger`, which may block.
+pub fn forward_watching(
+    client: TcpStream,
+    server: TcpStream,
+    trigger: &'static str,
+    mut on_trigger: impl FnMut() -> AfterTrigger + Send + 'static,
+) {
+    let (mut client_read, mut server_write) =
+        (client.try_clone().unwrap(), server.try_clone().unwrap());
+    let (mut server_read, mut client_write) = (server, client);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut server_read, &mut client_write);
+        let _ = client_write.shutdown(std::net::Shutdown::Both);
+    });
+    std::thread::spawn(move || {
+        let mut window: Vec<u8> = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let n = match client_read.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            window.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&window).contains(trigger) {
+                if let AfterTrigger::Disconnect = on_trigger() {
+                    let _ = client_read.shutdown(std::net::Shutdown::Both);
+                    break;
+                }
+            }
+            if server_write.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            let keep = window.len().saturating_sub(256);
+            window.drain(..keep);
+        }
+        let _ = server_write.shutdown(std::net::Shutdown::Write);
     });
 }
 
