@@ -45,7 +45,7 @@ pub struct Single {
 }
 
 impl Single {
-    pub fn skipped() -> Single {
+    fn skipped() -> Single {
         Single {
             skipped: true,
             seconds: None,
@@ -77,6 +77,19 @@ pub struct Cold {
     pub commands: Vec<String>,
 }
 
+impl Cold {
+    /// For `--quick`, which skips the cold path.
+    pub fn skipped() -> Cold {
+        Cold {
+            floor: Single::skipped(),
+            cold_image_push: Single::skipped(),
+            image_after_change: Single::skipped(),
+            ratios: Vec::new(),
+            commands: Vec::new(),
+        }
+    }
+}
+
 /// Runs `rounds` rounds of the floor and a cold `image --push`, then
 /// `image` after a one-line change in the last round's clone.
 pub fn measure(
@@ -96,7 +109,7 @@ pub fn measure(
     let mut commands = Vec::new();
     let mut last_clone = None;
     for round_number in 1..=rounds {
-        let clone = Clone::of_head(config, source, scratch, round_number)?;
+        let clone = RoundClone::of_head(config, source, scratch, round_number)?;
         let push = clone.push_args(&format!("{repository}-cold-{round_number}"));
         let floor_run = || floor(config, source, scratch);
         // Alternated, so that a drift of the machine within a round
@@ -208,18 +221,18 @@ fn build_all(
 }
 
 /// A clone of HEAD for one round, on a branch, as a developer builds.
-struct Clone {
+struct RoundClone {
     dir: Utf8PathBuf,
     target_dir: Utf8PathBuf,
 }
 
-impl Clone {
+impl RoundClone {
     fn of_head(
         config: &Config,
         source: &Source,
         scratch: &Utf8Path,
         round: usize,
-    ) -> Result<Clone> {
+    ) -> Result<RoundClone> {
         let dir = scratch.join(format!("clone-{round}"));
         // Copied rather than hard-linked, so nothing in the clone can reach
         // the checkout's objects.
@@ -247,7 +260,7 @@ impl Clone {
             ],
         )?;
         let target_dir = dir.join("target");
-        Ok(Clone { dir, target_dir })
+        Ok(RoundClone { dir, target_dir })
     }
 
     fn cache_dir(&self) -> Utf8PathBuf {

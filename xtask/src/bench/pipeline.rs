@@ -267,22 +267,16 @@ fn measure(
     ));
     let cold = match cold_rounds {
         Some(rounds) => {
-            let cold = steps.run(
+            let mut cold = steps.run(
                 &format!(
                     "the floor and a cold image --push, {rounds} rounds, then image after a one-line change"
                 ),
                 || cold::measure(config, source, scratch, &repository, rounds),
             )?;
-            commands.extend(cold.commands.iter().cloned());
+            commands.append(&mut cold.commands);
             cold
         }
-        None => cold::Cold {
-            floor: Single::skipped(),
-            cold_image_push: Single::skipped(),
-            image_after_change: Single::skipped(),
-            ratios: Vec::new(),
-            commands: Vec::new(),
-        },
+        None => cold::Cold::skipped(),
     };
     drop(registry);
     Ok(Measured {
@@ -373,15 +367,11 @@ fn timing(runs_s: Vec<f64>) -> Timing {
     Timing { runs_s, median_s }
 }
 
-/// The middle value, or the mean of the two middle ones; 0 for none.
+/// The middle value, or the mean of the two middle ones, to the
+/// millisecond; 0 for none.
 pub(super) fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => round((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
-    }
+    let (median, _, _) = report::summary(&mut values.to_vec());
+    round(median)
 }
 
 pub(super) fn round(value: f64) -> f64 {
