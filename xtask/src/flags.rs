@@ -88,7 +88,18 @@ pub struct Test {
     /// Skip installing missing tools.
     #[arg(long)]
     pub no_setup: bool,
-    /// Extra arguments passed to `cargo test`, such as a test name filter.
+    /// Only the unit tests and the integration tests that publish no whole
+    /// release: no fmt or clippy, no cold build.
+    #[arg(long)]
+    pub quick: bool,
+    /// How many test binaries run at once (default: the cores plus one).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: Option<u16>,
+    /// Seconds one test binary may run before it is stopped with all it
+    /// started, and counted as failed (default: 2400).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub time_limit: Option<u64>,
+    /// Extra arguments passed to every test binary, such as a test name filter.
     #[arg(last = true)]
     pub cargo_test_args: Vec<String>,
 }
