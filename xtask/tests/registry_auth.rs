@@ -99,6 +99,70 @@ fn a_post_is_never_repeated() {
 /// A Bearer registry and its realm, both scripted: the password goes to
 /// the realm only, the token to the registry only, and the token query is
 /// percent-encoded.
+/// `list_tags` on `endpoint`, or None if it has not returned in 20 s: a
+/// registry that paginates forever must not hold the caller forever.
+fn list_tags_within_20_s(endpoint: &Scripted) -> Option<Result<Vec<String>, String>> {
+    let client = Client::new(&endpoint.host(), true).unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(client.list_tags("app").map_err(|e| format!("{e:#}")));
+    });
+    receiver.recv_timeout(Duration::from_secs(20)).ok()
+}
+
+fn tag_page(tags: &[String], last: &str) -> Option<String> {
+    let link = format!("</v2/app/tags/list?last={last}&n=100>; rel=\"next\"");
+    let body = serde_json::json!({"name": "app", "tags": tags}).to_string();
+    Some(response(
+        200,
+        &[("Content-Type", "application/json"), ("Link", &link)],
+        &body,
+    ))
+}
+
+#[test]
+fn a_tag_list_that_names_the_same_next_page_again_is_refused() {
+    let endpoint = Scripted::start(Box::new(|n, _| {
+        let tags = if n == 0 {
+            vec!["v1".to_owned()]
+        } else {
+            vec!["v2".to_owned()]
+        };
+        tag_page(&tags, "v1")
+    }));
+    let error = list_tags_within_20_s(&endpoint)
+        .expect("list_tags still paginating after 20 s")
+        .unwrap_err();
+    assert_eq!(
+        error,
+        format!(
+            "cannot list the tags of {}/app: the registry pointed to the page after \"v1\" twice; \
+             the registry's pagination is broken, report it to its operator",
+            endpoint.host()
+        )
+    );
+    assert_eq!(endpoint.count(), 2);
+}
+
+#[test]
+fn a_tag_list_that_never_ends_stops_at_the_page_cap() {
+    let endpoint = Scripted::start(Box::new(|n, _| {
+        tag_page(&[format!("t{n}")], &format!("t{n}"))
+    }));
+    let error = list_tags_within_20_s(&endpoint)
+        .expect("list_tags still paginating after 20 s")
+        .unwrap_err();
+    assert_eq!(
+        error,
+        format!(
+            "cannot list the tags of {}/app: more than 1000 pages of tags; \
+             the registry's pagination does not end, report it to its operator",
+            endpoint.host()
+        )
+    );
+    assert_eq!(endpoint.count(), 1000);
+}
+
 #[test]
 fn credentials_go_to_the_realm_and_tokens_to_the_registry() {
     let realm = Scripted::start(Box::new(|_, _| {

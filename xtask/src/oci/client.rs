@@ -299,7 +299,16 @@ impl Client {
         }
         let mut tags = Vec::new();
         let mut next = Some(format!("{}/v2/{repository}/tags/list?n=100", self.base));
+        let mut pages = 0;
+        let mut seen = std::collections::HashSet::new();
         while let Some(url) = next.take() {
+            pages += 1;
+            if pages > MAX_TAG_PAGES {
+                bail!(
+                    "cannot list the tags of {}/{repository}: more than {MAX_TAG_PAGES} pages of tags; the registry's pagination does not end, report it to its operator",
+                    self.host
+                );
+            }
             let response = self.send("GET", &url, &[], None, repository, false)?;
             match response.status {
                 200 => {}
@@ -317,6 +326,15 @@ impl Client {
                 .header("link")
                 .and_then(next_link)
                 .map(|link| self.absolute(&link));
+            if let Some(url) = &next {
+                let last = last_of(url);
+                if !seen.insert(last.clone()) {
+                    bail!(
+                        "cannot list the tags of {}/{repository}: the registry pointed to the page after {last:?} twice; the registry's pagination is broken, report it to its operator",
+                        self.host
+                    );
+                }
+            }
         }
         Ok(tags)
     }
@@ -328,6 +346,20 @@ impl Client {
             format!("{}{location}", self.base)
         }
     }
+}
+
+/// Pages of tags followed at most: 100 000 tags at 100 a page. A registry
+/// whose `Link` never ends must not keep a release waiting forever.
+const MAX_TAG_PAGES: usize = 1000;
+
+/// The `last` parameter of a next-page URL (the tag the page starts
+/// after), or the whole URL when it has none: a registry that names a page
+/// twice would be followed in a circle.
+fn last_of(url: &str) -> String {
+    url.split_once('?')
+        .and_then(|(_, query)| query.split('&').find_map(|p| p.strip_prefix("last=")))
+        .unwrap_or(url)
+        .to_owned()
 }
 
 /// The target of `Link: <…>; rel="next"`.
