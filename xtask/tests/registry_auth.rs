@@ -221,18 +221,16 @@ fn write_config(dir: &Path, config: serde_json::Value) {
 /// `cargo xtask image --push` of a scratch-based image to `repo`, with
 /// `DOCKER_CONFIG` and extra PATH entries.
 fn push(repo: &str, docker_config: &Path, path_first: Option<&Path>) -> Output {
+    push_on(repo, "scratch", docker_config, path_first)
+}
+
+/// [`push`] onto `base`.
+fn push_on(repo: &str, base: &str, docker_config: &Path, path_first: Option<&Path>) -> Output {
     support::dist();
     let out = tempfile::tempdir().unwrap();
     let mut command = support::xtask();
     command
-        .args([
-            "image",
-            "--json",
-            "--push",
-            "--insecure",
-            "--base",
-            "scratch",
-        ])
+        .args(["image", "--json", "--push", "--insecure", "--base", base])
         .args(["--image", repo, "--version", "v0.1.0", "--sha", &head_sha()])
         .arg("--out")
         .arg(out.path())
@@ -426,5 +424,53 @@ fn a_pull_only_user_is_told_it_cannot_push_and_nothing_is_pushed() {
         !tags.status.success(),
         "{}",
         String::from_utf8_lossy(&tags.stdout)
+    );
+}
+
+/// A base image in another repository of the same token registry: the
+/// push mounts its layers, with one token for both repositories, as the
+/// token service grants only what is asked.
+#[test]
+fn pushes_onto_a_base_in_another_repository_of_a_token_registry() {
+    let (tokens, registry) = token_registry();
+    let config = tempfile::tempdir().unwrap();
+    write_config(
+        config.path(),
+        serde_json::json!({"auths": {registry.host(): {"auth": basic("alice", "alice-pw")}}}),
+    );
+    let base = push(&registry.repo("base"), config.path(), None);
+    digest_of(&base);
+    let output = push_on(
+        &registry.repo("app"),
+        &format!("{}:v0.1.0", registry.repo("base")),
+        config.path(),
+        None,
+    );
+    let digest = digest_of(&output);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let mounted = json["push"]["mounted"].as_array().unwrap();
+    assert_eq!(mounted.len(), 2, "one base layer per platform: {json}");
+    let read = skopeo_as(
+        "alice",
+        "alice-pw",
+        &format!("{}@{digest}", registry.repo("app")),
+    );
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let both = "repository:app:pull,push repository:base:pull";
+    assert!(
+        tokens.requests().iter().any(|r| {
+            let scopes: Vec<String> = support::token_service::query(scripted::target(r))
+                .into_iter()
+                .filter(|(k, _)| k == "scope")
+                .map(|(_, v)| v)
+                .collect();
+            scopes.join(" ") == both
+        }),
+        "no token asked for {both}: {:?}",
+        tokens.scopes()
     );
 }

@@ -55,6 +55,7 @@ impl Client {
             body,
             repository,
             push,
+            pull_from: None,
         })
     }
 
@@ -174,27 +175,41 @@ impl Client {
         Ok(response.body)
     }
 
-    /// Mounts a blob from another repository of the same registry. A
-    /// registry that declines opens an upload session instead, which the
-    /// caller then fills with `finish_upload`: a declined mount costs no
-    /// extra request.
+    /// Mounts a blob from another repository of the same registry, with a
+    /// token for both (push here, pull there). A registry that declines
+    /// opens an upload session instead, which the caller then fills with
+    /// `finish_upload`: a declined mount costs no extra request. A mount
+    /// refused outright (no pull right on `from`, a registry that forbids
+    /// mounts) is `Refused`, and the caller uploads the blob as it would
+    /// without a mount, as Docker and crane do.
     pub fn mount_blob(&self, repository: &str, digest: &str, from: &str) -> Result<Mount> {
-        let response = self.post_upload(repository, &format!("?mount={digest}&from={from}"))?;
+        let url = format!(
+            "{}/v2/{repository}/blobs/uploads/?mount={digest}&from={from}",
+            self.base
+        );
+        let sent = self.transport.send(&Request {
+            method: "POST",
+            url: &url,
+            headers: &[("Content-Length", "0")],
+            body: Some(&[]),
+            repository,
+            push: true,
+            pull_from: Some(from),
+        });
+        let response = match sent {
+            Ok(response) => response,
+            Err(error) => return Ok(Mount::Refused(format!("{error:#}"))),
+        };
         match response.status {
             201 => Ok(Mount::Mounted),
             202 => Ok(Mount::Upload(self.session(&response)?)),
-            _ => bail!(
-                "cannot mount blob {digest} into {}/{repository}: {}",
-                self.host,
-                response.error_text()
-            ),
+            _ => Ok(Mount::Refused(response.error_text())),
         }
     }
 
-    /// The POST that opens an upload session (or, with a mount query,
-    /// mounts a blob from another repository).
-    fn post_upload(&self, repository: &str, query: &str) -> Result<Response> {
-        let url = format!("{}/v2/{repository}/blobs/uploads/{query}", self.base);
+    /// The POST that opens an upload session.
+    fn post_upload(&self, repository: &str) -> Result<Response> {
+        let url = format!("{}/v2/{repository}/blobs/uploads/", self.base);
         self.send(
             "POST",
             &url,
@@ -207,7 +222,7 @@ impl Client {
 
     /// A monolithic upload: POST for a session, then PUT with the digest.
     pub fn upload_blob(&self, repository: &str, digest: &str, bytes: &[u8]) -> Result<()> {
-        let response = self.post_upload(repository, "")?;
+        let response = self.post_upload(repository)?;
         if response.status != 202 {
             bail!(
                 "{} refused to start an upload to {repository}: {}",
@@ -402,4 +417,6 @@ pub enum Mount {
     Mounted,
     /// Declined: an upload session was opened at this URL instead.
     Upload(String),
+    /// Refused, for this reason: the blob is uploaded instead.
+    Refused(String),
 }

@@ -170,6 +170,7 @@ fn push_blob(
         Some(from) => match client.mount_blob(repo, blob, from)? {
             Mount::Mounted => return Ok(Outcome::Mounted),
             Mount::Upload(session) => Some(session),
+            Mount::Refused(_) => None,
         },
         None => None,
     };

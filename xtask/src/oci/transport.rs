@@ -43,6 +43,10 @@ pub struct Request<'a> {
     pub body: Option<&'a [u8]>,
     pub repository: &'a str,
     pub push: bool,
+    /// Another repository of the registry the request reads: the source of
+    /// a cross-repository mount. The token asked for covers both, since the
+    /// registry checks every scope of a request against one token.
+    pub pull_from: Option<&'a str>,
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +96,16 @@ pub fn scope(repository: &str, push: bool) -> String {
     )
 }
 
+/// The scopes of `request`, space-separated as in a challenge's `scope`:
+/// the key of its token in the cache, and what a token is asked for.
+fn request_scope(request: &Request) -> String {
+    let own = scope(request.repository, request.push);
+    match request.pull_from {
+        Some(from) if from != request.repository => format!("{own} {}", scope(from, false)),
+        _ => own,
+    }
+}
+
 impl Transport {
     pub fn new(host: &str, base: String, insecure: bool) -> Transport {
         let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -128,7 +142,7 @@ impl Transport {
     /// can act on (2xx, 3xx, 404, other 4xx) come back as a Response;
     /// 401, 403, 429 and 5xx as an error that says what to do.
     pub fn send(&self, request: &Request) -> Result<Response> {
-        let scope = scope(request.repository, request.push);
+        let scope = request_scope(request);
         let mut auth = self.authorization(&scope, request.url)?;
         let mut response = self.send_with_retries(request, auth.as_deref())?;
         if response.status == 401 && self.answer_challenge(&response, &scope, auth.as_deref())? {
@@ -257,7 +271,7 @@ impl Transport {
     /// Gets a token for `scope` from `realm`. The user's credentials go
     /// here, and only here, for a Bearer registry.
     fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<String> {
-        let scopes = [scope.to_owned()];
+        let scopes: Vec<String> = scope.split(' ').map(str::to_owned).collect();
         let found = self.credential()?;
         let response = match found.as_ref().map(|f| &f.credential) {
             Some(Credential::IdentityToken(refresh)) => {
@@ -269,6 +283,7 @@ impl Transport {
                     body: Some(form.as_bytes()),
                     repository: "",
                     push: false,
+                    pull_from: None,
                 };
                 self.send_once(&request, None)
             }
@@ -282,6 +297,7 @@ impl Transport {
                     body: None,
                     repository: "",
                     push: false,
+                    pull_from: None,
                 };
                 self.send_with_retries(&request, basic.as_deref())
             }
