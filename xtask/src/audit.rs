@@ -351,16 +351,24 @@ mod tests {
 
     #[test]
     fn only_the_rescans_own_issue_is_picked() {
-        let issue = |number: u64, title: &str, login: &str, label: &str| {
-            serde_json::json!({"number": number, "title": title, "author": {"login": login}, "labels": [{"name": label}]})
-        };
+        let issue = |number: u64, title: &str, login: &str, label: &str| serde_json::json!({"number": number, "title": title, "author": {"login": login}, "labels": [{"name": label}]});
         let id = "RUSTSEC-2026-0001";
         let title = "RUSTSEC-2026-0001: bytes 1.0.0 (vulnerability)";
         let listed = serde_json::json!([
             issue(1, title, "mallory", ISSUE_LABEL),
             issue(2, title, "github-actions[bot]", "bug"),
-            issue(3, "RUSTSEC-2026-00012: x", "app/github-actions", ISSUE_LABEL),
-            issue(4, &format!("Re: {title}"), "app/github-actions", ISSUE_LABEL),
+            issue(
+                3,
+                "RUSTSEC-2026-00012: x",
+                "app/github-actions",
+                ISSUE_LABEL
+            ),
+            issue(
+                4,
+                &format!("Re: {title}"),
+                "app/github-actions",
+                ISSUE_LABEL
+            ),
             issue(5, title, "github-actions[bot]", ISSUE_LABEL),
         ]);
         assert_eq!(own_issue(&listed.to_string(), id).unwrap(), Some(5));
