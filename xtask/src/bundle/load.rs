@@ -293,9 +293,12 @@ pub fn load(
     report.verified = steps.run("verify the signatures of what was pushed", || {
         // The overlay answers 404 to the referrers API, so cosign reads
         // the fallback tags there, whatever the registry's kind.
+        // The overlay serves only the trees of these tags: the release is
+        // one, under its version.
         let overlay_tags = fallbacks
             .iter()
             .map(|f| (f.tag.clone(), f.digest.clone()))
+            .chain([(flags.version.clone(), owned.release.digest.clone())])
             .chain(
                 owned
                     .referrers
@@ -313,7 +316,10 @@ pub fn load(
             insecure: true,
             identity_regexp: identity_regexp.clone(),
         };
-        let view = format!("{}/{repo}@{}", overlay.host, owned.release.digest);
+        let view = format!(
+            "{}/{}@{}",
+            overlay.host, overlay.repository, owned.release.digest
+        );
         let subject = Subject::resolve(&view, &Client::new(&overlay.host, true)?)?;
         let mut targets = vec![("index".to_owned(), subject.digest.clone())];
         targets.extend(
