@@ -474,3 +474,82 @@ fn pushes_onto_a_base_in_another_repository_of_a_token_registry() {
         tokens.scopes()
     );
 }
+
+#[test]
+fn a_manifest_larger_than_4_mib_is_refused() {
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(4 << 20));
+    let endpoint = Scripted::start(Box::new(move |_, _| {
+        Some(response(
+            200,
+            &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
+            &big,
+        ))
+    }));
+    let client = Client::new(&endpoint.host(), true).unwrap();
+    let error = format!("{:#}", client.get_manifest("app", "v1").unwrap_err());
+    assert_eq!(
+        error,
+        format!(
+            "the answer to GET http://{0}/v2/app/manifests/v1 from {0} is larger than 4 MiB, \
+             the most a manifest, index or list may be; the registry is misbehaving",
+            endpoint.host()
+        )
+    );
+}
+
+#[test]
+fn a_token_reply_larger_than_1_mib_is_refused() {
+    // The realm is the endpoint itself, whose port is known once it runs.
+    let port = std::sync::Arc::new(std::sync::OnceLock::<u16>::new());
+    let known = port.clone();
+    let endpoint = Scripted::start(Box::new(move |_, request| {
+        if scripted::target(request).starts_with("/token") {
+            let token = "t".repeat(1 << 20);
+            return Some(response(200, &[], &format!("{{\"token\":\"{token}\"}}")));
+        }
+        let realm = format!(
+            "Bearer realm=\"http://127.0.0.1:{}/token\",service=\"s\"",
+            known.get().unwrap()
+        );
+        Some(response(401, &[("WWW-Authenticate", realm.as_str())], ""))
+    }));
+    port.set(endpoint.port).unwrap();
+    let client = Client::new(&endpoint.host(), true).unwrap();
+    let error = format!("{:#}", client.manifest_digest("app", "v1").unwrap_err());
+    assert!(
+        error.contains(&format!(
+            "the answer to GET http://{0}/token?service=s&scope=repository%3Aapp%3Apull from {0} \
+             is larger than 1 MiB, the most a token reply may be",
+            endpoint.host()
+        )),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_blob_streams_to_a_file_checked_against_its_digest() {
+    let blob = "b".repeat(3 << 20);
+    let digest = format!(
+        "sha256:{}",
+        xtask::support::archive::sha256_hex(blob.as_bytes())
+    );
+    let served = blob.clone();
+    let endpoint = Scripted::start(Box::new(move |_, _| Some(response(200, &[], &served))));
+    let client = Client::new(&endpoint.host(), true).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("blob");
+    assert_eq!(client.get_blob_to("app", &digest, &path).unwrap(), 3 << 20);
+    assert_eq!(std::fs::read(&path).unwrap(), blob.as_bytes());
+    let error = format!(
+        "{:#}",
+        client.get_blob_to("app", DIGEST, &path).unwrap_err()
+    );
+    assert_eq!(
+        error,
+        format!(
+            "blob {DIGEST} from {}/app does not match its digest",
+            endpoint.host()
+        )
+    );
+    assert!(!path.exists(), "a blob that does not match was left behind");
+}

@@ -1,10 +1,13 @@
 //! A small client for the OCI distribution API: manifests, blobs and tag
 //! lists, with the registries' token authentication.
 
+use std::path::Path;
+
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::oci;
+use crate::oci::answer::Answer;
 pub use crate::oci::reference::{is_loopback, Reference};
 use crate::oci::transport::{Request, Response, Transport};
 
@@ -48,6 +51,26 @@ impl Client {
         repository: &str,
         push: bool,
     ) -> Result<Response> {
+        self.send_for(
+            method,
+            url,
+            headers,
+            body,
+            (repository, push),
+            Answer::Document,
+        )
+    }
+
+    /// [`Client::send`] for an answer other than a document.
+    fn send_for(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        (repository, push): (&str, bool),
+        answer: Answer,
+    ) -> Result<Response> {
         self.transport.send(&Request {
             method,
             url,
@@ -56,6 +79,7 @@ impl Client {
             repository,
             push,
             pull_from: None,
+            answer,
         })
     }
 
@@ -156,9 +180,11 @@ impl Client {
         }
     }
 
+    /// A small blob (a config, a signature, a chart), in memory, checked
+    /// against its digest. Layers go to a file: [`Client::get_blob_to`].
     pub fn get_blob(&self, repository: &str, digest: &str) -> Result<Vec<u8>> {
         let url = format!("{}/v2/{repository}/blobs/{digest}", self.base);
-        let response = self.send("GET", &url, &[], None, repository, false)?;
+        let response = self.send_for("GET", &url, &[], None, (repository, false), Answer::Blob)?;
         if response.status != 200 {
             bail!(
                 "cannot fetch blob {digest} from {}/{repository}: {}",
@@ -173,6 +199,38 @@ impl Client {
             );
         }
         Ok(response.body)
+    }
+
+    /// Streams blob `digest` into the file `path`, whatever its size,
+    /// checking it against its digest on the way; returns its size. A blob
+    /// that does not match leaves no file.
+    pub fn get_blob_to(&self, repository: &str, digest: &str, path: &Path) -> Result<u64> {
+        let url = format!("{}/v2/{repository}/blobs/{digest}", self.base);
+        let response = self.send_for(
+            "GET",
+            &url,
+            &[],
+            None,
+            (repository, false),
+            Answer::BlobFile(path),
+        )?;
+        if response.status != 200 {
+            bail!(
+                "cannot fetch blob {digest} from {}/{repository}: {}",
+                self.host,
+                response.error_text()
+            );
+        }
+        match response.spooled {
+            Some(spooled) if spooled.digest == digest => Ok(spooled.size),
+            _ => {
+                let _ = std::fs::remove_file(path);
+                bail!(
+                    "blob {digest} from {}/{repository} does not match its digest",
+                    self.host
+                )
+            }
+        }
     }
 
     /// Mounts a blob from another repository of the same registry, with a
@@ -195,6 +253,7 @@ impl Client {
             repository,
             push: true,
             pull_from: Some(from),
+            answer: Answer::Document,
         });
         let response = match sent {
             Ok(response) => response,

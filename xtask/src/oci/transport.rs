@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use crate::oci::answer::{self, Answer, Spooled};
 use crate::oci::auth::{self, Credential, Found};
 use crate::oci::challenge;
 use crate::oci::errors::{self, Failure};
@@ -18,7 +19,10 @@ use crate::oci::{retry, token};
 pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
+    /// Empty for a HEAD, and for a success spooled to a file.
     pub body: Vec<u8>,
+    /// A success's body streamed to the request's file.
+    pub spooled: Option<Spooled>,
 }
 
 impl Response {
@@ -47,6 +51,8 @@ pub struct Request<'a> {
     /// a cross-repository mount. The token asked for covers both, since the
     /// registry checks every scope of a request against one token.
     pub pull_from: Option<&'a str>,
+    /// What a success's body is, which says how much of it is read.
+    pub answer: Answer<'a>,
 }
 
 #[derive(Debug, Clone)]
@@ -59,9 +65,6 @@ enum Scheme {
         service: Option<String>,
     },
 }
-
-/// Largest manifest or blob read into memory: layers of this image are a few MB.
-const BODY_LIMIT: u64 = 512 * 1024 * 1024;
 
 pub struct Transport {
     /// The host as the user named it, for messages and credentials.
@@ -284,6 +287,7 @@ impl Transport {
                     repository: "",
                     push: false,
                     pull_from: None,
+                    answer: Answer::Token,
                 };
                 self.send_once(&request, None)
             }
@@ -298,6 +302,7 @@ impl Transport {
                     repository: "",
                     push: false,
                     pull_from: None,
+                    answer: Answer::Token,
                 };
                 self.send_with_retries(&request, basic.as_deref())
             }
@@ -389,24 +394,23 @@ impl Transport {
             })
             .collect();
         let body = if method == "HEAD" {
-            Vec::new()
+            answer::Body {
+                bytes: Vec::new(),
+                spooled: None,
+            }
         } else {
-            response
-                .body_mut()
-                .with_config()
-                .limit(BODY_LIMIT)
-                .read_to_vec()
-                .with_context(|| {
-                    format!(
-                        "cannot read the answer to {method} {url} from {}",
-                        self.host
-                    )
-                })?
+            answer::read(
+                response.body_mut().as_reader(),
+                (200..300).contains(&status),
+                request.answer,
+                &format!("{method} {url} from {}", self.host),
+            )?
         };
         Ok(Response {
             status,
             headers,
-            body,
+            body: body.bytes,
+            spooled: body.spooled,
         })
     }
 }
