@@ -15,6 +15,7 @@
 
 mod convert;
 mod load;
+mod reader;
 mod trust;
 
 use std::collections::{BTreeMap, BTreeSet};
