@@ -164,3 +164,146 @@ fn a_blob_larger_than_its_descriptor_declares_is_refused() {
         )
     );
 }
+
+/// The highest VmHWM (peak resident set, in KiB) of `child` seen while it
+/// runs, read from /proc every few milliseconds until it exits.
+fn peak_rss_kib(mut child: std::process::Child) -> (std::process::Output, u64) {
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    loop {
+        if let Ok(status) = std::fs::read_to_string(&status_path) {
+            if let Some(kib) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                peak = peak.max(kib);
+            }
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    (child.wait_with_output().unwrap(), peak)
+}
+
+/// `sha256:<hex>` of a file, by sha256sum.
+fn file_digest(path: &Path) -> String {
+    let out = run_ok(Command::new("sha256sum").arg(path));
+    format!("sha256:{}", out.split_whitespace().next().unwrap())
+}
+
+/// A release of one platform whose layer is 200 MB, bundled by hand and
+/// unsigned: the load pushes every blob, then refuses to tag for want of a
+/// signature. All along, the xtask holds far less than the layer.
+#[test]
+fn loading_a_200_mb_layer_stays_under_100_mb_of_memory() {
+    const LAYER_BYTES: u64 = 200 * 1000 * 1000;
+    let registry = support::Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("layout");
+    let blobs = root.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let layer_path = dir.path().join("layer");
+    let layer_file = std::fs::File::create(&layer_path).unwrap();
+    layer_file.set_len(LAYER_BYTES).unwrap();
+    drop(layer_file);
+    let layer = file_digest(&layer_path);
+    std::fs::rename(&layer_path, blobs.join(&layer[7..])).unwrap();
+    let write = |bytes: Vec<u8>| {
+        let digest = format!("sha256:{}", sha256(&bytes));
+        std::fs::write(blobs.join(&digest[7..]), &bytes).unwrap();
+        (digest, bytes.len())
+    };
+    let (config, config_size) = write(
+        serde_json::json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [layer]}})
+            .to_string()
+            .into_bytes(),
+    );
+    let (manifest, manifest_size) = write(
+        serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": LAYER_BYTES}],
+        })
+        .to_string()
+        .into_bytes(),
+    );
+    let (index, index_size) = write(
+        serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest,
+                "size": manifest_size,
+                "platform": {"architecture": "amd64", "os": "linux"},
+            }],
+        })
+        .to_string()
+        .into_bytes(),
+    );
+    std::fs::write(root.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        root.join("index.json"),
+        serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "digest": index,
+                "size": index_size,
+                "annotations": {"org.opencontainers.image.ref.name": "v0.1.0"},
+            }],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let archive = dir.path().join("big.tar");
+    run_ok(
+        Command::new("tar")
+            .arg("-cf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&root)
+            .args(["oci-layout", "index.json", "blobs"]),
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+    let key = dir.path().join("cosign.pub");
+    std::fs::write(
+        &key,
+        "-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----\n",
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["bundle", "v0.1.0", "--load", "--insecure", "--no-tlog"])
+        .args(["--image", &registry.repo("app"), "--key"])
+        .arg(&key)
+        .arg("--out")
+        .arg(&archive)
+        .current_dir(support::workspace_root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (output, peak_kib) = peak_rss_kib(child);
+    eprintln!("bundle --load of a 200 MB layer: peak RSS {peak_kib} KiB");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "an unsigned release was loaded:\n{stderr}"
+    );
+    assert!(stderr.contains("no tag was set"), "{stderr}");
+    let client = xtask::oci::client::Client::new(&registry.host(), true).unwrap();
+    assert!(
+        client.blob_exists("app", &layer).unwrap(),
+        "the layer was not pushed:\n{stderr}"
+    );
+    assert!(
+        peak_kib < 100 * 1024,
+        "bundle --load peaked at {} MiB of resident memory for a 200 MB layer",
+        peak_kib / 1024
+    );
+}

@@ -92,7 +92,14 @@ fn retries_stop_after_three_tries_and_the_error_says_so() {
 fn a_post_is_never_repeated() {
     let endpoint = Scripted::start(Box::new(|_, _| Some(response(503, &[], ""))));
     let client = Client::new(&endpoint.host(), true).unwrap();
-    assert!(client.upload_blob("app", DIGEST, b"x").is_err());
+    let open = || -> anyhow::Result<Box<dyn std::io::Read + Send>> {
+        Ok(Box::new(std::io::Cursor::new(b"x".to_vec())))
+    };
+    let blob = xtask::oci::client::Upload {
+        size: 1,
+        open: &open,
+    };
+    assert!(client.upload_blob("app", DIGEST, &blob).is_err());
     assert_eq!(endpoint.count(), 1, "{:?}", endpoint.requests());
 }
 

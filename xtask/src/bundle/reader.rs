@@ -88,6 +88,26 @@ impl BlobSource for ArchiveBlobs {
         }
         Ok(bytes)
     }
+
+    /// A blob in the file is hashed where it lies, then streamed from
+    /// there: a layer of any size is never held.
+    fn open(&self, digest: &str) -> Result<(u64, Box<dyn Read + Send>)> {
+        let Some(entry) = self.in_file.get(digest) else {
+            let bytes = self.blob(digest)?;
+            return Ok((bytes.len() as u64, Box::new(std::io::Cursor::new(bytes))));
+        };
+        let open = || -> Result<std::io::Take<File>> {
+            let mut file =
+                File::open(&self.path).with_context(|| format!("cannot open {}", self.path))?;
+            file.seek(SeekFrom::Start(entry.offset))
+                .with_context(|| format!("cannot read {}", self.path))?;
+            Ok(file.take(entry.size))
+        };
+        if oci::digest_of_reader(open()?)? != digest {
+            bail!("blob {digest} in {} does not match its digest; the archive is damaged, copy it again and check it with sha256sum -c", self.path);
+        }
+        Ok((entry.size, Box::new(open()?)))
+    }
 }
 
 /// Reads an archive written by `bundle`: its index.json entries, and its

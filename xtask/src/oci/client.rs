@@ -9,6 +9,7 @@ use serde::Deserialize;
 use crate::oci;
 use crate::oci::answer::Answer;
 pub use crate::oci::reference::{is_loopback, Reference};
+pub use crate::oci::transport::Upload;
 use crate::oci::transport::{Request, Response, Transport};
 
 pub struct Client {
@@ -80,6 +81,7 @@ impl Client {
             push,
             pull_from: None,
             answer,
+            upload: None,
         })
     }
 
@@ -254,6 +256,7 @@ impl Client {
             push: true,
             pull_from: Some(from),
             answer: Answer::Document,
+            upload: None,
         });
         let response = match sent {
             Ok(response) => response,
@@ -280,7 +283,7 @@ impl Client {
     }
 
     /// A monolithic upload: POST for a session, then PUT with the digest.
-    pub fn upload_blob(&self, repository: &str, digest: &str, bytes: &[u8]) -> Result<()> {
+    pub fn upload_blob(&self, repository: &str, digest: &str, blob: &Upload) -> Result<()> {
         let response = self.post_upload(repository)?;
         if response.status != 202 {
             bail!(
@@ -290,7 +293,7 @@ impl Client {
             );
         }
         let session = self.session(&response)?;
-        self.finish_upload(repository, &session, digest, bytes)
+        self.finish_upload(repository, &session, digest, blob)
     }
 
     fn session(&self, response: &Response) -> Result<String> {
@@ -300,25 +303,28 @@ impl Client {
         Ok(self.absolute(location))
     }
 
-    /// The PUT that ends an upload session with the whole blob.
+    /// The PUT that ends an upload session with the whole blob, streamed.
     pub fn finish_upload(
         &self,
         repository: &str,
         session: &str,
         digest: &str,
-        bytes: &[u8],
+        blob: &Upload,
     ) -> Result<()> {
         let mut url = session.to_owned();
         url.push(if url.contains('?') { '&' } else { '?' });
         url.push_str(&format!("digest={digest}"));
-        let response = self.send(
-            "PUT",
-            &url,
-            &[("Content-Type", "application/octet-stream")],
-            Some(bytes),
+        let response = self.transport.send(&Request {
+            method: "PUT",
+            url: &url,
+            headers: &[("Content-Type", "application/octet-stream")],
+            body: None,
             repository,
-            true,
-        )?;
+            push: true,
+            pull_from: None,
+            answer: Answer::Document,
+            upload: Some(blob),
+        })?;
         if response.status != 201 {
             bail!(
                 "{} rejected blob {digest}: {}",

@@ -53,6 +53,15 @@ pub struct Request<'a> {
     pub pull_from: Option<&'a str>,
     /// What a success's body is, which says how much of it is read.
     pub answer: Answer<'a>,
+    /// A body streamed instead of `body`: a blob read from disk, never
+    /// held in memory whole.
+    pub upload: Option<&'a Upload<'a>>,
+}
+
+/// A blob to send: its size, and how to open its bytes, once per try.
+pub struct Upload<'a> {
+    pub size: u64,
+    pub open: &'a (dyn Fn() -> Result<Box<dyn std::io::Read + Send>> + Sync),
 }
 
 #[derive(Debug, Clone)]
@@ -288,6 +297,7 @@ impl Transport {
                     push: false,
                     pull_from: None,
                     answer: Answer::Token,
+                    upload: None,
                 };
                 self.send_once(&request, None)
             }
@@ -303,6 +313,7 @@ impl Transport {
                     push: false,
                     pull_from: None,
                     answer: Answer::Token,
+                    upload: None,
                 };
                 self.send_with_retries(&request, basic.as_deref())
             }
@@ -372,9 +383,15 @@ impl Transport {
             builder = builder.header("Authorization", auth);
         }
         let built = |e| format_request_error(e, method, url);
-        let result = match request.body {
-            Some(body) => self.agent.run(builder.body(body.to_vec()).map_err(built)?),
-            None => self.agent.run(builder.body(()).map_err(built)?),
+        let result = match (request.upload, request.body) {
+            (Some(upload), _) => {
+                let reader = (upload.open)()?;
+                let builder = builder.header("Content-Length", upload.size.to_string());
+                let body = ureq::SendBody::from_owned_reader(reader);
+                self.agent.run(builder.body(body).map_err(built)?)
+            }
+            (None, Some(body)) => self.agent.run(builder.body(body.to_vec()).map_err(built)?),
+            (None, None) => self.agent.run(builder.body(()).map_err(built)?),
         };
         let mut response = result.map_err(anyhow::Error::from).with_context(|| {
             format!(
