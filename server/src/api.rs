@@ -38,8 +38,14 @@ pub async fn handle(
     };
     let result = match *method {
         Method::PUT | Method::DELETE => match authorized(&client, headers).await {
-            Ok(true) if *method == Method::PUT => put(&client, key, &body).await,
-            Ok(true) => delete(&client, key).await,
+            Ok(true) => match db.writes_refused() {
+                Some(reason) => Ok(text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("writes stopped: {reason}"),
+                )),
+                None if *method == Method::PUT => put(&client, key, &body).await,
+                None => delete(&client, key).await,
+            },
             Ok(false) => Ok(unauthorized()),
             Err(err) => Err(err),
         },
@@ -106,6 +112,12 @@ async fn put(
             ))
         }
     };
+    if holds_nul(&value) {
+        return Ok(text(
+            StatusCode::BAD_REQUEST,
+            "the body holds \\u0000 (NUL) in a string, which the database cannot store; remove it or encode the value, as base64 for example",
+        ));
+    }
     let row = client
         .query_one(
             "INSERT INTO items (key, value) VALUES ($1, ($2::text)::jsonb)
@@ -120,6 +132,19 @@ async fn put(
     } else {
         text(StatusCode::OK, "updated")
     })
+}
+
+/// Whether a string or key of `value` holds U+0000: valid JSON, but
+/// PostgreSQL's jsonb refuses it, and the refusal is the client's to fix.
+fn holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(text) => text.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(fields) => fields
+            .iter()
+            .any(|(key, field)| key.contains('\0') || holds_nul(field)),
+        _ => false,
+    }
 }
 
 async fn get(client: &Client, key: &str) -> Result<Response<Full<Bytes>>, tokio_postgres::Error> {
@@ -163,5 +188,14 @@ mod tests {
         assert!(!valid_key(&"k".repeat(129)));
         assert!(!valid_key("a/b"));
         assert!(!valid_key("a b"));
+    }
+
+    #[test]
+    fn nul_anywhere_in_a_string_or_key() {
+        let nul = |text: &str| holds_nul(&serde_json::from_str(text).unwrap());
+        assert!(nul(r#""\u0000""#));
+        assert!(nul(r#"{"a": [1, {"b": "x\u0000"}]}"#));
+        assert!(nul(r#"{"\u0000": null}"#));
+        assert!(!nul(r#"{"a": ["\u0001", 0, true]}"#));
     }
 }

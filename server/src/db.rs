@@ -15,6 +15,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::ConfigError;
 use crate::logging::{self, Level};
+use crate::migrate;
 
 /// Where the database is, and how to talk to it.
 #[derive(Clone)]
@@ -166,6 +167,10 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// The server's connection, replaced by the supervisor when it is lost.
 pub struct Db {
     current: Mutex<Option<Arc<Client>>>,
+    /// Why writes are refused: the schema of the database reconnected to is
+    /// not this binary's (a newer version migrated it meanwhile). Reads go
+    /// on; a write could corrupt data the newer schema relies on.
+    writes_refused: Mutex<Option<String>>,
 }
 
 impl Db {
@@ -178,10 +183,17 @@ impl Db {
             .filter(|c| !c.is_closed())
     }
 
-    /// Starts the supervisor with a first connection made by `connect`.
+    /// Why writes are refused now, if they are.
+    pub fn writes_refused(&self) -> Option<String> {
+        self.writes_refused.lock().ok().and_then(|r| r.clone())
+    }
+
+    /// Starts the supervisor with a first connection made by `connect`,
+    /// whose schema the caller checked.
     pub fn supervise(config: Target, client: Client, task: JoinHandle<()>) -> Arc<Db> {
         let db = Arc::new(Db {
             current: Mutex::new(Some(Arc::new(client))),
+            writes_refused: Mutex::new(None),
         });
         let supervised = db.clone();
         tokio::spawn(async move {
@@ -199,14 +211,34 @@ impl Db {
                 let mut delay = Duration::from_millis(100);
                 task = loop {
                     tokio::time::sleep(delay).await;
-                    match connect_once(&config).await {
-                        Ok((client, task)) => {
-                            supervised.set(Some(Arc::new(client)));
-                            logging::log(Level::Info, "database connection restored", &[]);
-                            break task;
+                    let Ok((client, task)) = connect_once(&config).await else {
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                        continue;
+                    };
+                    // Another version may have migrated while we were away:
+                    // check the schema again before serving writes on it.
+                    let refused = match migrate::status(&client).await {
+                        Ok(_) => None,
+                        Err(migrate::Error::Refused(line)) => Some(line),
+                        Err(migrate::Error::Database(_)) => {
+                            task.abort();
+                            delay = (delay * 2).min(Duration::from_secs(2));
+                            continue;
                         }
-                        Err(_) => delay = (delay * 2).min(Duration::from_secs(2)),
+                    };
+                    match &refused {
+                        None => logging::log(Level::Info, "database connection restored", &[]),
+                        Some(line) => logging::log(
+                            Level::Error,
+                            "database connection restored to a schema this version does not match: writes stopped",
+                            &[("reason", json!(line))],
+                        ),
                     }
+                    if let Ok(mut current) = supervised.writes_refused.lock() {
+                        *current = refused;
+                    }
+                    supervised.set(Some(Arc::new(client)));
+                    break task;
                 };
             }
         });

@@ -488,3 +488,83 @@ fn a_database_that_stops_answering_turns_readyz_503_and_back_when_it_answers() {
     );
     stop(server);
 }
+
+/// The token `server bootstrap` prints, on a database it migrates first.
+fn first_token(pg: &Postgres) -> String {
+    let (code, token, stderr) = bootstrap(pg);
+    assert_eq!(code, Some(0), "{stderr}");
+    token.trim_end().to_owned()
+}
+
+#[test]
+fn after_a_reconnect_to_a_database_a_newer_version_migrated_writes_stop_with_the_reason() {
+    let pg = Postgres::start();
+    let token = first_token(&pg);
+    let server = boot(&pg, "postgres");
+    let path = "/v1/items/kept";
+    assert_eq!(call(&server, "PUT", path, Some(&token), "1").0, 201);
+    // A newer version migrated, and this server's session is cut: it
+    // reconnects to a schema it does not know.
+    pg.psql(
+        "postgres",
+        "INSERT INTO schema_migrations (version, checksum) VALUES ('0003_future', 'x')",
+    );
+    pg.psql(
+        "postgres",
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
+    );
+    let refused = format!(
+        "writes stopped: the database has migration 0003_future, which server {} (schema 0002_api_tokens) does not know; run the newer version that applied it, or restore the backup taken before the upgrade\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    support::wait_until("PUT refused after the reconnect", || {
+        call(&server, "PUT", path, Some(&token), "2") == (503, refused.clone())
+    });
+    assert_eq!(
+        call(&server, "DELETE", path, Some(&token), ""),
+        (503, refused.clone())
+    );
+    assert_eq!(
+        call(&server, "GET", path, None, ""),
+        (200, "1\n".to_owned())
+    );
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT value::text FROM items WHERE key = 'kept'"
+        ),
+        "1"
+    );
+    stop(server);
+}
+
+#[test]
+fn a_json_string_holding_a_nul_is_a_400_that_says_so() {
+    let pg = Postgres::start();
+    let token = first_token(&pg);
+    let server = boot(&pg, "postgres");
+    let expected = (
+        400,
+        "the body holds \\u0000 (NUL) in a string, which the database cannot store; remove it or encode the value, as base64 for example\n".to_owned(),
+    );
+    for body in [r#"{"a": "x\u0000y"}"#, r#"{"x\u0000": 1}"#, r#"["\u0000"]"#] {
+        assert_eq!(
+            call(&server, "PUT", "/v1/items/nul", Some(&token), body),
+            expected,
+            "{body}"
+        );
+    }
+    assert_eq!(
+        call(
+            &server,
+            "PUT",
+            "/v1/items/nul",
+            Some(&token),
+            r#"{"a": "\u0001"}"#
+        )
+        .0,
+        201
+    );
+    assert_eq!(server.get("/readyz").status, 200);
+    stop(server);
+}

@@ -119,6 +119,12 @@ fn checked_repository(text: &str) -> Result<String> {
     if !well_formed {
         bail!("--repository {text:?} is not a repository URL; {fix}");
     }
+    // `.` and `..` pass the character check but name no repository: a URL
+    // made of them resolves to another path, and the keyless identity
+    // built from it would match no workflow.
+    if parts.iter().any(|p| matches!(*p, "." | "..")) {
+        bail!("--repository {text:?} has a `.` or `..` path part; {fix}");
+    }
     Ok(text.to_owned())
 }
 
@@ -235,6 +241,27 @@ mod tests {
         ] {
             assert!(checked_repository(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn repository_path_parts_that_navigate_are_refused() {
+        for bad in [
+            "https://github.com/./..",
+            "https://github.com/acme/..",
+            "https://github.com/../widget",
+            "https://github.com/acme/.",
+        ] {
+            let error = checked_repository(bad).unwrap_err().to_string();
+            assert_eq!(
+                error,
+                format!(
+                    "--repository {bad:?} has a `.` or `..` path part; give --repository as \
+                     https://HOST/OWNER/NAME, such as https://github.com/acme/widget"
+                )
+            );
+        }
+        assert!(checked_repository("https://github.com/acme/.github").is_ok());
+        assert!(checked_repository("https://github.com/acme/widget.rs").is_ok());
     }
 
     #[test]

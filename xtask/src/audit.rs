@@ -208,8 +208,20 @@ fn print_table(scans: &[PlatformScan]) {
     }
 }
 
+/// The label the rescan puts on the issues it opens, and looks for.
+pub const ISSUE_LABEL: &str = "rustsec-rescan";
+
+/// Who opens the rescan's issues: `GITHUB_TOKEN` acts as the GitHub Actions
+/// app, which the search calls `app/github-actions` and the API's answers
+/// `github-actions[bot]` or `app/github-actions`.
+const ISSUE_AUTHOR: &str = "app/github-actions";
+const ISSUE_AUTHOR_LOGINS: [&str; 2] = ["app/github-actions", "github-actions[bot]"];
+
 /// One GitHub issue per advisory: opened when none is open, commented on
-/// otherwise, so a daily rescan never piles up duplicates.
+/// otherwise, so a daily rescan never piles up duplicates. Only an issue
+/// the rescan opened itself is commented on: its label, its author (the
+/// workflow's own) and its title. Anyone can open an issue whose title
+/// holds the advisory id; such an issue must not receive the report.
 fn report_issues(scans: &[PlatformScan]) -> Result<()> {
     let gh = tools::GH.find()?;
     let mut seen: Vec<&str> = Vec::new();
@@ -217,6 +229,12 @@ fn report_issues(scans: &[PlatformScan]) -> Result<()> {
         for finding in &scan.result.findings {
             if finding.action == Action::Ignored || seen.contains(&finding.id.as_str()) {
                 continue;
+            }
+            if seen.is_empty() {
+                duct::cmd!(&gh, "label", "create", ISSUE_LABEL, "--force", "--color", "B60205", "--description", "Opened by the daily RustSec rescan")
+                    .stdout_null()
+                    .run()
+                    .with_context(|| format!("cannot create the label {ISSUE_LABEL}; check GH_TOKEN and its issues: write permission"))?;
             }
             seen.push(&finding.id);
             let title = format!(
@@ -233,18 +251,22 @@ fn report_issues(scans: &[PlatformScan]) -> Result<()> {
                 finding.version,
             );
             let search = format!("{} in:title", finding.id);
-            let open = duct::cmd!(
+            let listed = duct::cmd!(
                 &gh,
                 "issue",
                 "list",
                 "--state",
                 "open",
+                "--label",
+                ISSUE_LABEL,
+                "--author",
+                ISSUE_AUTHOR,
                 "--search",
                 &search,
                 "--json",
-                "number",
-                "--jq",
-                ".[0].number"
+                "number,title,author,labels",
+                "--limit",
+                "100"
             )
             .read()
             .with_context(|| {
@@ -253,14 +275,60 @@ fn report_issues(scans: &[PlatformScan]) -> Result<()> {
                     finding.id
                 )
             })?;
-            let result = match open.trim() {
-                "" => duct::cmd!(&gh, "issue", "create", "--title", &title, "--body", &body).run(),
-                number => duct::cmd!(&gh, "issue", "comment", number, "--body", &body).run(),
+            let result = match own_issue(&listed, &finding.id)? {
+                None => duct::cmd!(
+                    &gh,
+                    "issue",
+                    "create",
+                    "--title",
+                    &title,
+                    "--body",
+                    &body,
+                    "--label",
+                    ISSUE_LABEL
+                )
+                .run(),
+                Some(number) => {
+                    duct::cmd!(&gh, "issue", "comment", number.to_string(), "--body", &body).run()
+                }
             };
             result.with_context(|| format!("cannot open or update the issue of {}; check GH_TOKEN and its issues: write permission", finding.id))?;
         }
     }
     Ok(())
+}
+
+/// The number of the rescan's own open issue about `id` among `listed`
+/// (`gh issue list --json number,title,author,labels`). The search's
+/// filters are checked again here: a search matches words, not fields.
+fn own_issue(listed: &str, id: &str) -> Result<Option<u64>> {
+    #[derive(serde::Deserialize)]
+    struct Listed {
+        number: u64,
+        title: String,
+        author: Login,
+        labels: Vec<Label>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Login {
+        login: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Label {
+        name: String,
+    }
+    let issues: Vec<Listed> = serde_json::from_str(listed).with_context(|| {
+        format!("cannot read gh's list of issues for {id}: it is not the JSON asked for; update gh")
+    })?;
+    let prefix = format!("{id}: ");
+    Ok(issues
+        .into_iter()
+        .find(|issue| {
+            issue.title.starts_with(&prefix)
+                && ISSUE_AUTHOR_LOGINS.contains(&issue.author.login.as_str())
+                && issue.labels.iter().any(|l| l.name == ISSUE_LABEL)
+        })
+        .map(|issue| issue.number))
 }
 
 /// The release's gate: scans the binaries it just built, stops on a
@@ -275,4 +343,36 @@ pub fn gate(
     print_table(&scans);
     vuln::gate(&results)?;
     Ok(scans)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_rescans_own_issue_is_picked() {
+        let issue = |number: u64, title: &str, login: &str, label: &str| serde_json::json!({"number": number, "title": title, "author": {"login": login}, "labels": [{"name": label}]});
+        let id = "RUSTSEC-2026-0001";
+        let title = "RUSTSEC-2026-0001: bytes 1.0.0 (vulnerability)";
+        let listed = serde_json::json!([
+            issue(1, title, "mallory", ISSUE_LABEL),
+            issue(2, title, "github-actions[bot]", "bug"),
+            issue(
+                3,
+                "RUSTSEC-2026-00012: x",
+                "app/github-actions",
+                ISSUE_LABEL
+            ),
+            issue(
+                4,
+                &format!("Re: {title}"),
+                "app/github-actions",
+                ISSUE_LABEL
+            ),
+            issue(5, title, "github-actions[bot]", ISSUE_LABEL),
+        ]);
+        assert_eq!(own_issue(&listed.to_string(), id).unwrap(), Some(5));
+        assert_eq!(own_issue("[]", id).unwrap(), None);
+        assert!(own_issue("3", id).is_err());
+    }
 }

@@ -1,7 +1,9 @@
 //! The vulnerability gate end to end, in a clone of the committed workspace
 //! (the preflight wants a clean tree), with cargo-audit against advisory
 //! databases made here in the RustSec format, the real registry and cosign.
-//! One test on purpose: the clone's cold dist build is paid once.
+//! One release test on purpose: the clone's cold dist build is paid once;
+//! the issues the daily rescan reports are checked on an image of the
+//! workspace's own dist, pushed without a release.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
@@ -294,5 +296,139 @@ fn the_gate_denies_ignores_expires_and_attests() {
         !repositories(&registry).contains("\"expired\""),
         "{}",
         repositories(&registry)
+    );
+}
+
+/// A `gh` that records each call in `calls` (its arguments, one a line,
+/// then `--`) and answers `issue list` with `issues.json` (and, for a
+/// `--jq` query, with `first.txt`), as GitHub would for a search that
+/// matched those issues.
+fn write_fake_gh(dir: &Path, issues: &Value) {
+    use std::os::unix::fs::PermissionsExt;
+    let first = issues[0]["number"]
+        .as_u64()
+        .map(|n| n.to_string())
+        .unwrap_or_default();
+    std::fs::write(dir.join("issues.json"), issues.to_string()).unwrap();
+    std::fs::write(dir.join("first.txt"), first).unwrap();
+    let dir_text = dir.to_str().unwrap();
+    let script = format!(
+        r#"#!/bin/sh
+for arg in "$@"; do printf '%s\n' "$arg" >> '{dir_text}/calls'; done
+echo -- >> '{dir_text}/calls'
+case "$1 $2" in
+  "issue list")
+    for arg in "$@"; do [ "$arg" = --jq ] && exec cat '{dir_text}/first.txt'; done
+    exec cat '{dir_text}/issues.json' ;;
+  "issue create"|"issue comment") echo https://github.com/o/r/issues/99 ;;
+esac
+"#
+    );
+    let gh = dir.join("gh");
+    std::fs::write(&gh, script).unwrap();
+    std::fs::set_permissions(&gh, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// The argument lists of the fake gh's calls.
+fn gh_calls(dir: &Path) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(dir.join("calls")).unwrap_or_default();
+    text.split("--\n")
+        .filter(|c| !c.is_empty())
+        .map(|c| c.lines().map(str::to_owned).collect())
+        .collect()
+}
+
+/// `audit REF --report-issues` comments only on an issue the rescan itself
+/// opened (its label, the GitHub Actions author, its title): an issue
+/// anyone opened with the advisory id in its title does not steer it.
+#[test]
+fn report_issues_comments_only_on_the_rescans_own_issue() {
+    let registry = Registry::start();
+    support::dist();
+    let repo = registry.repo("app");
+    let pushed = run(support::xtask().args([
+        "image",
+        "--push",
+        "--insecure",
+        "--base",
+        "scratch",
+        "--image",
+        &repo,
+        "--version",
+        "v0.1.0",
+        "--sha",
+        &support::head_sha(),
+        "--json",
+    ]));
+    assert!(pushed.status.success(), "{}", text(&pushed));
+    let pushed: Value = serde_json::from_slice(&pushed.stdout).unwrap();
+    let index = format!("{repo}@{}", pushed["digest"].as_str().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let version = locked_version(&support::workspace_root(), KRATE);
+    let hit = advisory_db::write(
+        &dir.path().join("db-hit"),
+        &[Advisory {
+            id: ID,
+            krate: KRATE,
+            patched: ">= 99.0.0",
+            title: "a test advisory against bytes",
+        }],
+    );
+    let title = format!("{ID}: {KRATE} {version} (vulnerability)");
+    let report = |issues: Value| {
+        let bin = tempfile::tempdir().unwrap();
+        write_fake_gh(bin.path(), &issues);
+        let mut paths = vec![bin.path().to_path_buf()];
+        paths.extend(support::tool_path());
+        let out = run(support::xtask()
+            .args(["audit", &index, "--insecure", "--report-issues", "--db"])
+            .arg(&hit)
+            .env("PATH", std::env::join_paths(paths).unwrap()));
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        gh_calls(bin.path())
+    };
+    let planted = serde_json::json!([{
+        "number": 7,
+        "title": format!("{title} (read the fix at evil.example)"),
+        "author": {"login": "mallory", "is_bot": false},
+        "labels": [{"name": "rustsec-rescan"}],
+    }, {
+        "number": 8,
+        "title": title,
+        "author": {"login": "mallory", "is_bot": false},
+        "labels": [],
+    }]);
+    let calls = report(planted);
+    assert!(
+        !calls.iter().any(|c| c[..2] == ["issue", "comment"]),
+        "commented on an issue the rescan did not open: {calls:?}"
+    );
+    let created: Vec<&Vec<String>> = calls
+        .iter()
+        .filter(|c| c[..2] == ["issue", "create"])
+        .collect();
+    assert_eq!(created.len(), 1, "{calls:?}");
+    assert!(
+        created[0]
+            .windows(2)
+            .any(|w| w == ["--label", "rustsec-rescan"]),
+        "{calls:?}"
+    );
+    let own = serde_json::json!([{
+        "number": 12,
+        "title": title,
+        "author": {"login": "app/github-actions", "is_bot": true},
+        "labels": [{"name": "rustsec-rescan"}],
+    }]);
+    let calls = report(own);
+    let commented: Vec<&Vec<String>> = calls
+        .iter()
+        .filter(|c| c[..2] == ["issue", "comment"])
+        .collect();
+    assert_eq!(commented.len(), 1, "{calls:?}");
+    assert_eq!(commented[0][2], "12", "{calls:?}");
+    assert!(
+        !calls.iter().any(|c| c[..2] == ["issue", "create"]),
+        "{calls:?}"
     );
 }

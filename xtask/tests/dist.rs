@@ -312,3 +312,103 @@ fn dry_run_rejects_an_override_other_than_0_or_1() {
         "error: XTASK_PARALLEL_TARGETS must be 0 or 1, not \"yes\""
     );
 }
+
+/// What a build script could steal if cargo were given the caller's whole
+/// environment, as a release job holds it.
+const SECRETS: &[(&str, &str)] = &[
+    (
+        "COSIGN_PRIVATE_KEY",
+        "-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----",
+    ),
+    ("COSIGN_PASSWORD", "key-password"),
+    ("COSIGN_KEY", "env://COSIGN_PRIVATE_KEY"),
+    ("GITHUB_TOKEN", "ghs_github"),
+    ("CARGO_REGISTRY_TOKEN", "cio_token"),
+    ("CARGO_REGISTRIES_MINE_TOKEN", "mine_token"),
+    ("ACTIONS_ID_TOKEN_REQUEST_URL", "https://oidc.example/token"),
+    ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "oidc-request-token"),
+    ("REGISTRY_PASSWORD", "registry-password"),
+    ("DOCKER_CONFIG", "/home/runner/.docker"),
+    (
+        "XTASK_TEST_UNLISTED",
+        "neither a secret nor on the allow-list",
+    ),
+];
+
+/// A workspace of one binary whose build script writes its whole
+/// environment, one `NAME=value` a line, to `report`.
+fn write_env_probe_workspace(root: &Path, report: &Path) {
+    std::fs::create_dir_all(root.join("probe/src")).unwrap();
+    std::fs::write(
+        root.join("Cargo.toml"),
+        r#"[workspace]
+members = ["probe"]
+resolver = "2"
+
+[workspace.metadata.release]
+image = "127.0.0.1:5000/probe"
+platforms = ["linux/amd64"]
+base = "scratch"
+binary = "probe"
+package = "probe"
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("probe/Cargo.toml"),
+        "[package]\nname = \"probe\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("probe/src/main.rs"), "fn main() {}\n").unwrap();
+    std::fs::write(
+        root.join("probe/build.rs"),
+        format!(
+            "fn main() {{\n    let env: String = std::env::vars_os()\n        .map(|(k, v)| format!(\"{{}}={{}}\\n\", k.to_string_lossy(), v.to_string_lossy()))\n        .collect();\n    std::fs::write({report:?}, env).unwrap();\n}}\n"
+        ),
+    )
+    .unwrap();
+    run_ok(
+        Command::new("cargo")
+            .args(["generate-lockfile", "--offline"])
+            .current_dir(root),
+    );
+}
+
+#[test]
+fn build_scripts_see_no_secret_of_the_callers_environment() {
+    let temp = tempfile::tempdir().unwrap();
+    let root = temp.path().join("workspace");
+    let report = temp.path().join("build-script-env.txt");
+    write_env_probe_workspace(&root, &report);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    command
+        .args(["dist", "--no-verify", "--platform", "linux/amd64"])
+        .current_dir(&root)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove(xtask::support::config::BUILD_DIR_VARIABLE)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .envs(SECRETS.iter().copied());
+    run_ok(&mut command);
+    let seen = std::fs::read_to_string(&report).unwrap();
+    let names: Vec<&str> = seen
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, _)| k)
+        .collect();
+    for (secret, value) in SECRETS {
+        assert!(
+            !names.contains(secret),
+            "{secret} reached the build script:\n{seen}"
+        );
+        assert!(
+            !seen.contains(value),
+            "the value of {secret} reached the build script:\n{seen}"
+        );
+    }
+    // The build's own variables did arrive: the script ran under dist.
+    assert!(
+        seen.lines().any(|l| l == "SOURCE_DATE_EPOCH=1700000000"),
+        "{seen}"
+    );
+    assert!(names.contains(&"SERVER_BUILD_GIT_SHA"), "{seen}");
+}

@@ -92,13 +92,84 @@ fn retries_stop_after_three_tries_and_the_error_says_so() {
 fn a_post_is_never_repeated() {
     let endpoint = Scripted::start(Box::new(|_, _| Some(response(503, &[], ""))));
     let client = Client::new(&endpoint.host(), true).unwrap();
-    assert!(client.upload_blob("app", DIGEST, b"x").is_err());
+    let open = || -> anyhow::Result<Box<dyn std::io::Read + Send>> {
+        Ok(Box::new(std::io::Cursor::new(b"x".to_vec())))
+    };
+    let blob = xtask::oci::client::Upload {
+        size: 1,
+        open: &open,
+    };
+    assert!(client.upload_blob("app", DIGEST, &blob).is_err());
     assert_eq!(endpoint.count(), 1, "{:?}", endpoint.requests());
 }
 
 /// A Bearer registry and its realm, both scripted: the password goes to
 /// the realm only, the token to the registry only, and the token query is
 /// percent-encoded.
+/// `list_tags` on `endpoint`, or None if it has not returned in 20 s: a
+/// registry that paginates forever must not hold the caller forever.
+fn list_tags_within_20_s(endpoint: &Scripted) -> Option<Result<Vec<String>, String>> {
+    let client = Client::new(&endpoint.host(), true).unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(client.list_tags("app").map_err(|e| format!("{e:#}")));
+    });
+    receiver.recv_timeout(Duration::from_secs(20)).ok()
+}
+
+fn tag_page(tags: &[String], last: &str) -> Option<String> {
+    let link = format!("</v2/app/tags/list?last={last}&n=100>; rel=\"next\"");
+    let body = serde_json::json!({"name": "app", "tags": tags}).to_string();
+    Some(response(
+        200,
+        &[("Content-Type", "application/json"), ("Link", &link)],
+        &body,
+    ))
+}
+
+#[test]
+fn a_tag_list_that_names_the_same_next_page_again_is_refused() {
+    let endpoint = Scripted::start(Box::new(|n, _| {
+        let tags = if n == 0 {
+            vec!["v1".to_owned()]
+        } else {
+            vec!["v2".to_owned()]
+        };
+        tag_page(&tags, "v1")
+    }));
+    let error = list_tags_within_20_s(&endpoint)
+        .expect("list_tags still paginating after 20 s")
+        .unwrap_err();
+    assert_eq!(
+        error,
+        format!(
+            "cannot list the tags of {}/app: the registry pointed to the page after \"v1\" twice; \
+             the registry's pagination is broken, report it to its operator",
+            endpoint.host()
+        )
+    );
+    assert_eq!(endpoint.count(), 2);
+}
+
+#[test]
+fn a_tag_list_that_never_ends_stops_at_the_page_cap() {
+    let endpoint = Scripted::start(Box::new(|n, _| {
+        tag_page(&[format!("t{n}")], &format!("t{n}"))
+    }));
+    let error = list_tags_within_20_s(&endpoint)
+        .expect("list_tags still paginating after 20 s")
+        .unwrap_err();
+    assert_eq!(
+        error,
+        format!(
+            "cannot list the tags of {}/app: more than 1000 pages of tags; \
+             the registry's pagination does not end, report it to its operator",
+            endpoint.host()
+        )
+    );
+    assert_eq!(endpoint.count(), 1000);
+}
+
 #[test]
 fn credentials_go_to_the_realm_and_tokens_to_the_registry() {
     let realm = Scripted::start(Box::new(|_, _| {
@@ -157,18 +228,16 @@ fn write_config(dir: &Path, config: serde_json::Value) {
 /// `cargo xtask image --push` of a scratch-based image to `repo`, with
 /// `DOCKER_CONFIG` and extra PATH entries.
 fn push(repo: &str, docker_config: &Path, path_first: Option<&Path>) -> Output {
+    push_on(repo, "scratch", docker_config, path_first)
+}
+
+/// [`push`] onto `base`.
+fn push_on(repo: &str, base: &str, docker_config: &Path, path_first: Option<&Path>) -> Output {
     support::dist();
     let out = tempfile::tempdir().unwrap();
     let mut command = support::xtask();
     command
-        .args([
-            "image",
-            "--json",
-            "--push",
-            "--insecure",
-            "--base",
-            "scratch",
-        ])
+        .args(["image", "--json", "--push", "--insecure", "--base", base])
         .args(["--image", repo, "--version", "v0.1.0", "--sha", &head_sha()])
         .arg("--out")
         .arg(out.path())
@@ -363,4 +432,131 @@ fn a_pull_only_user_is_told_it_cannot_push_and_nothing_is_pushed() {
         "{}",
         String::from_utf8_lossy(&tags.stdout)
     );
+}
+
+/// A base image in another repository of the same token registry: the
+/// push mounts its layers, with one token for both repositories, as the
+/// token service grants only what is asked.
+#[test]
+fn pushes_onto_a_base_in_another_repository_of_a_token_registry() {
+    let (tokens, registry) = token_registry();
+    let config = tempfile::tempdir().unwrap();
+    write_config(
+        config.path(),
+        serde_json::json!({"auths": {registry.host(): {"auth": basic("alice", "alice-pw")}}}),
+    );
+    let base = push(&registry.repo("base"), config.path(), None);
+    digest_of(&base);
+    let output = push_on(
+        &registry.repo("app"),
+        &format!("{}:v0.1.0", registry.repo("base")),
+        config.path(),
+        None,
+    );
+    let digest = digest_of(&output);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let mounted = json["push"]["mounted"].as_array().unwrap();
+    assert_eq!(mounted.len(), 2, "one base layer per platform: {json}");
+    let read = skopeo_as(
+        "alice",
+        "alice-pw",
+        &format!("{}@{digest}", registry.repo("app")),
+    );
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let both = "repository:app:pull,push repository:base:pull";
+    assert!(
+        tokens.requests().iter().any(|r| {
+            let scopes: Vec<String> = support::token_service::query(scripted::target(r))
+                .into_iter()
+                .filter(|(k, _)| k == "scope")
+                .map(|(_, v)| v)
+                .collect();
+            scopes.join(" ") == both
+        }),
+        "no token asked for {both}: {:?}",
+        tokens.scopes()
+    );
+}
+
+#[test]
+fn a_manifest_larger_than_4_mib_is_refused() {
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(4 << 20));
+    let endpoint = Scripted::start(Box::new(move |_, _| {
+        Some(response(
+            200,
+            &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
+            &big,
+        ))
+    }));
+    let client = Client::new(&endpoint.host(), true).unwrap();
+    let error = format!("{:#}", client.get_manifest("app", "v1").unwrap_err());
+    assert_eq!(
+        error,
+        format!(
+            "the answer to GET http://{0}/v2/app/manifests/v1 from {0} is larger than 4 MiB, \
+             the most a manifest, index or list may be; the registry is misbehaving",
+            endpoint.host()
+        )
+    );
+}
+
+#[test]
+fn a_token_reply_larger_than_1_mib_is_refused() {
+    // The realm is the endpoint itself, whose port is known once it runs.
+    let port = std::sync::Arc::new(std::sync::OnceLock::<u16>::new());
+    let known = port.clone();
+    let endpoint = Scripted::start(Box::new(move |_, request| {
+        if scripted::target(request).starts_with("/token") {
+            let token = "t".repeat(1 << 20);
+            return Some(response(200, &[], &format!("{{\"token\":\"{token}\"}}")));
+        }
+        let realm = format!(
+            "Bearer realm=\"http://127.0.0.1:{}/token\",service=\"s\"",
+            known.get().unwrap()
+        );
+        Some(response(401, &[("WWW-Authenticate", realm.as_str())], ""))
+    }));
+    port.set(endpoint.port).unwrap();
+    let client = Client::new(&endpoint.host(), true).unwrap();
+    let error = format!("{:#}", client.manifest_digest("app", "v1").unwrap_err());
+    assert!(
+        error.contains(&format!(
+            "the answer to GET http://{0}/token?service=s&scope=repository%3Aapp%3Apull from {0} \
+             is larger than 1 MiB, the most a token reply may be",
+            endpoint.host()
+        )),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_blob_streams_to_a_file_checked_against_its_digest() {
+    let blob = "b".repeat(3 << 20);
+    let digest = format!(
+        "sha256:{}",
+        xtask::support::archive::sha256_hex(blob.as_bytes())
+    );
+    let served = blob.clone();
+    let endpoint = Scripted::start(Box::new(move |_, _| Some(response(200, &[], &served))));
+    let client = Client::new(&endpoint.host(), true).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("blob");
+    assert_eq!(client.get_blob_to("app", &digest, &path).unwrap(), 3 << 20);
+    assert_eq!(std::fs::read(&path).unwrap(), blob.as_bytes());
+    let error = format!(
+        "{:#}",
+        client.get_blob_to("app", DIGEST, &path).unwrap_err()
+    );
+    assert_eq!(
+        error,
+        format!(
+            "blob {DIGEST} from {}/app does not match its digest",
+            endpoint.host()
+        )
+    );
+    assert!(!path.exists(), "a blob that does not match was left behind");
 }

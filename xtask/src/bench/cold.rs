@@ -26,6 +26,7 @@ use serde::Serialize;
 
 use crate::build::plan::{build_args, build_env};
 use crate::build::toolchain::{find_linker, select_toolchain};
+use crate::support::cargo_env;
 use crate::support::config::{Config, BUILD_DIR_VARIABLE};
 use crate::support::source::Source;
 
@@ -199,11 +200,8 @@ fn build_all(
         let mut args = vec!["build".to_owned()];
         args.extend(build_args(config, triple));
         let mut cmd = command(&toolchain.cargo);
-        cmd.env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .envs(&env)
-            .args(&args)
-            .current_dir(&config.workspace_root);
+        cargo_env::apply(&mut cmd, &env);
+        cmd.args(&args).current_dir(&config.workspace_root);
         let start = Instant::now();
         run_quiet(&mut cmd, &toolchain.cargo.display().to_string(), &args)?;
         let seconds = start.elapsed().as_secs_f64();

@@ -229,10 +229,11 @@ impl Bases {
         check_base_platform(&config, platform, text)?;
         for layer in &manifest.layers {
             if !layout.has_blob(&layer.digest) {
-                layout.write_blob(
-                    &layer.media_type,
-                    &client.get_blob(repository, &layer.digest)?,
-                )?;
+                // Streamed to disk and checked on the way, whatever its size.
+                let path = layout.blob_path(&layer.digest);
+                let partial = path.with_extension("partial");
+                client.get_blob_to(repository, &layer.digest, partial.as_std_path())?;
+                std::fs::rename(&partial, &path).with_context(|| format!("cannot write {path}"))?;
             }
         }
         Ok(Base {

@@ -12,6 +12,7 @@ use xshell::{cmd, Shell};
 use crate::build::toolchain::{
     cargo_home, default_toolchain, find_linker, select_toolchain, Toolchain,
 };
+use crate::support::cargo_env;
 use crate::support::config::{Config, Platform};
 use crate::support::source::Source;
 use crate::support::tools;
@@ -179,11 +180,10 @@ impl BuildPlan {
 
     pub fn command<'a>(&self, sh: &'a Shell, config: &Config, source: &Source) -> xshell::Cmd<'a> {
         let (program, args) = self.program_and_args(config, None);
-        // Outside flags would make the bytes depend on the caller's shell.
+        // Build scripts run with cargo's environment: only the allow-list.
         cmd!(sh, "{program} {args...}")
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .envs(self.env(config, source))
+            .env_clear()
+            .envs(cargo_env::with(&self.env(config, source)))
     }
 
     /// [`BuildPlan::command`] for a child whose output streams while
@@ -195,15 +195,9 @@ impl BuildPlan {
         jobs: Option<usize>,
     ) -> duct::Expression {
         let (program, args) = self.program_and_args(config, jobs);
-        let mut expression = duct::cmd(program, args)
+        duct::cmd(program, args)
             .dir(config.workspace_root.as_std_path())
-            .env("PATH", tools::augmented_path())
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS");
-        for (key, value) in self.env(config, source) {
-            expression = expression.env(key, value);
-        }
-        expression
+            .full_env(cargo_env::with(&self.env(config, source)))
     }
 
     pub fn describe(&self, config: &Config, source: &Source, jobs: Option<usize>) -> String {

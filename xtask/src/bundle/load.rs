@@ -5,12 +5,11 @@
 //! or the release workflow's identity; only then do tags move, and only
 //! the tags the release owns.
 
-use std::collections::BTreeMap;
-
 use anyhow::{bail, Context, Result};
 use camino::Utf8Path;
 
 use super::convert::{self, Fallback};
+use super::reader::read_archive;
 use super::{print_json, ref_entries, ref_name, subject_entries, Report};
 use crate::flags;
 use crate::oci::client::{Client, Reference};
@@ -234,8 +233,8 @@ pub fn load(
                 .collect::<Vec<_>>(),
         ),
         refs: ref_entries(&refs),
-        blobs: blobs.len(),
-        bytes: blobs.values().map(|b| b.len() as u64).sum(),
+        blobs: blobs.count(),
+        bytes: blobs.bytes(),
         verified: Vec::new(),
         tags: tags.iter().map(|(tag, _, _)| tag.clone()).collect(),
     };
@@ -244,7 +243,7 @@ pub fn load(
             return print_json(&report);
         }
         println!("would load {archive} into {name}:");
-        println!("  {} manifests and blobs, by digest", blobs.len());
+        println!("  {} manifests and blobs, by digest", blobs.count());
         println!("  then verify the signatures of {} digests", subjects.len());
         for (tag, digest, _) in &tags {
             println!("  tag {name}:{tag} -> {digest}");
@@ -293,9 +292,12 @@ pub fn load(
     report.verified = steps.run("verify the signatures of what was pushed", || {
         // The overlay answers 404 to the referrers API, so cosign reads
         // the fallback tags there, whatever the registry's kind.
+        // The overlay serves only the trees of these tags: the release is
+        // one, under its version.
         let overlay_tags = fallbacks
             .iter()
             .map(|f| (f.tag.clone(), f.digest.clone()))
+            .chain([(flags.version.clone(), owned.release.digest.clone())])
             .chain(
                 owned
                     .referrers
@@ -313,7 +315,10 @@ pub fn load(
             insecure: true,
             identity_regexp: identity_regexp.clone(),
         };
-        let view = format!("{}/{repo}@{}", overlay.host, owned.release.digest);
+        let view = format!(
+            "{}/{}@{}",
+            overlay.host, overlay.repository, owned.release.digest
+        );
         let subject = Subject::resolve(&view, &Client::new(&overlay.host, true)?)?;
         let mut targets = vec![("index".to_owned(), subject.digest.clone())];
         targets.extend(
@@ -363,47 +368,10 @@ pub fn load(
     Ok(())
 }
 
-/// Reads an archive written by `bundle`: its index.json entries and every
-/// blob, each checked against its digest.
-fn read_archive(path: &Utf8Path) -> Result<(Vec<Descriptor>, Blobs)> {
-    let file = std::fs::File::open(path)
-        .with_context(|| format!("cannot open the bundle {path}; give its path with --out"))?;
-    let mut archive = tar::Archive::new(std::io::BufReader::new(file));
-    let mut index = None;
-    let mut blobs = BTreeMap::new();
-    for entry in archive
-        .entries()
-        .with_context(|| format!("{path} is not a tar archive"))?
-    {
-        let mut entry = entry.with_context(|| format!("{path} is not a readable tar archive"))?;
-        let name = entry.path()?.to_string_lossy().into_owned();
-        let name = name.trim_start_matches("./").to_owned();
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut entry, &mut bytes)
-            .with_context(|| format!("cannot read {name} from {path}"))?;
-        if name == "index.json" {
-            index = Some(bytes);
-        } else if let Some(hex) = name.strip_prefix("blobs/sha256/") {
-            if hex.is_empty() {
-                continue;
-            }
-            let digest = format!("sha256:{hex}");
-            if oci::digest_of(&bytes) != digest {
-                bail!("{name} in {path} does not match its digest; the archive is damaged, copy it again and check it with sha256sum -c");
-            }
-            blobs.insert(digest, bytes);
-        }
-    }
-    let index = index.with_context(|| {
-        format!("{path} has no index.json; it is not an OCI archive written by cargo xtask bundle")
-    })?;
-    let index: Index = serde_json::from_slice(&index)
-        .with_context(|| format!("the index.json of {path} is not an OCI index"))?;
-    Ok((index.manifests, blobs))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn named(name: &str, digest: &str) -> Descriptor {

@@ -15,6 +15,7 @@
 
 mod convert;
 mod load;
+mod reader;
 mod trust;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -360,9 +361,19 @@ fn collect(
     }
     for blob in oci::push::manifest_blobs(&document, digest)? {
         if !blobs.contains_key(blob) {
-            let bytes = client
-                .get_blob(repo, blob)
-                .with_context(|| format!("cannot read blob {blob} of manifest {digest}"))?;
+            // A layer may be larger than the client holds in memory: it
+            // comes through a file, checked against its digest on the way.
+            let spool = std::env::temp_dir().join(format!(
+                "xtask-bundle-{}-{}",
+                std::process::id(),
+                blob.trim_start_matches("sha256:")
+            ));
+            let read = client
+                .get_blob_to(repo, blob, &spool)
+                .and_then(|_| Ok(std::fs::read(&spool)?));
+            let _ = std::fs::remove_file(&spool);
+            let bytes =
+                read.with_context(|| format!("cannot read blob {blob} of manifest {digest}"))?;
             blobs.insert(blob.to_owned(), bytes);
         }
     }

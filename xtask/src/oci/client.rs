@@ -1,11 +1,15 @@
 //! A small client for the OCI distribution API: manifests, blobs and tag
 //! lists, with the registries' token authentication.
 
+use std::path::Path;
+
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::oci;
+use crate::oci::answer::Answer;
 pub use crate::oci::reference::{is_loopback, Reference};
+pub use crate::oci::transport::Upload;
 use crate::oci::transport::{Request, Response, Transport};
 
 pub struct Client {
@@ -48,6 +52,26 @@ impl Client {
         repository: &str,
         push: bool,
     ) -> Result<Response> {
+        self.send_for(
+            method,
+            url,
+            headers,
+            body,
+            (repository, push),
+            Answer::Document,
+        )
+    }
+
+    /// [`Client::send`] for an answer other than a document.
+    fn send_for(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        (repository, push): (&str, bool),
+        answer: Answer,
+    ) -> Result<Response> {
         self.transport.send(&Request {
             method,
             url,
@@ -55,6 +79,9 @@ impl Client {
             body,
             repository,
             push,
+            pull_from: None,
+            answer,
+            upload: None,
         })
     }
 
@@ -155,9 +182,11 @@ impl Client {
         }
     }
 
+    /// A small blob (a config, a signature, a chart), in memory, checked
+    /// against its digest. Layers go to a file: [`Client::get_blob_to`].
     pub fn get_blob(&self, repository: &str, digest: &str) -> Result<Vec<u8>> {
         let url = format!("{}/v2/{repository}/blobs/{digest}", self.base);
-        let response = self.send("GET", &url, &[], None, repository, false)?;
+        let response = self.send_for("GET", &url, &[], None, (repository, false), Answer::Blob)?;
         if response.status != 200 {
             bail!(
                 "cannot fetch blob {digest} from {}/{repository}: {}",
@@ -174,27 +203,75 @@ impl Client {
         Ok(response.body)
     }
 
-    /// Mounts a blob from another repository of the same registry. A
-    /// registry that declines opens an upload session instead, which the
-    /// caller then fills with `finish_upload`: a declined mount costs no
-    /// extra request.
-    pub fn mount_blob(&self, repository: &str, digest: &str, from: &str) -> Result<Mount> {
-        let response = self.post_upload(repository, &format!("?mount={digest}&from={from}"))?;
-        match response.status {
-            201 => Ok(Mount::Mounted),
-            202 => Ok(Mount::Upload(self.session(&response)?)),
-            _ => bail!(
-                "cannot mount blob {digest} into {}/{repository}: {}",
+    /// Streams blob `digest` into the file `path`, whatever its size,
+    /// checking it against its digest on the way; returns its size. A blob
+    /// that does not match leaves no file.
+    pub fn get_blob_to(&self, repository: &str, digest: &str, path: &Path) -> Result<u64> {
+        let url = format!("{}/v2/{repository}/blobs/{digest}", self.base);
+        let response = self.send_for(
+            "GET",
+            &url,
+            &[],
+            None,
+            (repository, false),
+            Answer::BlobFile(path),
+        )?;
+        if response.status != 200 {
+            bail!(
+                "cannot fetch blob {digest} from {}/{repository}: {}",
                 self.host,
                 response.error_text()
-            ),
+            );
+        }
+        match response.spooled {
+            Some(spooled) if spooled.digest == digest => Ok(spooled.size),
+            _ => {
+                let _ = std::fs::remove_file(path);
+                bail!(
+                    "blob {digest} from {}/{repository} does not match its digest",
+                    self.host
+                )
+            }
         }
     }
 
-    /// The POST that opens an upload session (or, with a mount query,
-    /// mounts a blob from another repository).
-    fn post_upload(&self, repository: &str, query: &str) -> Result<Response> {
-        let url = format!("{}/v2/{repository}/blobs/uploads/{query}", self.base);
+    /// Mounts a blob from another repository of the same registry, with a
+    /// token for both (push here, pull there). A registry that declines
+    /// opens an upload session instead, which the caller then fills with
+    /// `finish_upload`: a declined mount costs no extra request. A mount
+    /// refused outright (no pull right on `from`, a registry that forbids
+    /// mounts) is `Refused`, and the caller uploads the blob as it would
+    /// without a mount, as Docker and crane do.
+    pub fn mount_blob(&self, repository: &str, digest: &str, from: &str) -> Result<Mount> {
+        let url = format!(
+            "{}/v2/{repository}/blobs/uploads/?mount={digest}&from={from}",
+            self.base
+        );
+        let sent = self.transport.send(&Request {
+            method: "POST",
+            url: &url,
+            headers: &[("Content-Length", "0")],
+            body: Some(&[]),
+            repository,
+            push: true,
+            pull_from: Some(from),
+            answer: Answer::Document,
+            upload: None,
+        });
+        let response = match sent {
+            Ok(response) => response,
+            Err(error) => return Ok(Mount::Refused(format!("{error:#}"))),
+        };
+        match response.status {
+            201 => Ok(Mount::Mounted),
+            202 => Ok(Mount::Upload(self.session(&response)?)),
+            _ => Ok(Mount::Refused(response.error_text())),
+        }
+    }
+
+    /// The POST that opens an upload session.
+    fn post_upload(&self, repository: &str) -> Result<Response> {
+        let url = format!("{}/v2/{repository}/blobs/uploads/", self.base);
         self.send(
             "POST",
             &url,
@@ -206,8 +283,8 @@ impl Client {
     }
 
     /// A monolithic upload: POST for a session, then PUT with the digest.
-    pub fn upload_blob(&self, repository: &str, digest: &str, bytes: &[u8]) -> Result<()> {
-        let response = self.post_upload(repository, "")?;
+    pub fn upload_blob(&self, repository: &str, digest: &str, blob: &Upload) -> Result<()> {
+        let response = self.post_upload(repository)?;
         if response.status != 202 {
             bail!(
                 "{} refused to start an upload to {repository}: {}",
@@ -216,7 +293,7 @@ impl Client {
             );
         }
         let session = self.session(&response)?;
-        self.finish_upload(repository, &session, digest, bytes)
+        self.finish_upload(repository, &session, digest, blob)
     }
 
     fn session(&self, response: &Response) -> Result<String> {
@@ -226,25 +303,28 @@ impl Client {
         Ok(self.absolute(location))
     }
 
-    /// The PUT that ends an upload session with the whole blob.
+    /// The PUT that ends an upload session with the whole blob, streamed.
     pub fn finish_upload(
         &self,
         repository: &str,
         session: &str,
         digest: &str,
-        bytes: &[u8],
+        blob: &Upload,
     ) -> Result<()> {
         let mut url = session.to_owned();
         url.push(if url.contains('?') { '&' } else { '?' });
         url.push_str(&format!("digest={digest}"));
-        let response = self.send(
-            "PUT",
-            &url,
-            &[("Content-Type", "application/octet-stream")],
-            Some(bytes),
+        let response = self.transport.send(&Request {
+            method: "PUT",
+            url: &url,
+            headers: &[("Content-Type", "application/octet-stream")],
+            body: None,
             repository,
-            true,
-        )?;
+            push: true,
+            pull_from: None,
+            answer: Answer::Document,
+            upload: Some(blob),
+        })?;
         if response.status != 201 {
             bail!(
                 "{} rejected blob {digest}: {}",
@@ -299,7 +379,16 @@ impl Client {
         }
         let mut tags = Vec::new();
         let mut next = Some(format!("{}/v2/{repository}/tags/list?n=100", self.base));
+        let mut pages = 0;
+        let mut seen = std::collections::HashSet::new();
         while let Some(url) = next.take() {
+            pages += 1;
+            if pages > MAX_TAG_PAGES {
+                bail!(
+                    "cannot list the tags of {}/{repository}: more than {MAX_TAG_PAGES} pages of tags; the registry's pagination does not end, report it to its operator",
+                    self.host
+                );
+            }
             let response = self.send("GET", &url, &[], None, repository, false)?;
             match response.status {
                 200 => {}
@@ -317,6 +406,15 @@ impl Client {
                 .header("link")
                 .and_then(next_link)
                 .map(|link| self.absolute(&link));
+            if let Some(url) = &next {
+                let last = last_of(url);
+                if !seen.insert(last.clone()) {
+                    bail!(
+                        "cannot list the tags of {}/{repository}: the registry pointed to the page after {last:?} twice; the registry's pagination is broken, report it to its operator",
+                        self.host
+                    );
+                }
+            }
         }
         Ok(tags)
     }
@@ -328,6 +426,20 @@ impl Client {
             format!("{}{location}", self.base)
         }
     }
+}
+
+/// Pages of tags followed at most: 100 000 tags at 100 a page. A registry
+/// whose `Link` never ends must not keep a release waiting forever.
+const MAX_TAG_PAGES: usize = 1000;
+
+/// The `last` parameter of a next-page URL (the tag the page starts
+/// after), or the whole URL when it has none: a registry that names a page
+/// twice would be followed in a circle.
+fn last_of(url: &str) -> String {
+    url.split_once('?')
+        .and_then(|(_, query)| query.split('&').find_map(|p| p.strip_prefix("last=")))
+        .unwrap_or(url)
+        .to_owned()
 }
 
 /// The target of `Link: <…>; rel="next"`.
@@ -370,4 +482,6 @@ pub enum Mount {
     Mounted,
     /// Declined: an upload session was opened at this URL instead.
     Upload(String),
+    /// Refused, for this reason: the blob is uploaded instead.
+    Refused(String),
 }

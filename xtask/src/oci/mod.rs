@@ -2,6 +2,7 @@
 //! disk, references, the registry client and its authentication, pushing,
 //! and resolving a published image into the subject of a signature.
 
+pub mod answer;
 pub mod auth;
 pub mod challenge;
 pub mod client;

@@ -7,8 +7,15 @@
 //! signatures of a digest only through the tag `sha256-<hex>`. Verifying
 //! what was pushed, before setting any tag, therefore needs those tags to
 //! exist somewhere other than the real repository.
+//!
+//! It reads the repository with the operator's credentials, and any local
+//! process can connect to it. So it is no proxy to the repository: it
+//! serves only the digests of the trees its tags name (the subject, its
+//! platforms, the signatures and attestations, with their configs and
+//! layers), and only under a repository name that starts with a random
+//! prefix chosen per run, which only the caller knows.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,24 +23,34 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use serde_json::Value;
 
 use crate::oci::client::Client;
 
 /// The largest request head read: cosign's are a few hundred bytes.
 const HEAD_LIMIT: usize = 64 * 1024;
 
+/// Manifests followed when the overlay lists what it serves: a release, its
+/// platforms and what is attached to them are a few dozen.
+const MAX_MANIFESTS: usize = 1000;
+
 /// A running overlay; it stops when dropped.
 pub struct Overlay {
     /// `127.0.0.1:PORT`.
     pub host: String,
+    /// The repository name to read through the overlay: `<random>/<repo>`.
+    pub repository: String,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Overlay {
-    /// Serves `repo` of `client`'s registry under any repository name, with
-    /// `tags` (tag → digest) as the only tags.
+    /// Serves the trees that `tags` (tag → digest) name in `repo` of
+    /// `client`'s registry, under `Overlay::repository`, with `tags` as the
+    /// only tags.
     pub fn start(client: Client, repo: &str, tags: BTreeMap<String, String>) -> Result<Overlay> {
+        let served = served_digests(&client, repo, &tags)?;
+        let repository = format!("{}/{repo}", random_prefix()?);
         let listener = TcpListener::bind("127.0.0.1:0")
             .context("cannot listen on 127.0.0.1 for the verification overlay")?;
         let host = listener
@@ -44,7 +61,9 @@ impl Overlay {
         let view = Arc::new(View {
             client: Mutex::new(client),
             repo: repo.to_owned(),
+            path: format!("/v2/{repository}/"),
             tags,
+            served,
         });
         let stopping = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -63,6 +82,7 @@ impl Overlay {
         });
         Ok(Overlay {
             host,
+            repository,
             stop,
             thread: Some(thread),
         })
@@ -80,10 +100,60 @@ impl Drop for Overlay {
     }
 }
 
+/// 128 random bits as hex: a repository name no other process can guess.
+fn random_prefix() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("cannot read /dev/urandom for the verification overlay's name")?;
+    Ok(hex::encode(bytes))
+}
+
+/// Every digest of the trees `tags` name: manifests and indexes followed
+/// through their `manifests`, with each manifest's config and layers. A
+/// `subject` is not followed: it is the image itself, given as a tag.
+fn served_digests(
+    client: &Client,
+    repo: &str,
+    tags: &BTreeMap<String, String>,
+) -> Result<BTreeSet<String>> {
+    let mut served = BTreeSet::new();
+    let mut pending: Vec<String> = tags.values().cloned().collect();
+    let mut manifests = 0;
+    while let Some(digest) = pending.pop() {
+        if !served.insert(digest.clone()) {
+            continue;
+        }
+        manifests += 1;
+        if manifests > MAX_MANIFESTS {
+            anyhow::bail!("cannot start the verification overlay: {repo} refers to more than {MAX_MANIFESTS} manifests from what is verified; the release is malformed");
+        }
+        let (_, bytes) = client.get_manifest(repo, &digest)?.with_context(|| {
+            format!(
+                "cannot start the verification overlay: {repo}@{digest} is missing; push it again"
+            )
+        })?;
+        let document: Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("manifest {digest} in {repo} is not JSON"))?;
+        let children = document["manifests"].as_array().into_iter().flatten();
+        pending.extend(children.filter_map(|c| c["digest"].as_str().map(str::to_owned)));
+        let blobs = document["layers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(std::iter::once(&document["config"]));
+        served.extend(blobs.filter_map(|b| b["digest"].as_str().map(str::to_owned)));
+    }
+    Ok(served)
+}
+
 struct View {
     client: Mutex<Client>,
     repo: String,
+    /// `/v2/<random>/<repo>/`: requests for any other name get 404.
+    path: String,
     tags: BTreeMap<String, String>,
+    served: BTreeSet<String>,
 }
 
 struct Reply {
@@ -158,13 +228,16 @@ impl View {
                 body: b"{}".to_vec(),
             };
         }
+        let Some(rest) = path.strip_prefix(&self.path) else {
+            return Reply::not_found("NAME_UNKNOWN");
+        };
         let Ok(client) = self.client.lock() else {
             return Reply::not_found("UNKNOWN");
         };
-        if let Some((_, reference)) = path.rsplit_once("/manifests/") {
+        if let Some(reference) = rest.strip_prefix("manifests/") {
             let digest = match self.tags.get(reference) {
                 Some(digest) => digest.clone(),
-                None if reference.starts_with("sha256:") => reference.to_owned(),
+                None if self.served.contains(reference) => reference.to_owned(),
                 None => return Reply::not_found("MANIFEST_UNKNOWN"),
             };
             // Client checks the bytes against the digest.
@@ -178,7 +251,10 @@ impl View {
                 _ => Reply::not_found("MANIFEST_UNKNOWN"),
             };
         }
-        if let Some((_, digest)) = path.rsplit_once("/blobs/") {
+        if let Some(digest) = rest.strip_prefix("blobs/") {
+            if !self.served.contains(digest) {
+                return Reply::not_found("BLOB_UNKNOWN");
+            }
             return match client.get_blob(&self.repo, digest) {
                 Ok(body) => Reply {
                     status: 200,

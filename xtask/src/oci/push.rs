@@ -4,13 +4,14 @@
 //! before floating. A failure at any point leaves every tag where it was.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::oci::client::{Client, Mount};
+use crate::oci::client::{Client, Mount, Upload};
 use crate::oci::transport::lock;
 use crate::oci::{self, Descriptor, Layout};
 
@@ -35,11 +36,36 @@ pub const PARALLEL_UPLOADS: usize = 4;
 pub trait BlobSource: Sync {
     /// The bytes of `digest`, checked against it.
     fn blob(&self, digest: &str) -> Result<Vec<u8>>;
+
+    /// The size of `digest` and a reader of its bytes, checked against it
+    /// first: what an upload streams. A source on disk reads the file and
+    /// holds none of it; the default holds the blob.
+    fn open(&self, digest: &str) -> Result<(u64, Box<dyn Read + Send>)> {
+        let bytes = self.blob(digest)?;
+        Ok((bytes.len() as u64, Box::new(std::io::Cursor::new(bytes))))
+    }
 }
 
 impl BlobSource for Layout {
     fn blob(&self, digest: &str) -> Result<Vec<u8>> {
         self.read_blob(digest)
+    }
+
+    fn open(&self, digest: &str) -> Result<(u64, Box<dyn Read + Send>)> {
+        let path = self.blob_path(digest);
+        let open = || {
+            std::fs::File::open(&path)
+                .with_context(|| format!("blob {digest} is missing from the layout {}", self.dir))
+        };
+        if oci::digest_of_reader(open()?)? != digest {
+            bail!(
+                "blob {path} does not match its digest; delete {} and build again",
+                self.dir
+            );
+        }
+        let file = open()?;
+        let size = file.metadata()?.len();
+        Ok((size, Box::new(file)))
     }
 }
 
@@ -170,13 +196,22 @@ fn push_blob(
         Some(from) => match client.mount_blob(repo, blob, from)? {
             Mount::Mounted => return Ok(Outcome::Mounted),
             Mount::Upload(session) => Some(session),
+            Mount::Refused(_) => None,
         },
         None => None,
     };
-    let bytes = source.blob(blob)?;
+    // Streamed from the source: the first try uses the reader opened here
+    // (which gave the size), a later try opens it again.
+    let (size, first) = source.open(blob)?;
+    let first = Mutex::new(Some(first));
+    let open = || match lock(&first).take() {
+        Some(reader) => Ok(reader),
+        None => source.open(blob).map(|(_, reader)| reader),
+    };
+    let upload = Upload { size, open: &open };
     match session {
-        Some(session) => client.finish_upload(repo, &session, blob, &bytes)?,
-        None => client.upload_blob(repo, blob, &bytes)?,
+        Some(session) => client.finish_upload(repo, &session, blob, &upload)?,
+        None => client.upload_blob(repo, blob, &upload)?,
     }
     Ok(Outcome::Uploaded)
 }

@@ -87,12 +87,21 @@ pub fn extract_binary(
     }
     std::fs::create_dir_all(&rootfs).with_context(|| format!("cannot create {rootfs}"))?;
     let mut unpacker = Unpacker::new(&rootfs, UNPACK_LIMITS)?;
+    // Each layer is streamed to a file, checked against its digest, and
+    // unpacked from there: never held in memory whole.
+    let spool = dir.join("layer");
     for layer in &platform.manifest.layers {
-        let bytes = client.get_blob(&subject.reference.repository, &layer.digest)?;
+        client.get_blob_to(
+            &subject.reference.repository,
+            &layer.digest,
+            spool.as_std_path(),
+        )?;
+        let file = std::fs::File::open(&spool).with_context(|| format!("cannot open {spool}"))?;
         unpacker
-            .apply_layer(&bytes[..], &layer.media_type)
+            .apply_layer(std::io::BufReader::new(file), &layer.media_type)
             .with_context(|| format!("cannot unpack layer {}", layer.digest))?;
     }
+    let _ = std::fs::remove_file(&spool);
     let binary: Utf8PathBuf = rootfs.join(&config.binary);
     let is_file = std::fs::symlink_metadata(&binary).is_ok_and(|m| m.is_file());
     if !is_file {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use crate::oci::answer::{self, Answer, Spooled};
 use crate::oci::auth::{self, Credential, Found};
 use crate::oci::challenge;
 use crate::oci::errors::{self, Failure};
@@ -18,7 +19,10 @@ use crate::oci::{retry, token};
 pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
+    /// Empty for a HEAD, and for a success spooled to a file.
     pub body: Vec<u8>,
+    /// A success's body streamed to the request's file.
+    pub spooled: Option<Spooled>,
 }
 
 impl Response {
@@ -43,6 +47,21 @@ pub struct Request<'a> {
     pub body: Option<&'a [u8]>,
     pub repository: &'a str,
     pub push: bool,
+    /// Another repository of the registry the request reads: the source of
+    /// a cross-repository mount. The token asked for covers both, since the
+    /// registry checks every scope of a request against one token.
+    pub pull_from: Option<&'a str>,
+    /// What a success's body is, which says how much of it is read.
+    pub answer: Answer<'a>,
+    /// A body streamed instead of `body`: a blob read from disk, never
+    /// held in memory whole.
+    pub upload: Option<&'a Upload<'a>>,
+}
+
+/// A blob to send: its size, and how to open its bytes, once per try.
+pub struct Upload<'a> {
+    pub size: u64,
+    pub open: &'a (dyn Fn() -> Result<Box<dyn std::io::Read + Send>> + Sync),
 }
 
 #[derive(Debug, Clone)]
@@ -55,9 +74,6 @@ enum Scheme {
         service: Option<String>,
     },
 }
-
-/// Largest manifest or blob read into memory: layers of this image are a few MB.
-const BODY_LIMIT: u64 = 512 * 1024 * 1024;
 
 pub struct Transport {
     /// The host as the user named it, for messages and credentials.
@@ -90,6 +106,16 @@ pub fn scope(repository: &str, push: bool) -> String {
         "repository:{repository}:{}",
         if push { "pull,push" } else { "pull" }
     )
+}
+
+/// The scopes of `request`, space-separated as in a challenge's `scope`:
+/// the key of its token in the cache, and what a token is asked for.
+fn request_scope(request: &Request) -> String {
+    let own = scope(request.repository, request.push);
+    match request.pull_from {
+        Some(from) if from != request.repository => format!("{own} {}", scope(from, false)),
+        _ => own,
+    }
 }
 
 impl Transport {
@@ -128,7 +154,7 @@ impl Transport {
     /// can act on (2xx, 3xx, 404, other 4xx) come back as a Response;
     /// 401, 403, 429 and 5xx as an error that says what to do.
     pub fn send(&self, request: &Request) -> Result<Response> {
-        let scope = scope(request.repository, request.push);
+        let scope = request_scope(request);
         let mut auth = self.authorization(&scope, request.url)?;
         let mut response = self.send_with_retries(request, auth.as_deref())?;
         if response.status == 401 && self.answer_challenge(&response, &scope, auth.as_deref())? {
@@ -257,7 +283,7 @@ impl Transport {
     /// Gets a token for `scope` from `realm`. The user's credentials go
     /// here, and only here, for a Bearer registry.
     fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<String> {
-        let scopes = [scope.to_owned()];
+        let scopes: Vec<String> = scope.split(' ').map(str::to_owned).collect();
         let found = self.credential()?;
         let response = match found.as_ref().map(|f| &f.credential) {
             Some(Credential::IdentityToken(refresh)) => {
@@ -269,6 +295,9 @@ impl Transport {
                     body: Some(form.as_bytes()),
                     repository: "",
                     push: false,
+                    pull_from: None,
+                    answer: Answer::Token,
+                    upload: None,
                 };
                 self.send_once(&request, None)
             }
@@ -282,6 +311,9 @@ impl Transport {
                     body: None,
                     repository: "",
                     push: false,
+                    pull_from: None,
+                    answer: Answer::Token,
+                    upload: None,
                 };
                 self.send_with_retries(&request, basic.as_deref())
             }
@@ -351,9 +383,15 @@ impl Transport {
             builder = builder.header("Authorization", auth);
         }
         let built = |e| format_request_error(e, method, url);
-        let result = match request.body {
-            Some(body) => self.agent.run(builder.body(body.to_vec()).map_err(built)?),
-            None => self.agent.run(builder.body(()).map_err(built)?),
+        let result = match (request.upload, request.body) {
+            (Some(upload), _) => {
+                let reader = (upload.open)()?;
+                let builder = builder.header("Content-Length", upload.size.to_string());
+                let body = ureq::SendBody::from_owned_reader(reader);
+                self.agent.run(builder.body(body).map_err(built)?)
+            }
+            (None, Some(body)) => self.agent.run(builder.body(body.to_vec()).map_err(built)?),
+            (None, None) => self.agent.run(builder.body(()).map_err(built)?),
         };
         let mut response = result.map_err(anyhow::Error::from).with_context(|| {
             format!(
@@ -373,24 +411,23 @@ impl Transport {
             })
             .collect();
         let body = if method == "HEAD" {
-            Vec::new()
+            answer::Body {
+                bytes: Vec::new(),
+                spooled: None,
+            }
         } else {
-            response
-                .body_mut()
-                .with_config()
-                .limit(BODY_LIMIT)
-                .read_to_vec()
-                .with_context(|| {
-                    format!(
-                        "cannot read the answer to {method} {url} from {}",
-                        self.host
-                    )
-                })?
+            answer::read(
+                response.body_mut().as_reader(),
+                (200..300).contains(&status),
+                request.answer,
+                &format!("{method} {url} from {}", self.host),
+            )?
         };
         Ok(Response {
             status,
             headers,
-            body,
+            body: body.bytes,
+            spooled: body.spooled,
         })
     }
 }

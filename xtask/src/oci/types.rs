@@ -68,6 +68,22 @@ pub fn digest_of(bytes: &[u8]) -> String {
     format!("sha256:{}", sha256_hex(bytes))
 }
 
+/// The digest of what `reader` yields, read in pieces: a blob of any size
+/// is hashed without being held.
+pub fn digest_of_reader(mut reader: impl std::io::Read) -> std::io::Result<String> {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    let mut buffer = vec![0u8; 256 * 1024];
+    loop {
+        let n = reader.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+}
+
 /// Serialises a document the same way every time: sorted keys (serde_json's
 /// default map), no whitespace.
 pub fn canonical_json(value: &impl Serialize) -> Result<Vec<u8>> {

@@ -10,6 +10,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use cargo_metadata::{DependencyKind, Metadata, PackageId, TargetKind};
 use xshell::{cmd, Shell};
 
+use crate::support::cargo_env;
 use crate::support::config::{Config, Platform};
 
 pub const CRATES_IO_INDEX: &str = "registry+https://github.com/rust-lang/crates.io-index";
@@ -137,14 +138,15 @@ pub fn crate_graph(config: &Config, platform: &Platform) -> Result<CrateGraph> {
 
 fn read_crate_graph(config: &Config, platform: &Platform) -> Result<CrateGraph> {
     let triple = platform.triple();
-    let metadata = cargo_metadata::MetadataCommand::new()
-        .manifest_path(config.manifest_path())
-        .other_options(vec![
-            "--locked".to_owned(),
-            "--filter-platform".to_owned(),
-            triple.to_owned(),
-        ])
-        .exec()
+    let metadata = cargo_env::metadata(
+        cargo_metadata::MetadataCommand::new()
+            .manifest_path(config.manifest_path())
+            .other_options(vec![
+                "--locked".to_owned(),
+                "--filter-platform".to_owned(),
+                triple.to_owned(),
+            ]),
+    )
         .with_context(|| format!("cannot run `cargo metadata --filter-platform {triple}`; does Cargo.lock match Cargo.toml (`cargo update --workspace`)?"))?;
     let lock_path = config.workspace_root.join("Cargo.lock");
     let lock_text = std::fs::read_to_string(&lock_path).with_context(|| {
@@ -423,6 +425,8 @@ fn compiled_features(config: &Config, triple: &str) -> Result<BTreeMap<String, V
         sh,
         "{cargo} tree --locked --package {package} --target {triple} --edges normal --prefix none --format {format}"
     )
+    .env_clear()
+    .envs(cargo_env::inherited())
     .quiet()
     .read()
     .with_context(|| format!("cannot run `cargo tree --target {triple}` to read the compiled features"))?;

@@ -9,6 +9,8 @@ use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde::Deserialize;
 
+use crate::support::cargo_env;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub workspace_root: Utf8PathBuf,
@@ -118,9 +120,7 @@ fn default_server() -> String {
 
 impl Config {
     pub fn load() -> Result<Config> {
-        let metadata = cargo_metadata::MetadataCommand::new()
-            .no_deps()
-            .exec()
+        let metadata = cargo_env::metadata(cargo_metadata::MetadataCommand::new().no_deps())
             .context("cannot run `cargo metadata`; run this from inside the workspace")?;
         Config::from_metadata(&metadata)
     }

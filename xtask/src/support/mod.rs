@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod cache;
+pub mod cargo_env;
 pub mod config;
 pub mod elf;
 pub mod fs;
