@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use support::{head_sha, run, run_ok, server_version, tool, workspace_root, xtask};
@@ -166,6 +166,49 @@ fn a_second_run_with_nothing_changed_writes_nothing() {
         before,
         "warm dist rewrote the archive"
     );
+
+    // `cargo xtask dist` and the xtask executable alternate without
+    // rebuilding: what rustup's proxy and `cargo run` set for the xtask
+    // under `cargo xtask` neither reaches cargo nor changes the fingerprint.
+    let home = PathBuf::from(std::env::var_os("HOME").unwrap());
+    let toolchain = std::env::var("RUSTUP_TOOLCHAIN").unwrap_or_else(|_| {
+        let default = run_ok(Command::new("rustup").arg("default"));
+        default.split_whitespace().next().unwrap().to_owned()
+    });
+    let under_cargo_xtask = [
+        ("CARGO_HOME", home.join(".cargo").display().to_string()),
+        ("RUSTUP_HOME", home.join(".rustup").display().to_string()),
+        ("RUSTUP_TOOLCHAIN", toolchain),
+        ("RUSTUP_TOOLCHAIN_SOURCE", "default".to_owned()),
+        (
+            "CARGO_MANIFEST_DIR",
+            workspace_root().join("xtask").display().to_string(),
+        ),
+        ("RUST_RECURSION_COUNT", "1".to_owned()),
+    ];
+    let mut as_cargo_xtask = xtask();
+    as_cargo_xtask
+        .arg("dist")
+        .envs(under_cargo_xtask.iter().cloned());
+    let mut as_executable = xtask();
+    as_executable.arg("dist");
+    for (name, _) in &under_cargo_xtask {
+        as_executable.env_remove(name);
+    }
+    for (way, mut command) in [
+        ("cargo xtask", as_cargo_xtask),
+        ("the executable", as_executable),
+    ] {
+        let out = run(&mut command);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{way}: {stderr}");
+        for triple in ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"] {
+            assert!(
+                stderr.contains(&format!("{triple}: sources, toolchain and flags unchanged since the last build; cargo skipped")),
+                "{way} built again:\n{stderr}"
+            );
+        }
+    }
 }
 
 /// Two clones at different paths, each with an empty target/, give the

@@ -18,10 +18,10 @@ use camino::{Utf8Path, Utf8PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::support::archive;
 use crate::support::config::Config;
 use crate::support::fs::write_unique;
 use crate::support::tools;
+use crate::support::{archive, cargo_env};
 
 use super::toolchain::{executable_identity, rustc_output};
 
@@ -173,8 +173,12 @@ pub fn record_verified(
     )
 }
 
+/// Of what cargo is given (support/cargo_env), the variables that shape a
+/// build: taken from there, not from the xtask's own environment, so that
+/// the fingerprint changes exactly when cargo's input does.
 fn build_variables() -> Vec<(String, String)> {
-    let mut variables: Vec<(String, String)> = std::env::vars_os()
+    let mut variables: Vec<(String, String)> = cargo_env::inherited()
+        .into_iter()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
         .filter(|(name, _)| BUILD_VARIABLE_PREFIXES.iter().any(|p| name.starts_with(p)))
         .filter(|(name, _)| {

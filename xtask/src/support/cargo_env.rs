@@ -8,7 +8,8 @@
 //! holds. docs/security.md lists the same names for operators.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
@@ -94,13 +95,41 @@ fn is_c_toolchain(name: &str) -> bool {
     })
 }
 
+/// Whether `name=value` only restates a default that rustup's proxy writes
+/// down for the program it starts: `cargo xtask` runs the xtask with them,
+/// the xtask executable run directly has none, and the two must build
+/// alike, so that alternating them rebuilds nothing.
+fn restates_a_default(
+    name: &str,
+    value: &OsStr,
+    home: Option<&Path>,
+    toolchain_source: Option<&OsStr>,
+) -> bool {
+    match name {
+        // Set only with RUSTUP_TOOLCHAIN, which it explains.
+        "RUSTUP_TOOLCHAIN_SOURCE" => true,
+        // The default toolchain is what a proxy finds again without it.
+        "RUSTUP_TOOLCHAIN" => toolchain_source.is_some_and(|s| s == "default"),
+        "CARGO_HOME" => home.is_some_and(|h| h.join(".cargo") == Path::new(value)),
+        "RUSTUP_HOME" => home.is_some_and(|h| h.join(".rustup") == Path::new(value)),
+        _ => false,
+    }
+}
+
 /// The caller's variables that cargo may see, with PATH extended by the
 /// installers' directories. Apply after clearing the child's environment,
 /// then add the build's own variables.
 pub fn inherited() -> Vec<(OsString, OsString)> {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let toolchain_source = std::env::var_os("RUSTUP_TOOLCHAIN_SOURCE");
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(name, _)| name.to_str().is_some_and(is_allowed))
         .filter(|(name, _)| name != "PATH")
+        .filter(|(name, value)| {
+            !name.to_str().is_some_and(|name| {
+                restates_a_default(name, value, home.as_deref(), toolchain_source.as_deref())
+            })
+        })
         .collect();
     env.push(("PATH".into(), tools::augmented_path()));
     env
@@ -163,6 +192,38 @@ mod tests {
         ] {
             assert!(is_allowed(name), "{name}");
         }
+    }
+
+    #[test]
+    fn what_rustup_restates_is_left_out_and_what_it_chose_is_kept() {
+        let home = Some(Path::new("/home/u"));
+        let default = Some(OsStr::new("default"));
+        let restates = |name: &str, value: &str, source: Option<&OsStr>| {
+            restates_a_default(name, OsStr::new(value), home, source)
+        };
+        assert!(restates("CARGO_HOME", "/home/u/.cargo", default));
+        assert!(restates("RUSTUP_HOME", "/home/u/.rustup", default));
+        assert!(restates(
+            "RUSTUP_TOOLCHAIN",
+            "stable-x86_64-unknown-linux-gnu",
+            default
+        ));
+        assert!(restates("RUSTUP_TOOLCHAIN_SOURCE", "default", default));
+        // A toolchain asked for (`cargo +nightly`, an override) still counts.
+        assert!(!restates(
+            "RUSTUP_TOOLCHAIN",
+            "nightly",
+            Some(OsStr::new("cli"))
+        ));
+        assert!(!restates("RUSTUP_TOOLCHAIN", "nightly", None));
+        assert!(!restates("CARGO_HOME", "/opt/cargo", default));
+        assert!(!restates("CARGO_TARGET_DIR", "/home/u/.cargo", default));
+        assert!(!restates_a_default(
+            "CARGO_HOME",
+            OsStr::new("/home/u/.cargo"),
+            None,
+            default
+        ));
     }
 
     #[test]
