@@ -19,10 +19,12 @@ for deb in "$root"/var/cache/apt/archives/*.deb; do
 		fi
 	done
 done
-rm -rf "$root"/var/cache/apt "$root"/var/lib/apt "$root"/var/lib/dpkg "$root"/var/log/* \
-	"$root"/etc/apt "$root"/dev/*
+# What apt and dpkg keep, and what the extraction never filters: the
+# packages' documentation.
+rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/var/log/* \
+	"$root"/usr/share/doc "$root"/usr/share/man "$root"/usr/share/lintian "$root"/usr/share/locale
 # Directories left empty by the removal, deepest first.
-find "$root" -depth -mindepth 1 -type d -empty ! -path "$root/proc" ! -path "$root/sys" -delete
+find "$root/usr" "$root/etc" -depth -mindepth 1 -type d -empty -delete
 
 mkdir -p "$root/etc/ssl/certs" "$root/home/nonroot" "$root/tmp"
 chmod 1777 "$root/tmp"

@@ -18,7 +18,10 @@ pub const DROP_IN: &str = "/etc/containers/containers.conf.d/50-xtask-engine.con
 ///   (cgroup v1 controllers with a v2 mount), which some CI machines have.
 /// - `default_ulimits`: podman's default raises `nofile` to 1048576, above
 ///   the hard limit of a container-in-a-container, and the OCI runtime then
-///   fails to start anything; these are the hard limits themselves.
+///   fails to start anything; these are the hard limits themselves, with
+///   `nproc` at most `kernel.pid_max`: on the test machines (hard limit
+///   96367, pid_max 32768) runc refused every value above pid_max with
+///   "error setting rlimit type 6: operation not permitted".
 /// - `cgroup_manager = "cgroupfs"` and `events_logger = "file"`: nothing
 ///   here runs systemd.
 pub fn drop_in_text(limits: &HardLimits) -> String {
@@ -43,8 +46,9 @@ pub struct HardLimits {
     pub nproc: String,
 }
 
-/// Reads "Max open files" and "Max processes" from /proc/self/limits.
-pub fn parse_limits(text: &str) -> Result<HardLimits> {
+/// Reads "Max open files" and "Max processes" from /proc/self/limits;
+/// `pid_max` (kernel.pid_max) caps the processes.
+pub fn parse_limits(text: &str, pid_max: u64) -> Result<HardLimits> {
     let hard = |name: &str| -> Result<String> {
         let line = text
             .lines()
@@ -60,18 +64,34 @@ pub fn parse_limits(text: &str) -> Result<HardLimits> {
             (*value).to_owned()
         })
     };
+    let nproc = match hard("Max processes")?.parse::<u64>() {
+        Ok(n) => n.min(pid_max),
+        Err(_) => pid_max,
+    };
     Ok(HardLimits {
         nofile: hard("Max open files")?,
-        nproc: hard("Max processes")?,
+        nproc: nproc.to_string(),
     })
+}
+
+/// The drop-in's text for this machine.
+pub fn wanted_text() -> Result<String> {
+    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .context("cannot read /proc/sys/kernel/pid_max")?;
+    let pid_max: u64 = pid_max
+        .trim()
+        .parse()
+        .with_context(|| format!("kernel.pid_max is not a number: {pid_max}"))?;
+    let limits = parse_limits(
+        &std::fs::read_to_string("/proc/self/limits").context("cannot read /proc/self/limits")?,
+        pid_max,
+    )?;
+    Ok(drop_in_text(&limits))
 }
 
 /// Writes the drop-in when its text differs; returns whether it did.
 pub fn configure(dry_run: bool) -> Result<bool> {
-    let limits = parse_limits(
-        &std::fs::read_to_string("/proc/self/limits").context("cannot read /proc/self/limits")?,
-    )?;
-    let text = drop_in_text(&limits);
+    let text = wanted_text()?;
     let path = PathBuf::from(DROP_IN);
     if std::fs::read_to_string(&path).is_ok_and(|t| t == text) {
         return Ok(false);
@@ -114,7 +134,7 @@ Max open files            1024                 20000                files     \n
     #[test]
     fn the_hard_limits_are_read() {
         assert_eq!(
-            parse_limits(LIMITS).unwrap(),
+            parse_limits(LIMITS, 4_194_304).unwrap(),
             HardLimits {
                 nofile: "20000".to_owned(),
                 nproc: "96367".to_owned()
@@ -123,13 +143,15 @@ Max open files            1024                 20000                files     \n
     }
 
     #[test]
-    fn unlimited_becomes_minus_one_and_a_missing_line_is_an_error() {
+    fn processes_stop_at_pid_max_and_a_missing_line_is_an_error() {
+        assert_eq!(parse_limits(LIMITS, 32768).unwrap().nproc, "32768");
         let text = LIMITS.replace(
             "96367                96367",
             "unlimited            unlimited",
         );
-        assert_eq!(parse_limits(&text).unwrap().nproc, "-1");
-        let error = parse_limits("Max processes 1 2 processes\n").unwrap_err();
+        assert_eq!(parse_limits(&text, 32768).unwrap().nproc, "32768");
+        assert_eq!(parse_limits(&text, 32768).unwrap().nofile, "20000");
+        let error = parse_limits("Max processes 1 2 processes\n", 32768).unwrap_err();
         assert_eq!(
             error.to_string(),
             "no `Max open files` line in /proc/self/limits"
@@ -138,10 +160,10 @@ Max open files            1024                 20000                files     \n
 
     #[test]
     fn the_drop_in_sets_runc_and_the_limits() {
-        let text = drop_in_text(&parse_limits(LIMITS).unwrap());
+        let text = drop_in_text(&parse_limits(LIMITS, 32768).unwrap());
         assert!(text.contains("runtime = \"runc\"\n"), "{text}");
         assert!(
-            text.contains("default_ulimits = [\"nofile=20000:20000\", \"nproc=96367:96367\"]\n"),
+            text.contains("default_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n"),
             "{text}"
         );
     }

@@ -35,7 +35,8 @@ pub struct Recipe {
     packages: &'static [&'static str],
     /// Files copied into the root: (name in the recipe, path inside, text).
     files: &'static [(&'static str, &'static str, &'static str)],
-    /// mmdebstrap `--customize-hook`s, run on the host with the root in $1.
+    /// mmdebstrap hooks, run on the host with the root in $1 once the
+    /// packages are in.
     hooks: &'static [&'static str],
     /// `podman import --change` lines: the image config.
     changes: &'static [&'static str],
@@ -68,6 +69,7 @@ pub const RECIPES: &[Recipe] = &[
             // without JIT when the provider cannot be loaded.
             "rm -rf \"$1\"/var/lib/postgresql/15 \"$1\"/etc/postgresql/15/main \"$1\"/usr/lib/postgresql/15/lib/llvmjit* \"$1\"/usr/lib/postgresql/15/lib/bitcode \"$1\"/usr/lib/x86_64-linux-gnu/libLLVM* \"$1\"/var/cache/apt/* \"$1\"/var/lib/apt/lists/*",
             "mkdir -p \"$1\"/var/lib/postgresql/data \"$1\"/var/run/postgresql",
+            "chmod 755 \"$1\"/usr/local/bin/docker-entrypoint.sh",
         ],
         changes: &[
             "ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -97,7 +99,7 @@ pub const RECIPES: &[Recipe] = &[
             "ENTRYPOINT [\"/usr/bin/caddy\"]",
             "CMD [\"run\", \"--config\", \"/etc/caddy/Caddyfile\", \"--adapter\", \"caddyfile\"]",
             "WORKDIR /srv",
-            "EXPOSE 80 443",
+            "EXPOSE 443",
         ],
     },
     Recipe {
@@ -127,10 +129,17 @@ impl Recipe {
             format!("--include={}", self.packages.join(",")),
         ];
         args.extend(SLIM.iter().map(|o| format!("--dpkgopt={o}")));
+        // The `extract` variant runs no customize hooks: its last stage is
+        // the extraction, and the downloaded packages are still there.
+        let stage = if self.variant == "extract" {
+            "extract"
+        } else {
+            "customize"
+        };
         for (name, inside, _) in self.files {
-            args.push(format!("--customize-hook=upload {files}/{name} {inside}"));
+            args.push(format!("--{stage}-hook=upload {files}/{name} {inside}"));
         }
-        args.extend(self.hooks.iter().map(|h| format!("--customize-hook={h}")));
+        args.extend(self.hooks.iter().map(|h| format!("--{stage}-hook={h}")));
         args.push(self.suite.to_owned());
         args.push(out.to_owned());
         args

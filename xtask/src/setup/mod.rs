@@ -431,11 +431,7 @@ fn link_compose_plugin() -> Result<()> {
 fn engine_gaps(sh: &Shell, flags: &flags::Setup) -> Result<Vec<String>> {
     let mut gaps = Vec::new();
     if flags.check {
-        let limits = engine::parse_limits(
-            &std::fs::read_to_string("/proc/self/limits")
-                .context("cannot read /proc/self/limits")?,
-        )?;
-        if std::fs::read_to_string(engine::DROP_IN).ok() != Some(engine::drop_in_text(&limits)) {
+        if std::fs::read_to_string(engine::DROP_IN).ok() != Some(engine::wanted_text()?) {
             gaps.push(format!("podman: {}", engine::DROP_IN));
         }
         for recipe in images::RECIPES {
