@@ -5,8 +5,8 @@
 //!
 //! Each is cached by its inputs (the recipe below and the files it
 //! copies in) as a tarball under the user's cache directory, which
-//! survives `cargo clean`; podman's copy carries the same key in a label,
-//! so a re-run with nothing changed runs no mmdebstrap and no import.
+//! survives `cargo clean`; podman's copy carries the same key in a second
+//! tag, so a re-run with nothing changed runs no mmdebstrap and no import.
 
 use std::path::PathBuf;
 
@@ -14,9 +14,6 @@ use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
 
 use crate::support::archive::sha256_hex;
-
-/// The label on each imported image that holds its inputs' key.
-pub const INPUTS_LABEL: &str = "org.example.xtask.engine-inputs";
 
 /// The Debian release of the static base: the real base is
 /// distroless/static-debian13, and the mirror serves trixie.
@@ -166,15 +163,29 @@ pub fn cache_dir() -> Result<PathBuf> {
     Ok(base.join("xtask-engine-images"))
 }
 
-/// Whether podman's store holds `recipe`'s image built from these inputs.
+/// The second tag of an imported image, naming its inputs: a label would
+/// end up in every image built on the static base.
+fn inputs_tag(recipe: &Recipe) -> String {
+    let repository = recipe
+        .image
+        .rsplit_once(':')
+        .map_or(recipe.image, |(r, _)| r);
+    format!("{repository}:inputs-{}", recipe.inputs_key())
+}
+
+/// Whether podman's store holds `recipe`'s image built from these inputs:
+/// its name and its inputs tag name the same image.
 pub fn is_current(sh: &Shell, recipe: &Recipe) -> bool {
-    let image = recipe.image;
-    let format = format!("{{{{ index .Labels \"{INPUTS_LABEL}\" }}}}");
-    cmd!(sh, "podman image inspect --format {format} {image}")
-        .quiet()
-        .ignore_stderr()
-        .read()
-        .is_ok_and(|key| key.trim() == recipe.inputs_key())
+    let format = "{{.Id}}";
+    let id = |reference: &str| {
+        cmd!(sh, "podman image inspect --format {format} {reference}")
+            .quiet()
+            .ignore_stderr()
+            .read()
+            .ok()
+    };
+    let named = id(recipe.image);
+    named.is_some() && named == id(&inputs_tag(recipe))
 }
 
 /// Builds (or takes from the cache) and imports every image that is not
@@ -211,14 +222,17 @@ pub fn ensure(sh: &Shell, dry_run: bool) -> Result<Vec<String>> {
             args.push("--change".to_owned());
             args.push((*change).to_owned());
         }
-        args.push("--change".to_owned());
-        args.push(format!("LABEL {INPUTS_LABEL}={key}"));
         let image = recipe.image;
         cmd!(sh, "podman import --quiet {args...} {tar} {image}")
             .quiet()
             .ignore_stdout()
             .run()
             .with_context(|| format!("cannot podman import {}", tar.display()))?;
+        let tag = inputs_tag(recipe);
+        cmd!(sh, "podman tag {image} {tag}")
+            .quiet()
+            .run()
+            .with_context(|| format!("cannot tag {image} as {tag}"))?;
         imported.push(image.to_owned());
     }
     Ok(imported)

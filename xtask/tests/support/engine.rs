@@ -194,3 +194,15 @@ pub fn released_image() -> &'static (super::Registry, String) {
         (registry, reference)
     })
 }
+
+/// The `Healthcheck.Test` of an image's config, read from its registry.
+pub fn image_healthcheck(reference: &str) -> Vec<String> {
+    let config = run_ok(Command::new(tool("crane")).args(["config", "--insecure", reference]));
+    let config: serde_json::Value = serde_json::from_str(&config).expect("an image config");
+    config["config"]["Healthcheck"]["Test"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{reference} has no healthcheck in its config: {config}"))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
