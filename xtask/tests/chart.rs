@@ -433,3 +433,79 @@ fn pushed_chart_is_pulled_by_version_with_the_digest_cosign_verifies() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("already points at"));
 }
+
+/// The chart of `version` running `digest`, packaged by `cargo xtask chart`.
+fn package_release(version: &str, digest: &str, out: &Path) -> PathBuf {
+    let output = run(support::xtask()
+        .args([
+            "chart",
+            "--version",
+            version,
+            "--image-digest",
+            digest,
+            "--json",
+        ])
+        .arg("--out")
+        .arg(out)
+        .env("SOURCE_DATE_EPOCH", EPOCH));
+    assert!(
+        output.status.success(),
+        "cargo xtask chart {version} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+    PathBuf::from(json["file"].as_str().unwrap())
+}
+
+/// Helm's own install and upgrade code (xtask/tests/helm-upgrade: the Go
+/// SDK with in-memory storage and a fake cluster) on the packaged charts
+/// of two releases: the documented `--reset-then-reuse-values` moves the
+/// image to the new release's digest and keeps the operator's value;
+/// `--reuse-values` keeps the old digest.
+#[test]
+fn the_documented_upgrade_changes_the_digest_and_reuse_values_would_not() {
+    let old_digest = IMAGE_DIGEST;
+    let new_digest = "sha256:fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+    let out = tempfile::tempdir().unwrap();
+    let old = package_release("v1.2.3", old_digest, &out.path().join("old"));
+    let new = package_release("v1.2.4", new_digest, &out.path().join("new"));
+
+    let config = xtask::support::config::Config::load().unwrap();
+    let driver = xtask::support::tools::helm_upgrade(&config.target_dir);
+    assert!(
+        driver.exists(),
+        "{driver} is missing: run `cargo xtask setup`, which builds it from xtask/tests/helm-upgrade"
+    );
+    let stdout = run_ok(
+        Command::new(driver.as_std_path())
+            .arg(&old)
+            .arg(&new)
+            .arg("replicaCount=3"),
+    );
+    let result: Value = serde_json::from_str(&stdout).unwrap();
+    let repository = support::release_image();
+    assert_eq!(
+        result["installed"],
+        serde_json::json!([format!("{repository}@{old_digest}")])
+    );
+    assert_eq!(
+        result["reset-then-reuse-values"],
+        serde_json::json!([format!("{repository}@{new_digest}")])
+    );
+    assert_eq!(
+        result["reset-then-reuse-values-config"],
+        serde_json::json!({"replicaCount": 3})
+    );
+    assert_eq!(
+        result["reuse-values"],
+        serde_json::json!([format!("{repository}@{old_digest}")])
+    );
+
+    let docs =
+        std::fs::read_to_string(support::workspace_root().join("docs/kubernetes.md")).unwrap();
+    assert!(docs.contains("--reset-then-reuse-values"));
+    assert!(
+        !docs.contains("--reuse-values\n"),
+        "kubernetes.md still upgrades with --reuse-values"
+    );
+}

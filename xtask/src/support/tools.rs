@@ -59,6 +59,12 @@ pub fn referrers_registry(target_dir: &camino::Utf8Path) -> camino::Utf8PathBuf 
     target_dir.join("tools/referrers-registry")
 }
 
+/// Where `cargo xtask setup` builds the tests' driver of Helm's upgrade
+/// logic (its source is xtask/tests/helm-upgrade), beside the registry.
+pub fn helm_upgrade(target_dir: &camino::Utf8Path) -> camino::Utf8PathBuf {
+    target_dir.join("tools/helm-upgrade")
+}
+
 pub const CARGO_AUDIT: Tool = Tool {
     name: "cargo-audit",
     install_hint: "run `cargo xtask setup` (cargo install cargo-audit --version 0.22.2 --locked)",

@@ -6,6 +6,7 @@
 
 pub mod advisory_db;
 pub mod auth_registry;
+pub mod engine;
 pub mod pg;
 pub mod proxy;
 mod referrers_registry;

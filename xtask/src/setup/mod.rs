@@ -1,5 +1,10 @@
 //! `cargo xtask setup`: installs every tool the release and the tests use,
 //! idempotently: what is present at the pinned version is left alone.
+//! The container engine's configuration is in `engine`, the images it
+//! runs that are built from Debian packages in `images`.
+
+pub mod engine;
+pub mod images;
 
 use std::path::PathBuf;
 
@@ -34,6 +39,16 @@ const APT_PACKAGES: &[&str] = &[
     // Used by the commands in docs/, which xtask/tests/doc_commands.rs runs.
     "jq",
     "gnupg",
+    // The container engine of the engine tests (setup/engine.rs): podman
+    // with runc, netavark and aardvark-dns for compose's networks and their
+    // DNS, iptables for published ports; mmdebstrap builds the images that
+    // cannot be pulled here (setup/images.rs).
+    "podman",
+    "runc",
+    "netavark",
+    "aardvark-dns",
+    "iptables",
+    "mmdebstrap",
 ];
 
 /// PyPI packages, pinned, with the command each provides.
@@ -138,9 +153,7 @@ pub fn run(flags: &flags::Setup) -> Result<()> {
             .with_context(|| format!("go install {module}@{version} failed"))?;
     }
 
-    if let Some(gap) = build_referrers_registry(&sh, flags, go_checked)? {
-        missing.push(gap);
-    }
+    missing.extend(build_go_helpers(&sh, flags, go_checked)?);
 
     if !cargo_installed(&sh, "cargo-auditable", CARGO_AUDITABLE_VERSION) {
         missing.push(format!("cargo: cargo-auditable@{CARGO_AUDITABLE_VERSION}"));
@@ -172,6 +185,8 @@ pub fn run(flags: &flags::Setup) -> Result<()> {
             .context("cargo install cargo-audit failed")?;
         }
     }
+
+    missing.extend(engine_gaps(&sh, flags)?);
 
     if missing.is_empty() {
         println!("setup: every tool is installed at its pinned version");
@@ -317,36 +332,51 @@ fn cargo_installed(sh: &Shell, crate_name: &str, version: &str) -> bool {
         .any(|line| line == format!("{crate_name} v{version}:"))
 }
 
-/// Builds the tests' referrers registry into target/ with the pinned
-/// go.mod and go.sum next to its source. `go build` is incremental, so a
+/// Builds the tests' Go helpers into target/ with the pinned go.mod and
+/// go.sum next to their source: the registry with the referrers API, and
+/// the driver of Helm's upgrade logic. `go build` is incremental, so a
 /// re-run with nothing changed costs a second; `--check` only asks whether
-/// the binary exists. Returns what was missing, if anything.
-fn build_referrers_registry(
-    sh: &Shell,
-    flags: &flags::Setup,
-    go_checked: bool,
-) -> Result<Option<String>> {
+/// the binaries exist. Returns what was missing.
+fn build_go_helpers(sh: &Shell, flags: &flags::Setup, go_checked: bool) -> Result<Vec<String>> {
     let config = Config::load()?;
-    let source = config.workspace_root.join("xtask/tests/referrers-registry");
-    let out = tools::referrers_registry(&config.target_dir);
-    let gap = (!out.exists()).then(|| format!("go build: {out}"));
-    if flags.dry_run {
-        println!("would run: GOTOOLCHAIN=local go build -C {source} -o {out} .");
-        return Ok(gap);
+    let helpers = [
+        (
+            "xtask/tests/referrers-registry",
+            tools::referrers_registry(&config.target_dir),
+            "github.com/google/go-containerregistry",
+        ),
+        (
+            "xtask/tests/helm-upgrade",
+            tools::helm_upgrade(&config.target_dir),
+            "helm.sh/helm/v4",
+        ),
+    ];
+    let mut gaps = Vec::new();
+    let mut go_checked = go_checked;
+    for (dir, out, module) in helpers {
+        let source = config.workspace_root.join(dir);
+        if !out.exists() {
+            gaps.push(format!("go build: {out}"));
+        }
+        if flags.dry_run {
+            println!("would run: GOTOOLCHAIN=local go build -C {source} -o {out} .");
+            continue;
+        }
+        if flags.check {
+            continue;
+        }
+        if !go_checked {
+            check_go(sh)?;
+            go_checked = true;
+        }
+        cmd!(sh, "go build -C {source} -o {out} .")
+            .env("GOTOOLCHAIN", "local")
+            .run()
+            .with_context(|| {
+                format!("cannot build {source}; check that Go can fetch {module} (GOPROXY)")
+            })?;
     }
-    if flags.check {
-        return Ok(gap);
-    }
-    if !go_checked {
-        check_go(sh)?;
-    }
-    cmd!(sh, "go build -C {source} -o {out} .")
-        .env("GOTOOLCHAIN", "local")
-        .run()
-        .with_context(|| {
-            format!("cannot build the referrers registry from {source}; check that Go can fetch github.com/google/go-containerregistry (GOPROXY)")
-        })?;
-    Ok(gap)
+    Ok(gaps)
 }
 
 /// Go is not installed here: Debian's Go is too old for cosign 3, so the
@@ -394,4 +424,30 @@ fn link_compose_plugin() -> Result<()> {
     std::os::unix::fs::symlink(&compose, &plugin)
         .with_context(|| format!("cannot link {} to {}", plugin.display(), compose.display()))?;
     Ok(())
+}
+
+/// The engine's configuration and images: written and built unless
+/// `--check`. Returns what was missing.
+fn engine_gaps(sh: &Shell, flags: &flags::Setup) -> Result<Vec<String>> {
+    let mut gaps = Vec::new();
+    if flags.check {
+        if std::fs::read_to_string(engine::DROP_IN).ok() != Some(engine::wanted_text()?) {
+            gaps.push(format!("podman: {}", engine::DROP_IN));
+        }
+        for recipe in images::RECIPES {
+            if !images::is_current(sh, recipe) {
+                gaps.push(format!("image: {}", recipe.image));
+            }
+        }
+        return Ok(gaps);
+    }
+    if engine::configure(flags.dry_run)? {
+        gaps.push(format!("podman: {}", engine::DROP_IN));
+    }
+    gaps.extend(
+        images::ensure(sh, flags.dry_run)?
+            .into_iter()
+            .map(|image| format!("image: {image}")),
+    );
+    Ok(gaps)
 }
