@@ -172,6 +172,16 @@ fn violations(name: &str, text: &str) -> Vec<String> {
                 "{name}: job {job_name} signs without `id-token: write`"
             ));
         }
+        // A cache entry is written by any run of the same key, pull
+        // requests included: a job that publishes must not read one.
+        let caches = steps(job)
+            .iter()
+            .any(|s| str_of(&s["uses"]).is_some_and(|u| u.starts_with("actions/cache@")));
+        if caches && (pushes || signs || releases) {
+            found.push(format!(
+                "{name}: job {job_name} publishes and restores a cache: a poisoned entry would reach what it publishes"
+            ));
+        }
         if pushes && !has("packages: write") {
             found.push(format!(
                 "{name}: job {job_name} pushes without `packages: write`"
@@ -339,6 +349,11 @@ fn a_broken_workflow_is_caught() {
     let release = read("release.yml");
     let rescan = read("rescan.yml");
     let checkout = "actions/checkout@08c6903cd8c0fde910a37f88322edcfb5dd907a8 # v5.0.0";
+    const CACHE: &str = "actions/cache@5a3ec84eff668545956fd18022155c47e93e2684 # v4.2.3";
+    assert!(
+        ci.contains(CACHE),
+        "the test job restores its caches with {CACHE}"
+    );
 
     let cases: Vec<(Vec<String>, Vec<String>)> = vec![
         (
@@ -416,6 +431,14 @@ fn a_broken_workflow_is_caught() {
         (
             release_violations(&mutate(&release, "VERSION: ${{ github.ref_name }}", "VERSION: ${{ github.sha }}")),
             vec![format!("release.yml: no step runs `{RELEASE_RUN}` with env VERSION `{RELEASE_VERSION}`")],
+        ),
+        (
+            ci_violations(&mutate(
+                &ci,
+                "      - name: Install the pinned tools (cosign v3.1.3 among them)\n",
+                &format!("      - uses: {CACHE}\n        with:\n          path: target\n          key: k\n      - name: Install the pinned tools (cosign v3.1.3 among them)\n"),
+            )),
+            vec!["ci.yml: job image publishes and restores a cache: a poisoned entry would reach what it publishes".to_owned()],
         ),
         (
             ci_violations(&mutate(&ci, "      contents: read\n      packages: write\n", "      contents: write\n      packages: write\n")),

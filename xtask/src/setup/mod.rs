@@ -8,7 +8,7 @@ pub mod images;
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, format_err, Context, Result};
 use xshell::{cmd, Shell};
 
 use crate::flags;
@@ -106,6 +106,50 @@ pub fn run(flags: &flags::Setup) -> Result<()> {
         }
     }
 
+    // After apt, three groups that share nothing run side by side: the
+    // Python and Go tools, the cargo-installed ones (cargo-audit's compile
+    // is the longest single step), and the container engine's images.
+    // Their output interleaves; each line says what it installs.
+    let groups: [InstallGroup; 3] = [python_and_go_tools, cargo_tools, engine_group];
+    let results: Vec<Result<Vec<String>>> = std::thread::scope(|scope| {
+        let running: Vec<_> = groups
+            .iter()
+            .map(|group| scope.spawn(move || group(flags)))
+            .collect();
+        running
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err(format_err!("a setup step panicked")))
+            })
+            .collect()
+    });
+    for result in results {
+        missing.extend(result?);
+    }
+
+    if missing.is_empty() {
+        println!("setup: every tool is installed at its pinned version");
+    } else if flags.check {
+        bail!(
+            "missing tools: {}; run `cargo xtask setup`",
+            missing.join(", ")
+        );
+    } else if !flags.dry_run {
+        println!("setup: installed {}", missing.join(", "));
+    }
+    Ok(())
+}
+
+/// A group of installs run beside the others: what it found missing.
+type InstallGroup = fn(&flags::Setup) -> Result<Vec<String>>;
+
+/// PyPI packages, then the Go tools and the Go programs of the tests.
+fn python_and_go_tools(flags: &flags::Setup) -> Result<Vec<String>> {
+    let sh = Shell::new()?;
+    sh.set_var("PATH", tools::augmented_path());
+    let mut missing = Vec::new();
     for (package, command) in PIP_PACKAGES {
         if tools::find_opt(command).is_none() {
             missing.push(format!("pip: {package}"));
@@ -127,6 +171,7 @@ pub fn run(flags: &flags::Setup) -> Result<()> {
         link_compose_plugin()?;
     }
 
+    let gobin = tools::tools_dir().join("bin");
     let mut go_checked = false;
     for (module, version, command, version_args) in GO_TOOLS {
         if has_version(&sh, command, version_args, version.trim_start_matches('v'))
@@ -136,7 +181,10 @@ pub fn run(flags: &flags::Setup) -> Result<()> {
         }
         missing.push(format!("go: {module}@{version}"));
         if flags.dry_run {
-            println!("would run: GOTOOLCHAIN=local go install {module}@{version}");
+            println!(
+                "would run: GOTOOLCHAIN=local GOBIN={} go install {module}@{version}",
+                gobin.display()
+            );
             continue;
         }
         if flags.check {
@@ -149,56 +197,52 @@ pub fn run(flags: &flags::Setup) -> Result<()> {
         println!("installing {module}@{version} (this compiles from source and can take minutes)");
         cmd!(sh, "go install {module}@{version}")
             .env("GOTOOLCHAIN", "local")
+            .env("GOBIN", &gobin)
             .run()
             .with_context(|| format!("go install {module}@{version} failed"))?;
     }
 
     missing.extend(build_go_helpers(&sh, flags, go_checked)?);
+    Ok(missing)
+}
 
-    if !cargo_installed(&sh, "cargo-auditable", CARGO_AUDITABLE_VERSION) {
-        missing.push(format!("cargo: cargo-auditable@{CARGO_AUDITABLE_VERSION}"));
-        if flags.dry_run {
-            println!("would run: cargo install cargo-auditable --version {CARGO_AUDITABLE_VERSION} --locked");
-        } else if !flags.check {
-            cmd!(
-                sh,
-                "cargo install cargo-auditable --version {CARGO_AUDITABLE_VERSION} --locked"
-            )
-            .run()
-            .context("cargo install cargo-auditable failed")?;
-        }
-    }
-
+/// cargo-auditable and cargo-audit, into the tools directory.
+fn cargo_tools(flags: &flags::Setup) -> Result<Vec<String>> {
+    let sh = Shell::new()?;
+    sh.set_var("PATH", tools::augmented_path());
+    let root = tools::tools_dir();
+    let mut missing = Vec::new();
     // The vulnerability gate reads the data cargo-auditable embeds.
-    if !cargo_installed(&sh, "cargo-audit", CARGO_AUDIT_VERSION) {
-        missing.push(format!("cargo: cargo-audit@{CARGO_AUDIT_VERSION}"));
+    for (krate, version) in [
+        ("cargo-auditable", CARGO_AUDITABLE_VERSION),
+        ("cargo-audit", CARGO_AUDIT_VERSION),
+    ] {
+        if cargo_installed(&sh, krate, version) {
+            continue;
+        }
+        missing.push(format!("cargo: {krate}@{version}"));
         if flags.dry_run {
             println!(
-                "would run: cargo install cargo-audit --version {CARGO_AUDIT_VERSION} --locked"
+                "would run: cargo install {krate} --version {version} --locked --root {}",
+                root.display()
             );
         } else if !flags.check {
             cmd!(
                 sh,
-                "cargo install cargo-audit --version {CARGO_AUDIT_VERSION} --locked"
+                "cargo install {krate} --version {version} --locked --root {root}"
             )
             .run()
-            .context("cargo install cargo-audit failed")?;
+            .with_context(|| format!("cargo install {krate} failed"))?;
         }
     }
+    Ok(missing)
+}
 
-    missing.extend(engine_gaps(&sh, flags)?);
-
-    if missing.is_empty() {
-        println!("setup: every tool is installed at its pinned version");
-    } else if flags.check {
-        bail!(
-            "missing tools: {}; run `cargo xtask setup`",
-            missing.join(", ")
-        );
-    } else if !flags.dry_run {
-        println!("setup: installed {}", missing.join(", "));
-    }
-    Ok(())
+/// The container engine's configuration and its images.
+fn engine_group(flags: &flags::Setup) -> Result<Vec<String>> {
+    let sh = Shell::new()?;
+    sh.set_var("PATH", tools::augmented_path());
+    engine_gaps(&sh, flags)
 }
 
 fn missing_apt_packages(sh: &Shell) -> Result<Vec<&'static str>> {
@@ -322,14 +366,22 @@ fn cargo_installed(sh: &Shell, crate_name: &str, version: &str) -> bool {
     if tools::find_opt(crate_name).is_none() {
         return false;
     }
-    let listing = cmd!(sh, "cargo install --list")
-        .quiet()
-        .ignore_stderr()
-        .read()
-        .unwrap_or_default();
-    listing
-        .lines()
-        .any(|line| line == format!("{crate_name} v{version}:"))
+    // Installed by setup into the tools directory, or by hand into cargo's
+    // own root: either counts at the pinned version.
+    let root = tools::tools_dir();
+    let listings = [
+        cmd!(sh, "cargo install --list --root {root}"),
+        cmd!(sh, "cargo install --list"),
+    ];
+    listings.into_iter().any(|listing| {
+        listing
+            .quiet()
+            .ignore_stderr()
+            .read()
+            .unwrap_or_default()
+            .lines()
+            .any(|line| line == format!("{crate_name} v{version}:"))
+    })
 }
 
 /// Builds the tests' Go helpers into target/ with the pinned go.mod and

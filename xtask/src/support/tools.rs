@@ -70,9 +70,26 @@ pub const CARGO_AUDIT: Tool = Tool {
     install_hint: "run `cargo xtask setup` (cargo install cargo-audit --version 0.22.2 --locked)",
 };
 
+/// Where `cargo xtask setup` installs the tools it compiles (`go install`,
+/// `cargo install`), each at its pinned version, in `bin/`: outside
+/// `target/`, so that `cargo clean` keeps them, and one directory that CI
+/// can cache by the pins. `XTASK_TOOLS_DIR` overrides it; otherwise
+/// `$XDG_CACHE_HOME/xtask-tools`, or `~/.cache/xtask-tools`.
+pub fn tools_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XTASK_TOOLS_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    cache.join("xtask-tools")
+}
+
 /// Directories where installers put binaries that may not be on PATH.
 pub fn extra_bin_dirs() -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
+    let mut dirs = vec![tools_dir().join("bin")];
     if let Some(gobin) = std::env::var_os("GOBIN") {
         dirs.push(PathBuf::from(gobin));
     }
