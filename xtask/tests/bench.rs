@@ -229,7 +229,8 @@ fn bench_pipeline_quick_json_reports_every_figure_and_the_machine() {
             "native_image_direct",
             "quick",
             "ratios",
-            "warm_image_push"
+            "warm_image_push",
+            "warm_image_push_peak_rss_kib"
         ]
     );
     for figure in ["floor", "cold_image_push", "image_after_change"] {
@@ -288,6 +289,12 @@ fn bench_pipeline_quick_json_reports_every_figure_and_the_machine() {
         assert!(runs[0].as_f64().unwrap() > 0.0, "{figure}: {runs:?}");
         assert_eq!(report[figure]["median_s"], runs[0]);
     }
+    let peak_kib = report["warm_image_push_peak_rss_kib"].as_u64().unwrap();
+    eprintln!("warm image --push peak RSS: {peak_kib} KiB");
+    assert!(
+        (1024..100 * 1024).contains(&peak_kib),
+        "warm image --push peaked at {peak_kib} KiB"
+    );
     assert!(report["machine"]["nproc"].as_u64().unwrap() >= 1);
     assert!(!report["machine"]["cpu_model"].as_str().unwrap().is_empty());
     assert_eq!(report["ratios"]["warm_image_push_target_s"], 1.0);

@@ -560,3 +560,21 @@ fn a_blob_streams_to_a_file_checked_against_its_digest() {
     );
     assert!(!path.exists(), "a blob that does not match was left behind");
 }
+
+#[test]
+fn a_refused_mount_is_reported_as_refused_for_a_plain_upload() {
+    let endpoint = Scripted::start(Box::new(|_, _| {
+        Some(response(
+            403,
+            &[("Content-Type", "application/json")],
+            r#"{"errors":[{"code":"DENIED","message":"mounts are not allowed"}]}"#,
+        ))
+    }));
+    let client = Client::new(&endpoint.host(), true).unwrap();
+    let mount = client.mount_blob("app", DIGEST, "base").unwrap();
+    assert!(
+        matches!(&mount, xtask::oci::client::Mount::Refused(why) if why.contains("mounts are not allowed")),
+        "{mount:?}"
+    );
+    assert_eq!(endpoint.count(), 1, "{:?}", endpoint.requests());
+}

@@ -185,6 +185,33 @@ pub(super) fn rss_kib(pid: u32) -> Result<u64> {
     status_field_kib(pid, "VmRSS:")
 }
 
+/// Runs `command` to its end and returns its peak resident memory (VmHWM,
+/// which only grows), read from /proc while it runs; the last reading
+/// before it exits is the peak.
+pub(super) fn peak_rss_kib_of(command: &mut std::process::Command, what: &str) -> Result<u64> {
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {what}"))?;
+    let mut peak = 0;
+    let status = loop {
+        peak = peak.max(status_field_kib(child.id(), "VmHWM:").unwrap_or(0));
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    if !status.success() {
+        let mut stderr = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            let _ = pipe.read_to_string(&mut stderr);
+        }
+        bail!("`{what}` failed: {}", stderr.trim());
+    }
+    Ok(peak)
+}
+
 fn status_field_kib(pid: u32, field: &str) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;

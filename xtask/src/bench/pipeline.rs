@@ -25,6 +25,7 @@ use crate::support::source::Source;
 use crate::support::tools::{self, Tool};
 
 use super::cold::{self, Single};
+use super::measure::peak_rss_kib_of;
 use super::registry::{LoopbackRegistry, DOCKER_REGISTRY};
 use super::report;
 
@@ -46,6 +47,9 @@ pub struct PipelineReport {
     pub quick: bool,
     /// `cargo xtask image --push` with nothing changed.
     pub warm_image_push: Timing,
+    /// The xtask's peak resident memory (VmHWM) over one more warm
+    /// `image --push`, run by the executable itself.
+    pub warm_image_push_peak_rss_kib: u64,
     /// `cargo xtask image` (native, no push) with nothing changed.
     pub native_image: Timing,
     /// The same image, by the xtask executable itself: the builder's own
@@ -129,6 +133,7 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
     let _ = std::fs::remove_dir_all(&scratch);
     let Measured {
         warm_image_push,
+        warm_image_push_peak_rss_kib,
         native_image,
         native_image_direct,
         cargo_noop,
@@ -165,6 +170,7 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
             cold_over_floor_ok: cold_over_floor.map(|r| r <= COLD_OVER_FLOOR_TARGET),
         },
         warm_image_push,
+        warm_image_push_peak_rss_kib,
         native_image,
         native_image_direct,
         cargo_noop,
@@ -184,6 +190,7 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
 
 struct Measured {
     warm_image_push: Timing,
+    warm_image_push_peak_rss_kib: u64,
     native_image: Timing,
     native_image_direct: Timing,
     cargo_noop: Timing,
@@ -205,7 +212,7 @@ fn measure(
     registry_program: &std::path::Path,
     buildah: &std::path::Path,
 ) -> Result<Measured> {
-    let mut steps = Steps::new(if cold_rounds.is_some() { 8 } else { 7 });
+    let mut steps = Steps::new(if cold_rounds.is_some() { 9 } else { 8 });
     steps.run("build the binaries (warm-up)", || {
         binaries::build(config, &config.platforms, DistOptions::verified()).map(|_| ())
     })?;
@@ -231,14 +238,19 @@ fn measure(
         })
     })?;
     commands.push(format!("cargo {}", push.join(" ")));
-    let native_image = steps.run(&format!("native image, {runs} runs"), || {
-        time_runs(runs, || spawn(config, &cargo, &native)).map(timing)
-    })?;
-    commands.push(format!("cargo {}", native.join(" ")));
     // What `cargo xtask` just ran (the dev profile of the alias), which may
     // be newer than this process: cargo rebuilds the xtask when its
     // environment differs from the one it was built in.
     let xtask = config.target_dir.join("debug").join("xtask");
+    let warm_push_rss = steps.run("peak memory of a warm image --push", || {
+        let mut cmd = command(xtask.as_std_path());
+        cmd.args(&push[1..]).current_dir(&config.workspace_root);
+        peak_rss_kib_of(&mut cmd, "xtask image --push")
+    })?;
+    let native_image = steps.run(&format!("native image, {runs} runs"), || {
+        time_runs(runs, || spawn(config, &cargo, &native)).map(timing)
+    })?;
+    commands.push(format!("cargo {}", native.join(" ")));
     let direct = &native[1..];
     let native_image_direct = steps
         .run(&format!("native image, xtask itself, {runs} runs"), || {
@@ -281,6 +293,7 @@ fn measure(
     drop(registry);
     Ok(Measured {
         warm_image_push: warm_push,
+        warm_image_push_peak_rss_kib: warm_push_rss,
         native_image,
         native_image_direct,
         cargo_noop,

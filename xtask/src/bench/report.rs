@@ -245,6 +245,7 @@ pub(super) fn render_pipeline(report: &PipelineReport) -> String {
          cargo xtask --help     {:>7.3} s  (cargo's no-op check)\n\
          warm image --push      {:>7.3} s  (target ≤ {:.1} s: {})\n\
          \x20\x20beyond cargo         {:>7.3} s  (target ≤ {:.1} s: {})\n\
+         \x20\x20peak memory          {:>7.1} MiB (the xtask's VmHWM)\n\
          native image           {:>7.3} s\n\
          \x20\x20the xtask itself     {:>7.3} s\n\
          buildah, both arches   {:>7.3} s\n\
@@ -265,6 +266,7 @@ pub(super) fn render_pipeline(report: &PipelineReport) -> String {
         r.warm_image_push_beyond_cargo_s,
         r.warm_image_push_beyond_cargo_target_s,
         mark(r.warm_image_push_beyond_cargo_ok),
+        report.warm_image_push_peak_rss_kib as f64 / 1024.0,
         report.native_image.median_s,
         report.native_image_direct.median_s,
         report.buildah.median_s,
@@ -315,6 +317,7 @@ mod tests {
             git_sha: "653cc9e".into(),
             quick: false,
             warm_image_push: timing(0.236),
+            warm_image_push_peak_rss_kib: 41_062,
             native_image: timing(0.184),
             native_image_direct: timing(0.08),
             cargo_noop: timing(0.12),
@@ -346,6 +349,7 @@ mod tests {
              cargo xtask --help       0.120 s  (cargo's no-op check)\n\
              warm image --push        0.236 s  (target ≤ 1.0 s: ok)\n\
              \x20\x20beyond cargo           0.116 s  (target ≤ 0.5 s: ok)\n\
+             \x20\x20peak memory             40.1 MiB (the xtask's VmHWM)\n\
              native image             0.184 s\n\
              \x20\x20the xtask itself       0.080 s\n\
              buildah, both arches     0.400 s\n\
