@@ -361,10 +361,6 @@ pub struct Bundle {
     /// --load, what verifies, as for verify.
     #[command(flatten)]
     pub signing: SigningArgs,
-    /// A Sigstore trusted_root.json to bundle into verify/, for keyless
-    /// verification where Sigstore is unreachable.
-    #[arg(long, value_name = "FILE", conflicts_with = "load")]
-    pub trusted_root: Option<Utf8PathBuf>,
     /// Print what would be bundled (or loaded and tagged); write nothing.
     #[arg(long)]
     pub dry_run: bool,

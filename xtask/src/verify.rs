@@ -18,6 +18,7 @@ use crate::supply_chain::claims::{verified_statements, verify_signature};
 use crate::supply_chain::content::{self, Facts, TagCommit};
 use crate::supply_chain::cosign::{self, Cosign, SigningArgs};
 use crate::supply_chain::identity::{self, Identity};
+use crate::supply_chain::sigstore::Instance;
 use crate::supply_chain::vuln;
 use crate::support::config::Config;
 use crate::support::git::Git;
@@ -205,6 +206,7 @@ pub fn verify(config: &Config, options: &VerifyOptions, nest: &Nest) -> Result<R
         ignore_tlog: options.signing.no_tlog,
         insecure: options.insecure,
         identity_regexp,
+        sigstore: Instance::resolve(config, &options.signing)?,
     };
     let expected_version = expected_version(
         options.expect_version.as_deref(),
@@ -329,10 +331,10 @@ pub fn verify(config: &Config, options: &VerifyOptions, nest: &Nest) -> Result<R
             Identity::Key(key) => json!({"key": key}),
             Identity::Keyless => json!({
                 "certificate_identity_regexp": cosign_options.identity_regexp,
-                "certificate_oidc_issuer": cosign::GITHUB_OIDC_ISSUER,
+                "certificate_oidc_issuer": cosign_options.sigstore.oidc_issuer,
             }),
         },
-        tlog: !options.signing.no_tlog,
+        tlog: !options.signing.no_tlog && cosign_options.sigstore.evidence.transparency_log,
         platforms: subject
             .platforms
             .iter()

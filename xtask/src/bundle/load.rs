@@ -21,6 +21,7 @@ use crate::oci::{self, Descriptor, Index};
 use crate::supply_chain::claims::verify_signature;
 use crate::supply_chain::cosign::{self, Cosign};
 use crate::supply_chain::identity::{self, Identity};
+use crate::supply_chain::sigstore::Instance;
 use crate::support::config::Config;
 use crate::support::progress::Steps;
 
@@ -258,6 +259,7 @@ pub fn load(
         Identity::Keyless => Some(identity::release_identity_regexp(&config.repository)?),
         Identity::Key(_) => None,
     };
+    let sigstore = Instance::resolve(config, &flags.signing)?;
     let cosign = Cosign::find()?;
     let insecure = flags.registry.transport.insecure;
     let client = Client::new(&reference.host, insecure)?;
@@ -312,6 +314,7 @@ pub fn load(
             // The overlay is plain HTTP on loopback.
             insecure: true,
             identity_regexp: identity_regexp.clone(),
+            sigstore: sigstore.clone(),
         };
         let view = format!("{}/{repo}@{}", overlay.host, owned.release.digest);
         let subject = Subject::resolve(&view, &Client::new(&overlay.host, true)?)?;

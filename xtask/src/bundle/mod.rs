@@ -109,7 +109,7 @@ pub fn run(flags: &flags::Bundle) -> Result<()> {
         &plan.refs,
         &plan.version,
         &flags.signing,
-        flags.trusted_root.as_deref(),
+        flags.signing.trusted_root.as_deref(),
         &config.repository,
     )?;
     if flags.dry_run {

@@ -19,6 +19,7 @@ use crate::oci::client::{Client, Reference};
 use crate::oci::{self, push, Descriptor, Manifest};
 use crate::supply_chain::cosign::{self, Cosign, SigningArgs};
 use crate::supply_chain::identity::{self, Identity};
+use crate::supply_chain::sigstore::Instance;
 use crate::support::archive::{self, Entry};
 use crate::support::config::{is_digest, Config};
 use crate::support::progress::{Nest, Steps};
@@ -439,6 +440,7 @@ fn sign(config: &Config, options: &ChartOptions, by_digest: &str) -> Result<cosi
         ignore_tlog: options.signing.no_tlog,
         insecure: options.insecure,
         identity_regexp: None,
+        sigstore: Instance::resolve(config, &options.signing)?,
     };
     cosign
         .run_ok(&signer.sign(by_digest))

@@ -10,6 +10,7 @@ use crate::oci::client::{Client, Reference};
 use crate::oci::Manifest;
 use crate::supply_chain::cosign::{self, Cosign, SigningArgs};
 use crate::supply_chain::identity::{self, Identity};
+use crate::supply_chain::sigstore::Instance;
 use crate::support::config::Config;
 
 /// The chart's checks, for `verify --chart` to report with the image's.
@@ -76,6 +77,7 @@ fn check_signature(
         ignore_tlog: signing.no_tlog,
         insecure,
         identity_regexp,
+        sigstore: Instance::resolve(config, signing)?,
     };
     Cosign::find()?
         .run_ok(&options.verify(by_digest)?)

@@ -207,7 +207,7 @@ impl Release<'_> {
             reference: reference.to_owned(),
             signing: SigningArgs {
                 key,
-                no_tlog: self.flags.signing.no_tlog,
+                ..self.flags.signing.clone()
             },
             insecure: self.insecure(),
             run: true,

@@ -30,6 +30,7 @@ use crate::oci::push::TagChange;
 use crate::oci::reference;
 use crate::supply_chain::cosign;
 use crate::supply_chain::identity::{self, Identity};
+use crate::supply_chain::sigstore::Instance;
 use crate::support::config::Config;
 
 pub fn run(flags: &flags::Release) -> Result<()> {
@@ -108,6 +109,7 @@ impl Release<'_> {
             ignore_tlog: self.flags.signing.no_tlog,
             insecure: self.insecure(),
             identity_regexp,
+            sigstore: Instance::resolve(self.config, &self.flags.signing)?,
         })
     }
 

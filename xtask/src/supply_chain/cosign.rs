@@ -12,6 +12,7 @@
 //! writes to one repository run one after another.
 
 use crate::supply_chain::identity::Identity;
+use crate::supply_chain::sigstore::Instance;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -36,9 +37,18 @@ pub struct SigningArgs {
     /// The private key (sign, attest) or public key (verify); `env://` and KMS URIs pass through to cosign.
     #[arg(long)]
     pub key: Option<String>,
-    /// Sign without a transparency log, and verify with --insecure-ignore-tlog=true.
+    /// With --key: sign without a transparency log, and verify with --insecure-ignore-tlog=true.
     #[arg(long)]
     pub no_tlog: bool,
+    /// Sign with your own Sigstore: its signing config (`cosign signing-config create`), naming its Fulcio, timestamp authority and Rekor; default: sigstore.signing-config in [workspace.metadata.release], else the public-good instance.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_tlog")]
+    pub signing_config: Option<Utf8PathBuf>,
+    /// Trust your own Sigstore: its trusted root (`cosign trusted-root create`); whether a log entry or a signed timestamp is required follows from it and the signing config; default: sigstore.trusted-root in [workspace.metadata.release], else the public-good root.
+    #[arg(long, value_name = "FILE")]
+    pub trusted_root: Option<Utf8PathBuf>,
+    /// Keyless: the OIDC issuer a certificate must name; default: sigstore.oidc-issuer in [workspace.metadata.release], else GitHub Actions' (https://token.actions.githubusercontent.com).
+    #[arg(long, value_name = "URL")]
+    pub oidc_issuer: Option<String>,
 }
 
 /// The cosign binary, checked to be the pinned version.
@@ -238,6 +248,8 @@ pub struct Options {
     pub insecure: bool,
     /// For keyless verification.
     pub identity_regexp: Option<String>,
+    /// The Sigstore that signs, and what verification requires of it.
+    pub sigstore: Instance,
 }
 
 impl Options {
@@ -258,11 +270,19 @@ impl Options {
     }
 
     /// With --no-tlog: no service to sign with, and no TUF repository to
-    /// fetch a trusted root from.
+    /// fetch a trusted root from. Else the private Sigstore's services, if
+    /// one is named.
     fn offline_args(&self, args: &mut Vec<String>) {
         if let Some(config) = &self.signing_config {
             args.push(format!("--signing-config={config}"));
             args.push(format!("--trusted-root={}", trusted_root_next_to(config)));
+            return;
+        }
+        if let Some(config) = &self.sigstore.signing_config {
+            args.push(format!("--signing-config={config}"));
+        }
+        if let Some(root) = &self.sigstore.trusted_root {
+            args.push(format!("--trusted-root={root}"));
         }
     }
 
@@ -282,12 +302,28 @@ impl Options {
                     .identity_regexp
                     .as_ref()
                     .context("keyless verification needs the release workflow identity")?;
+                self.sigstore.check_keyless()?;
                 args.push(format!("--certificate-identity-regexp={regexp}"));
-                args.push(format!("--certificate-oidc-issuer={GITHUB_OIDC_ISSUER}"));
+                args.push(format!(
+                    "--certificate-oidc-issuer={}",
+                    self.sigstore.oidc_issuer
+                ));
             }
         }
-        if self.ignore_tlog {
+        let sigstore = &self.sigstore;
+        if let Some(root) = &sigstore.trusted_root {
+            args.push(format!("--trusted-root={root}"));
+        }
+        if self.ignore_tlog || !sigstore.evidence.transparency_log {
             args.push("--insecure-ignore-tlog=true".into());
+        }
+        if sigstore.evidence.signed_timestamp {
+            args.push("--use-signed-timestamps".into());
+        }
+        // A private Fulcio without a certificate transparency log issues
+        // certificates without SCTs; its trusted root then lists no CT log.
+        if self.identity == Identity::Keyless && !sigstore.evidence.certificate_transparency {
+            args.push("--insecure-ignore-sct=true".into());
         }
         Ok(())
     }
@@ -476,6 +512,7 @@ mod tests {
             ignore_tlog: true,
             insecure: true,
             identity_regexp: None,
+            sigstore: Instance::public_good(),
         };
         assert_eq!(
             options.sign("h:1/app@sha256:ab"),
@@ -497,6 +534,7 @@ mod tests {
             ignore_tlog: false,
             insecure: false,
             identity_regexp: Some("^x$".into()),
+            sigstore: Instance::public_good(),
         };
         assert_eq!(
             display(&keyless.verify_attestation("r@sha256:ab", "cyclonedx").unwrap()),

@@ -7,6 +7,7 @@ use camino::Utf8PathBuf;
 use crate::oci::subject::{client_for, Subject};
 use crate::supply_chain::cosign::{self, Cosign, SigningArgs};
 use crate::supply_chain::identity::{self, Identity};
+use crate::supply_chain::sigstore::Instance;
 use crate::support::config::Config;
 use crate::support::progress::Steps;
 
@@ -60,6 +61,7 @@ impl Session {
                 ignore_tlog: signing.no_tlog,
                 insecure,
                 identity_regexp: None,
+                sigstore: Instance::resolve(config, signing)?,
             },
             subject,
             signing_config,
