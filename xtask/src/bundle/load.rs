@@ -254,8 +254,12 @@ pub fn load(
 
     // Whom to trust is settled before anything is pushed.
     let identity = identity::verifying_identity(&flags.signing)?;
-    let identity_regexp = match identity {
-        Identity::Keyless => Some(identity::release_identity_regexp(&config.repository)?),
+    let workflow = match identity {
+        Identity::Keyless => Some(super::signed::release_identity(
+            config,
+            &owned.release.digest,
+            &blobs,
+        )?),
         Identity::Key(_) => None,
     };
     let cosign = Cosign::find()?;
@@ -311,7 +315,7 @@ pub fn load(
             ignore_tlog: flags.signing.no_tlog,
             // The overlay is plain HTTP on loopback.
             insecure: true,
-            identity_regexp: identity_regexp.clone(),
+            workflow: workflow.clone(),
         };
         let view = format!("{}/{repo}@{}", overlay.host, owned.release.digest);
         let subject = Subject::resolve(&view, &Client::new(&overlay.host, true)?)?;

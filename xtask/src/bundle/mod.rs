@@ -15,6 +15,7 @@
 
 mod convert;
 mod load;
+mod signed;
 mod trust;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -110,7 +111,7 @@ pub fn run(flags: &flags::Bundle) -> Result<()> {
         &plan.version,
         &flags.signing,
         flags.trusted_root.as_deref(),
-        &config.repository,
+        || signed::release_identity(&config, &plan.index_digest, &plan.blobs),
     )?;
     if flags.dry_run {
         if flags.json {

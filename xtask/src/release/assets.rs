@@ -172,7 +172,7 @@ impl Release<'_> {
             signing_config,
             ignore_tlog: self.flags.signing.no_tlog,
             insecure: false,
-            identity_regexp: None,
+            workflow: None,
         };
         let bundle = assets.join("SHA256SUMS.sigstore.json");
         Cosign::find()?.run_ok(&options.sign_blob(sums, &bundle))?;

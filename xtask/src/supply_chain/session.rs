@@ -59,7 +59,7 @@ impl Session {
                 signing_config: signing_config.clone(),
                 ignore_tlog: signing.no_tlog,
                 insecure,
-                identity_regexp: None,
+                workflow: None,
             },
             subject,
             signing_config,
