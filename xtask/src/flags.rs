@@ -278,6 +278,14 @@ pub struct Verify {
     /// The version the SBOMs, the provenance and (with --run) the binary must report; default: the version tag being verified (`:v1.2.3`), else Cargo.toml's.
     #[arg(long)]
     pub expect_version: Option<String>,
+    /// Keyless: the image is a build of this branch, signed by ci.yml on
+    /// refs/heads/BRANCH, not a release signed by release.yml on its tag.
+    #[arg(long, conflicts_with_all = ["pr", "expect_version"])]
+    pub branch: Option<String>,
+    /// Keyless: the image is a build of this pull request, signed by ci.yml
+    /// on refs/pull/N/merge.
+    #[arg(long, conflicts_with = "expect_version")]
+    pub pr: Option<u64>,
     /// Also verify this Helm chart (oci://…/charts/server@sha256:… or :VERSION):
     /// its signature, and that its default values run the verified image.
     #[arg(long, value_name = "CHART")]

@@ -255,11 +255,15 @@ pub fn load(
 
     // Whom to trust is settled before anything is pushed.
     let identity = identity::verifying_identity(&flags.signing)?;
-    let identity_regexp = match identity {
-        Identity::Keyless => Some(identity::release_identity_regexp(&config.repository)?),
+    let sigstore = Instance::resolve(config, &flags.signing)?;
+    let workflow = match identity {
+        Identity::Keyless => Some(sigstore.issued(super::signed::release_identity(
+            config,
+            &owned.release.digest,
+            &blobs,
+        )?)),
         Identity::Key(_) => None,
     };
-    let sigstore = Instance::resolve(config, &flags.signing)?;
     let cosign = Cosign::find()?;
     let insecure = flags.registry.transport.insecure;
     let client = Client::new(&reference.host, insecure)?;
@@ -313,7 +317,7 @@ pub fn load(
             ignore_tlog: flags.signing.no_tlog,
             // The overlay is plain HTTP on loopback.
             insecure: true,
-            identity_regexp: identity_regexp.clone(),
+            workflow: workflow.clone(),
             sigstore: sigstore.clone(),
         };
         let view = format!("{}/{repo}@{}", overlay.host, owned.release.digest);

@@ -7,8 +7,8 @@ use anyhow::{bail, Context, Result};
 use camino::Utf8Path;
 
 use crate::oci::Descriptor;
-use crate::supply_chain::cosign::{SigningArgs, GITHUB_OIDC_ISSUER};
-use crate::supply_chain::identity::release_identity_regexp;
+use crate::supply_chain::cosign::SigningArgs;
+use crate::supply_chain::identity::WorkflowIdentity;
 
 /// The folder in the archive.
 pub const DIR: &str = "verify/";
@@ -17,8 +17,8 @@ pub const DIR: &str = "verify/";
 /// - `tags`: one `TAG DIGEST` line per tag, cosign's `sha256-<hex>` first
 ///   and the version last, the order in which they may be set;
 /// - `identity`: whom to trust, `key cosign.pub` (or the key's URI), or
-///   the keyless `certificate-identity-regexp` and
-///   `certificate-oidc-issuer`;
+///   for keyless signatures the release's exact workflow identity, one
+///   `FLAG VALUE` line per cosign flag (`identity_lines`);
 /// - `cosign.pub`: the public key, when bundled with `--key FILE`;
 /// - `trusted_root.json`: the Sigstore trusted root, with `--trusted-root`.
 pub fn files(
@@ -26,7 +26,7 @@ pub fn files(
     version: &str,
     signing: &SigningArgs,
     trusted_root: Option<&Utf8Path>,
-    repository: &str,
+    workflow: impl FnOnce() -> Result<WorkflowIdentity>,
 ) -> Result<Vec<(String, Vec<u8>)>> {
     let mut files = vec![(format!("{DIR}tags"), tags(refs, version).into_bytes())];
     match &signing.key {
@@ -43,16 +43,10 @@ pub fn files(
             format!("{DIR}identity"),
             format!("key {uri}\n").into_bytes(),
         )),
-        None => {
-            let regexp = release_identity_regexp(repository)?;
-            files.push((
-                format!("{DIR}identity"),
-                format!(
-                    "certificate-identity-regexp {regexp}\ncertificate-oidc-issuer {GITHUB_OIDC_ISSUER}\n"
-                )
-                .into_bytes(),
-            ));
-        }
+        None => files.push((
+            format!("{DIR}identity"),
+            identity_lines(&workflow()?).into_bytes(),
+        )),
     }
     if let Some(root) = trusted_root {
         let bytes = std::fs::read(root).with_context(|| {
@@ -64,6 +58,17 @@ pub fn files(
     }
     files.sort();
     Ok(files)
+}
+
+/// The keyless identity as `verify/identity` holds it: each of cosign's
+/// `--certificate-…` flags and its value on one line, `FLAG VALUE`.
+pub fn identity_lines(workflow: &WorkflowIdentity) -> String {
+    workflow
+        .cosign_args()
+        .iter()
+        .filter_map(|arg| arg.strip_prefix("--")?.split_once('='))
+        .map(|(flag, value)| format!("{flag} {value}\n"))
+        .collect()
 }
 
 /// `TAG DIGEST` lines: signatures' fallback tags first, the version last.
@@ -113,18 +118,20 @@ mod tests {
     }
 
     #[test]
-    fn keyless_names_the_release_workflow() {
-        let files = files(
-            &[],
-            "v1.2.3",
-            &SigningArgs::default(),
-            None,
-            "https://github.com/acme/widget",
-        )
+    fn keyless_names_exactly_the_release_run() {
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        let files = files(&[], "v1.2.3", &SigningArgs::default(), None, || {
+            WorkflowIdentity::new(
+                "https://github.com/acme/widget",
+                &crate::supply_chain::identity::Run::Release(semver::Version::new(1, 2, 3)),
+                Some(sha),
+                crate::supply_chain::cosign::GITHUB_OIDC_ISSUER,
+            )
+        })
         .unwrap();
         assert_eq!(
             String::from_utf8(files[0].1.clone()).unwrap(),
-            "certificate-identity-regexp ^https://github\\.com/acme/widget/\\.github/workflows/release\\.yml@refs/tags/v\ncertificate-oidc-issuer https://token.actions.githubusercontent.com\n"
+            format!("certificate-identity https://github.com/acme/widget/.github/workflows/release.yml@refs/tags/v1.2.3\ncertificate-oidc-issuer https://token.actions.githubusercontent.com\ncertificate-github-workflow-repository acme/widget\ncertificate-github-workflow-trigger push\ncertificate-github-workflow-ref refs/tags/v1.2.3\ncertificate-github-workflow-sha {sha}\n")
         );
         assert_eq!(files[0].0, "verify/identity");
     }

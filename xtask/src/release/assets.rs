@@ -173,7 +173,7 @@ impl Release<'_> {
             signing_config,
             ignore_tlog: self.flags.signing.no_tlog,
             insecure: false,
-            identity_regexp: None,
+            workflow: None,
             sigstore: Instance::resolve(self.config, &self.flags.signing)?,
         };
         let bundle = assets.join("SHA256SUMS.sigstore.json");

@@ -212,6 +212,7 @@ impl Release<'_> {
             insecure: self.insecure(),
             run: true,
             expect_version: Some(self.flags.version.clone()),
+            ci_build: None,
             max_db_age: None,
             require_vuln: true,
         })

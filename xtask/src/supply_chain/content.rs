@@ -9,6 +9,12 @@ use serde_json::Value;
 use crate::oci::reference::Reference;
 use crate::oci::subject::{PlatformImage, Subject};
 use crate::oci::{BASE_DIGEST, REVISION, VERSION};
+use crate::supply_chain::claims::verified_statements;
+use crate::supply_chain::cosign::{self, Cosign};
+
+pub const CYCLONEDX_PREDICATE: &str = "https://cyclonedx.org/bom";
+pub const SLSA_V1_PREDICATE: &str = "https://slsa.dev/provenance/v1";
+pub const SPDX_PREDICATE: &str = "https://spdx.dev/Document";
 
 /// What one subject (a platform manifest or the index) is, from its
 /// digest, labels and the checkout: what its statements must agree with.
@@ -242,6 +248,73 @@ fn describe(platforms: &[String]) -> String {
     } else {
         platforms.join(", ")
     }
+}
+
+/// Both SBOMs, CycloneDX and SPDX: signed, of the expected version, and
+/// describing the platform they are attached to.
+pub fn verify_sbom(
+    cosign: &Cosign,
+    options: &cosign::Options,
+    subject: &Subject,
+    facts: &Facts,
+    expected_version: &str,
+) -> Result<String> {
+    let statements = verified_statements(cosign, options, subject, &facts.digest, "cyclonedx")?;
+    for statement in &statements {
+        if statement["predicateType"] != CYCLONEDX_PREDICATE {
+            bail!(
+                "the SBOM attestation has predicate type {}, not {CYCLONEDX_PREDICATE}",
+                statement["predicateType"]
+            );
+        }
+        let component = &statement["predicate"]["metadata"]["component"];
+        let version = component["version"].as_str().unwrap_or("none");
+        if version != expected_version {
+            bail!(
+                "the SBOM's root component {} has version {version}, not {expected_version}",
+                component["name"].as_str().unwrap_or("(unnamed)")
+            );
+        }
+        check_cyclonedx(&statement["predicate"], facts)?;
+    }
+    let documents = verified_statements(cosign, options, subject, &facts.digest, "spdxjson")?;
+    for statement in &documents {
+        if statement["predicateType"] != SPDX_PREDICATE {
+            bail!(
+                "the SPDX attestation has predicate type {}, not {SPDX_PREDICATE}",
+                statement["predicateType"]
+            );
+        }
+        check_spdx(&statement["predicate"], facts)?;
+    }
+    let component = &statements[0]["predicate"]["metadata"]["component"];
+    Ok(format!(
+        "CycloneDX, root component {} {expected_version}",
+        component["name"].as_str().unwrap_or("(unnamed)")
+    ))
+}
+
+pub fn verify_provenance(
+    cosign: &Cosign,
+    options: &cosign::Options,
+    subject: &Subject,
+    facts: &Facts,
+) -> Result<String> {
+    let digest = &facts.digest;
+    let statements = verified_statements(cosign, options, subject, digest, "slsaprovenance1")?;
+    for statement in &statements {
+        if statement["predicateType"] != SLSA_V1_PREDICATE {
+            bail!(
+                "the provenance has predicate type {}, not {SLSA_V1_PREDICATE}",
+                statement["predicateType"]
+            );
+        }
+        check_provenance(&statement["predicate"], facts)?;
+    }
+    let builder = statements[0]["predicate"]["runDetails"]["builder"]["id"]
+        .as_str()
+        .unwrap_or("unknown");
+    Ok(format!("SLSA v1 for {digest}, builder {builder}"))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //! (the referrers tag schema). Adding one rewrites that index, which is why
 //! writes to one repository run one after another.
 
-use crate::supply_chain::identity::Identity;
+use crate::supply_chain::identity::{Identity, WorkflowIdentity};
 use crate::supply_chain::sigstore::Instance;
 use std::path::PathBuf;
 
@@ -246,9 +246,8 @@ pub struct Options {
     pub ignore_tlog: bool,
     /// Plain HTTP to a loopback registry.
     pub insecure: bool,
-    /// For keyless verification.
-    pub identity_regexp: Option<String>,
-    /// The Sigstore that signs, and what verification requires of it.
+    /// For keyless verification: exactly the workflow run that signed.
+    pub workflow: Option<WorkflowIdentity>,
     pub sigstore: Instance,
 }
 
@@ -298,16 +297,11 @@ impl Options {
         match &self.identity {
             Identity::Key(key) => args.push(format!("--key={key}")),
             Identity::Keyless => {
-                let regexp = self
-                    .identity_regexp
-                    .as_ref()
-                    .context("keyless verification needs the release workflow identity")?;
+                let workflow = self.workflow.as_ref().context(
+                    "keyless verification needs the identity of the workflow that signed",
+                )?;
                 self.sigstore.check_keyless()?;
-                args.push(format!("--certificate-identity-regexp={regexp}"));
-                args.push(format!(
-                    "--certificate-oidc-issuer={}",
-                    self.sigstore.oidc_issuer
-                ));
+                args.extend(workflow.cosign_args());
             }
         }
         let sigstore = &self.sigstore;
@@ -488,22 +482,6 @@ mod tests {
         };
         assert_eq!(other.error_line(), "no matching signatures");
     }
-    use crate::supply_chain::identity::release_identity_regexp;
-
-    #[test]
-    fn identity_regexp_is_anchored_to_the_release_workflow() {
-        assert_eq!(
-            release_identity_regexp("https://github.com/fixture-org/rust-release").unwrap(),
-            r"^https://github\.com/fixture-org/rust-release/\.github/workflows/release\.yml@refs/tags/v"
-        );
-        assert_eq!(
-            release_identity_regexp("https://github.com/o/r.s.git/").unwrap(),
-            r"^https://github\.com/o/r\.s/\.github/workflows/release\.yml@refs/tags/v"
-        );
-        let err = release_identity_regexp("https://gitlab.com/o/r").unwrap_err();
-        assert!(err.to_string().starts_with("keyless verification trusts the release workflow of a GitHub repository, but the package's repository is \"https://gitlab.com/o/r\""), "{err}");
-    }
-
     #[test]
     fn argument_lists() {
         let options = Options {
@@ -511,7 +489,7 @@ mod tests {
             signing_config: Some("/t/sc.json".into()),
             ignore_tlog: true,
             insecure: true,
-            identity_regexp: None,
+            workflow: None,
             sigstore: Instance::public_good(),
         };
         assert_eq!(
@@ -533,12 +511,28 @@ mod tests {
             signing_config: None,
             ignore_tlog: false,
             insecure: false,
-            identity_regexp: Some("^x$".into()),
+            workflow: Some(
+                WorkflowIdentity::new(
+                    "https://github.com/o/r",
+                    &crate::supply_chain::identity::Run::PullRequest(7),
+                    None,
+                    GITHUB_OIDC_ISSUER,
+                )
+                .unwrap(),
+            ),
             sigstore: Instance::public_good(),
         };
         assert_eq!(
             display(&keyless.verify_attestation("r@sha256:ab", "cyclonedx").unwrap()),
-            "cosign verify-attestation '--certificate-identity-regexp=^x$' --certificate-oidc-issuer=https://token.actions.githubusercontent.com --type=cyclonedx r@sha256:ab"
+            "cosign verify-attestation --certificate-identity=https://github.com/o/r/.github/workflows/ci.yml@refs/pull/7/merge --certificate-oidc-issuer=https://token.actions.githubusercontent.com --certificate-github-workflow-repository=o/r --certificate-github-workflow-trigger=pull_request --certificate-github-workflow-ref=refs/pull/7/merge --type=cyclonedx r@sha256:ab"
+        );
+        let without = Options {
+            workflow: None,
+            ..keyless
+        };
+        assert_eq!(
+            without.verify("r@sha256:ab").unwrap_err().to_string(),
+            "keyless verification needs the identity of the workflow that signed"
         );
     }
 }

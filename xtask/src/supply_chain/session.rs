@@ -60,7 +60,7 @@ impl Session {
                 signing_config: signing_config.clone(),
                 ignore_tlog: signing.no_tlog,
                 insecure,
-                identity_regexp: None,
+                workflow: None,
                 sigstore: Instance::resolve(config, signing)?,
             },
             subject,

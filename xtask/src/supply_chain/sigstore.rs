@@ -16,6 +16,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use serde::Deserialize;
 
 use crate::supply_chain::cosign::{SigningArgs, GITHUB_OIDC_ISSUER};
+use crate::supply_chain::identity::WorkflowIdentity;
 use crate::support::config::Config;
 
 /// The Sigstore one run signs with and verifies against.
@@ -142,6 +143,14 @@ impl Instance {
             bail!("{root} (with the signing config) has neither a transparency log nor a timestamp authority, so nothing proves that a keyless certificate, valid for ten minutes, was valid when it signed; add a timestamp authority to the signing config and the trusted root, or sign with --key");
         }
         Ok(())
+    }
+
+    /// `workflow`, trusted through this instance's OIDC issuer.
+    pub fn issued(&self, workflow: WorkflowIdentity) -> WorkflowIdentity {
+        WorkflowIdentity {
+            issuer: self.oidc_issuer.clone(),
+            ..workflow
+        }
     }
 
     /// Whether this is the public-good instance.
