@@ -421,6 +421,16 @@ pub fn xtask_signing_command(
     if signing.no_tlog {
         command.push_str(" --no-tlog");
     }
+    let quote = crate::support::tools::shell_quote;
+    if let Some(file) = &signing.signing_config {
+        command.push_str(&format!(" --signing-config {}", quote(file.as_str())));
+    }
+    if let Some(file) = &signing.trusted_root {
+        command.push_str(&format!(" --trusted-root {}", quote(file.as_str())));
+    }
+    if let Some(issuer) = &signing.oidc_issuer {
+        command.push_str(&format!(" --oidc-issuer {}", quote(issuer)));
+    }
     if insecure {
         command.push_str(" --insecure");
     }

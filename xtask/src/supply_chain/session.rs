@@ -115,6 +115,8 @@ impl Session {
                 "# writes {path} (no Fulcio, no Rekor, no timestamp authority): {}",
                 cosign::no_tlog_signing_config()
             );
+        } else if let Some(path) = &self.options.sigstore.signing_config {
+            println!("# through the Sigstore that {path} names");
         }
     }
 }

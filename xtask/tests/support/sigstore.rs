@@ -214,7 +214,9 @@ fn start_fulcio(dir: &Path, issuer: &str) -> Server {
     )
     .unwrap();
     let port = free_port();
-    // HTTP and gRPC on one port (Fulcio's duplex mode), metrics on another.
+    // HTTP, gRPC and metrics each on a port of their own (the duplex mode,
+    // HTTP and gRPC on one port, panics in v1.8.8 registering its metrics
+    // twice), and the legacy gRPC socket in this directory.
     let mut fulcio = Server::start(
         "fulcio",
         Command::new(tool("fulcio"))
@@ -226,8 +228,12 @@ fn start_fulcio(dir: &Path, issuer: &str) -> Server {
             ])
             .arg(format!("--port={port}"))
             .args(["--grpc-host=127.0.0.1"])
-            .arg(format!("--grpc-port={port}"))
+            .arg(format!("--grpc-port={}", free_port()))
             .arg(format!("--metrics-port={}", free_port()))
+            .arg(format!(
+                "--legacy-unix-domain-socket={}",
+                dir.join("fulcio-legacy.sock").display()
+            ))
             .arg(format!("--config-path={}", config.display()))
             .current_dir(dir),
         dir.join("fulcio.log"),
