@@ -439,6 +439,7 @@ fn sign(config: &Config, options: &ChartOptions, by_digest: &str) -> Result<cosi
         ignore_tlog: options.signing.no_tlog,
         insecure: options.insecure,
         workflow: None,
+        trusted_root: None,
     };
     cosign
         .run_ok(&signer.sign(by_digest))

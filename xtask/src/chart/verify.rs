@@ -73,6 +73,7 @@ fn check_signature(
         ignore_tlog: signing.no_tlog,
         insecure,
         workflow: workflow.cloned(),
+        trusted_root: None,
     };
     Cosign::find()?
         .run_ok(&options.verify(by_digest)?)

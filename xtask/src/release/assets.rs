@@ -173,6 +173,7 @@ impl Release<'_> {
             ignore_tlog: self.flags.signing.no_tlog,
             insecure: false,
             workflow: None,
+            trusted_root: None,
         };
         let bundle = assets.join("SHA256SUMS.sigstore.json");
         Cosign::find()?.run_ok(&options.sign_blob(sums, &bundle))?;

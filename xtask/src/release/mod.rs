@@ -116,6 +116,7 @@ impl Release<'_> {
             ignore_tlog: self.flags.signing.no_tlog,
             insecure: self.insecure(),
             workflow,
+            trusted_root: None,
         })
     }
 

@@ -238,6 +238,9 @@ pub struct Options {
     pub insecure: bool,
     /// For keyless verification: exactly the workflow run that signed.
     pub workflow: Option<WorkflowIdentity>,
+    /// For keyless verification: the Sigstore trusted root the operator
+    /// gave, instead of the public-good instance's from TUF.
+    pub trusted_root: Option<Utf8PathBuf>,
 }
 
 impl Options {
@@ -282,6 +285,9 @@ impl Options {
                     "keyless verification needs the identity of the workflow that signed",
                 )?;
                 args.extend(workflow.cosign_args());
+                if let Some(root) = &self.trusted_root {
+                    args.push(format!("--trusted-root={root}"));
+                }
             }
         }
         if self.ignore_tlog {
@@ -458,6 +464,7 @@ mod tests {
             ignore_tlog: true,
             insecure: true,
             workflow: None,
+            trusted_root: None,
         };
         assert_eq!(
             options.sign("h:1/app@sha256:ab"),
@@ -487,10 +494,11 @@ mod tests {
                 )
                 .unwrap(),
             ),
+            trusted_root: Some("/t/root.json".into()),
         };
         assert_eq!(
             display(&keyless.verify_attestation("r@sha256:ab", "cyclonedx").unwrap()),
-            "cosign verify-attestation --certificate-identity=https://github.com/o/r/.github/workflows/ci.yml@refs/pull/7/merge --certificate-oidc-issuer=https://token.actions.githubusercontent.com --certificate-github-workflow-repository=o/r --certificate-github-workflow-trigger=pull_request --certificate-github-workflow-ref=refs/pull/7/merge --type=cyclonedx r@sha256:ab"
+            "cosign verify-attestation --certificate-identity=https://github.com/o/r/.github/workflows/ci.yml@refs/pull/7/merge --certificate-oidc-issuer=https://token.actions.githubusercontent.com --certificate-github-workflow-repository=o/r --certificate-github-workflow-trigger=pull_request --certificate-github-workflow-ref=refs/pull/7/merge --trusted-root=/t/root.json --type=cyclonedx r@sha256:ab"
         );
         let without = Options {
             workflow: None,

@@ -60,6 +60,7 @@ impl Session {
                 ignore_tlog: signing.no_tlog,
                 insecure,
                 workflow: None,
+                trusted_root: None,
             },
             subject,
             signing_config,
