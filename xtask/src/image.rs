@@ -332,7 +332,7 @@ fn publish(
             client,
             repository,
             tag_plan,
-            &layout,
+            &layout.read_blob(&built.digest)?,
             &built.digest,
             flags.force,
             &|tag, published| {

@@ -70,6 +70,9 @@ pub struct VerifyOptions {
     /// Keyless: a branch or pull-request build, signed by ci.yml on its
     /// own ref; None for a release, signed by release.yml on its tag.
     pub ci_build: Option<Run>,
+    /// `host/repository` the SBOMs and provenance must name; None only
+    /// reports the one they name (a mirror keeps the first push's).
+    pub expect_repository: Option<String>,
     /// The most days the vuln attestation's database may be older than
     /// today; setting it also requires the attestation.
     pub max_db_age: Option<u64>,
@@ -157,6 +160,7 @@ pub fn run(flags: &flags::Verify) -> Result<()> {
         run: flags.run,
         expect_version: flags.expect_version.clone(),
         ci_build: Run::of_ci(flags.branch.as_deref(), flags.pr),
+        expect_repository: flags.expect_repository.clone(),
         max_db_age: flags.max_db_age,
         require_vuln: flags.max_db_age.is_some(),
     };
@@ -264,7 +268,13 @@ pub fn verify(config: &Config, options: &VerifyOptions, nest: &Nest) -> Result<R
     steps.run("verify the attestations", || {
         for platform in &subject.platforms {
             let name = platform.platform.to_string();
-            let facts = Facts::of_platform(&subject, platform, &expected_version, &tag);
+            let facts = Facts::of_platform(
+                &subject,
+                platform,
+                &expected_version,
+                &tag,
+                options.expect_repository.as_deref(),
+            );
             let result = verify_sbom(
                 &cosign,
                 &cosign_options,
@@ -285,7 +295,12 @@ pub fn verify(config: &Config, options: &VerifyOptions, nest: &Nest) -> Result<R
             }
         }
         if subject.is_index {
-            let facts = Facts::of_index(&subject, &expected_version, &tag);
+            let facts = Facts::of_index(
+                &subject,
+                &expected_version,
+                &tag,
+                options.expect_repository.as_deref(),
+            );
             let result = verify_provenance(&cosign, &cosign_options, &subject, &facts);
             checks.push(Check::new("provenance", "index", &subject.digest, result));
         }

@@ -15,6 +15,7 @@
 
 mod convert;
 mod load;
+mod refs;
 mod signed;
 mod trust;
 

@@ -536,6 +536,32 @@ mod tests {
             display(&keyless.verify_attestation("r@sha256:ab", "cyclonedx").unwrap()),
             "cosign verify-attestation --certificate-identity=https://github.com/o/r/.github/workflows/ci.yml@refs/pull/7/merge --certificate-oidc-issuer=https://token.actions.githubusercontent.com --certificate-github-workflow-repository=o/r --certificate-github-workflow-trigger=pull_request --certificate-github-workflow-ref=refs/pull/7/merge --type=cyclonedx r@sha256:ab"
         );
+        // A private Sigstore with a timestamp authority, no Rekor and no CT
+        // log: its root, the timestamp instead of the log, no SCT; and its
+        // services to sign with.
+        let private = crate::supply_chain::sigstore::Instance {
+            signing_config: Some("/t/signing.json".into()),
+            trusted_root: Some("/t/root.json".into()),
+            oidc_issuer: "https://issuer.internal".into(),
+            evidence: crate::supply_chain::sigstore::Evidence {
+                transparency_log: false,
+                signed_timestamp: true,
+                certificate_transparency: false,
+            },
+        };
+        let keyless = Options {
+            workflow: keyless.workflow.map(|w| private.issued(w)),
+            sigstore: private,
+            ..keyless
+        };
+        assert_eq!(
+            display(&keyless.verify("r@sha256:ab").unwrap()),
+            "cosign verify --certificate-identity=https://github.com/o/r/.github/workflows/ci.yml@refs/pull/7/merge --certificate-oidc-issuer=https://issuer.internal --certificate-github-workflow-repository=o/r --certificate-github-workflow-trigger=pull_request --certificate-github-workflow-ref=refs/pull/7/merge --trusted-root=/t/root.json --insecure-ignore-tlog=true --use-signed-timestamps --insecure-ignore-sct=true --output=json r@sha256:ab"
+        );
+        assert_eq!(
+            display(&keyless.sign("r@sha256:ab")),
+            "cosign sign --recursive --yes --signing-config=/t/signing.json --trusted-root=/t/root.json r@sha256:ab"
+        );
         let without = Options {
             workflow: None,
             ..keyless
