@@ -410,6 +410,9 @@ fn release_yml_and_ci_yml_sign_keylessly_through_a_private_sigstore() {
     negatives(&bed, &claims, &version, &digest);
     eprintln!("negatives done in {:.0?}", started.elapsed());
 
+    keyless_air_gap(&bed, &version, &slug, &digest);
+    eprintln!("keyless air gap done in {:.0?}", started.elapsed());
+
     // ci.yml's image job on a push to main: pushed, signed keylessly as
     // ci.yml on refs/heads/main, then tagged.
     let ci = Workflow::read(&bed.ws, "ci.yml");
@@ -544,6 +547,22 @@ fn negatives(bed: &Bed, claims: &Job, version: &str, digest: &str) {
             other(&|j| j.git_ref = "refs/tags/v9.9.9".into()),
             Some("refs/tags/v9.9.9"),
         ),
+        // The SAN matches, the certificate's extensions do not: another
+        // repository calling this release.yml as a reusable workflow, and
+        // this workflow run on another commit (a tag moved, then re-run).
+        (
+            "other-repository-calling-release.yml",
+            other(&|j| {
+                j.called_workflow = Some(claims.workflow_ref());
+                j.repository = "evil-org/app".into();
+            }),
+            Some("evil-org/app"),
+        ),
+        (
+            "other-commit",
+            other(&|j| j.sha = "0123456789abcdef0123456789abcdef01234567".into()),
+            Some("0123456789abcdef0123456789abcdef01234567"),
+        ),
     ];
     for (name, job, differs) in cases {
         let copy = bed.repo(&format!("signed-by/{name}"));
@@ -574,4 +593,130 @@ fn negatives(bed: &Bed, claims: &Job, version: &str, digest: &str) {
             }
         }
     }
+}
+
+/// The keyless variant of docs/air-gapped.md's crane-and-cosign procedure,
+/// as the page says to write it: its `sh` block, with the trusted root the
+/// operator brought compared with the archive's instead of the key, and
+/// `--key cosign.pub --insecure-ignore-tlog=true` replaced by that root
+/// and the identity of the page's `text` block. This Sigstore has a
+/// timestamp authority and no Rekor or CT log, so the signed timestamp
+/// stands in for the log and no SCT is asked for (docs/verifying.md, "Your
+/// own Sigstore"). The example names become the test's, and plain HTTP is
+/// allowed on loopback.
+fn keyless_air_gap_procedure(repo: &str, version: &str, slug: &str, issuer: &str) -> String {
+    let page = std::fs::read_to_string(support::workspace_root().join("docs/air-gapped.md"))
+        .expect("docs/air-gapped.md exists");
+    let block = |fence: &str| -> String {
+        let blocks: Vec<&str> = page.split(fence).skip(1).collect();
+        assert_eq!(blocks.len(), 1, "docs/air-gapped.md has one {fence} block");
+        blocks[0].split("```").next().unwrap().to_owned()
+    };
+    let identity = block("```text\n")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace("https://token.actions.githubusercontent.com", issuer);
+    let mut script = block("```sh\n");
+    for (from, to) in [
+        (
+            "cmp cosign.pub bundle/verify/cosign.pub".to_owned(),
+            "cmp trusted_root.json bundle/verify/trusted_root.json".to_owned(),
+        ),
+        (
+            "--key cosign.pub --insecure-ignore-tlog=true".to_owned(),
+            format!("--trusted-root trusted_root.json {identity} --use-signed-timestamps --insecure-ignore-tlog=true --insecure-ignore-sct=true"),
+        ),
+        ("registry.internal/rust-release".to_owned(), repo.to_owned()),
+        ("example-org/rust-release".to_owned(), slug.to_owned()),
+        ("v1.2.3".to_owned(), version.to_owned()),
+        ("\" = 1.2.3".to_owned(), format!("\" = {}", &version[1..])),
+        ("crane push ".to_owned(), "crane push --insecure ".to_owned()),
+        ("crane tag ".to_owned(), "crane tag --insecure ".to_owned()),
+        ("crane digest ".to_owned(), "crane digest --insecure ".to_owned()),
+        ("crane manifest ".to_owned(), "crane manifest --insecure ".to_owned()),
+        ("cosign verify ".to_owned(), "cosign verify --allow-insecure-registry --allow-http-registry ".to_owned()),
+        ("cosign verify-attestation ".to_owned(), "cosign verify-attestation --allow-insecure-registry --allow-http-registry ".to_owned()),
+    ] {
+        assert!(script.contains(&from), "the procedure has no `{from}`");
+        script = script.replace(&from, &to);
+    }
+    script
+}
+
+/// Bundles the keyless release, carries it to a registry of its own with
+/// the operator's trusted root, and runs the keyless air-gap procedure
+/// there with crane and cosign alone.
+fn keyless_air_gap(bed: &Bed, version: &str, slug: &str, digest: &str) {
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join(format!("server-{version}.oci.tar"));
+    let bundled = bed.xtask(
+        &[
+            "bundle",
+            version,
+            "--insecure",
+            "--image",
+            &bed.repo("app"),
+            "--out",
+            archive.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(bundled.status.success(), "{}", stderr(&bundled));
+    let operator = tempfile::tempdir().unwrap();
+    let name = archive.file_name().unwrap().to_str().unwrap().to_owned();
+    std::fs::copy(&archive, operator.path().join(&name)).unwrap();
+    let sum = run_ok(
+        Command::new("sha256sum")
+            .arg(&name)
+            .current_dir(work.path()),
+    );
+    std::fs::write(operator.path().join(format!("{name}.sha256")), sum).unwrap();
+    std::fs::copy(
+        &bed.sigstore.trusted_root,
+        operator.path().join("trusted_root.json"),
+    )
+    .unwrap();
+
+    let inside = Registry::start();
+    let repo = inside.repo("rust-release");
+    let script = keyless_air_gap_procedure(&repo, version, slug, &bed.sigstore.issuer.url());
+    let bin = operator.path().join(".tools");
+    std::fs::create_dir(&bin).unwrap();
+    for name in [
+        "crane",
+        "cosign",
+        "sh",
+        "tar",
+        "sha256sum",
+        "mkdir",
+        "grep",
+        "cut",
+        "cmp",
+        "jq",
+        "test",
+    ] {
+        std::os::unix::fs::symlink(tool(name), bin.join(name)).unwrap();
+    }
+    let home = operator.path().join(".home");
+    std::fs::create_dir(&home).unwrap();
+    let output = run(Command::new(bin.join("sh"))
+        .args(["-eux", "-c", &script])
+        .current_dir(operator.path())
+        .env_clear()
+        .env("PATH", &bin)
+        .env("HOME", &home));
+    assert!(
+        output.status.success(),
+        "the keyless procedure failed:\n{}",
+        stderr(&output)
+    );
+    let tags = support::tag_digests(&repo);
+    assert_eq!(
+        tags.get(version).map(String::as_str),
+        Some(digest),
+        "{tags:?}"
+    );
 }

@@ -113,7 +113,7 @@ pub fn run(flags: &flags::Bundle) -> Result<()> {
         &plan.refs,
         &plan.version,
         &flags.signing,
-        flags.signing.trusted_root.as_deref(),
+        sigstore.trusted_root.as_deref(),
         || {
             signed::release_identity(&config, &plan.index_digest, &plan.blobs)
                 .map(|workflow| sigstore.issued(workflow))

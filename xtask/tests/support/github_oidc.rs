@@ -36,6 +36,10 @@ pub struct Job {
     pub sha: String,
     /// `push`, `pull_request`
     pub event_name: String,
+    /// The reusable workflow the job runs, `OWNER/REPO/.github/workflows/FILE@REF`,
+    /// when it calls one (GitHub's `job_workflow_ref`, which Fulcio makes
+    /// the SAN); None: the workflow itself.
+    pub called_workflow: Option<String>,
 }
 
 impl Job {
@@ -48,9 +52,16 @@ impl Job {
         )
     }
 
+    /// GitHub's `job_workflow_ref`.
+    pub fn job_workflow_ref(&self) -> String {
+        self.called_workflow
+            .clone()
+            .unwrap_or_else(|| self.workflow_ref())
+    }
+
     /// The certificate's SAN that Fulcio derives from the token.
     pub fn certificate_identity(&self) -> String {
-        format!("https://github.com/{}", self.workflow_ref())
+        format!("https://github.com/{}", self.job_workflow_ref())
     }
 
     fn claims(&self, issuer: &str, audience: &str, now: u64) -> serde_json::Value {
@@ -88,7 +99,7 @@ impl Job {
             "workflow": self.workflow_name,
             "workflow_ref": self.workflow_ref(),
             "workflow_sha": self.sha,
-            "job_workflow_ref": self.workflow_ref(),
+            "job_workflow_ref": self.job_workflow_ref(),
             "job_workflow_sha": self.sha,
             "runner_environment": "github-hosted",
             "run_id": "4000004",

@@ -142,6 +142,7 @@ impl Runner<'_> {
             git_ref: self.event.git_ref.clone(),
             sha: self.event.sha.clone(),
             event_name: self.event.name.clone(),
+            called_workflow: None,
         }
     }
 
