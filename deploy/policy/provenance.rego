@@ -7,16 +7,21 @@
 # cosign gives each verified in-toto statement as `input` and accepts it
 # when `allow` holds. The fixed parts are asserted exactly: the source
 # repository (Cargo.toml's `repository`) and the builder, the release
-# workflow on a v* tag. The parts that change with every release, the
-# subject digest and the source revision, are asserted by shape; cosign
-# itself checks that the statement's subject is the digest verified.
+# workflow on the tag of exactly the release being verified: set
+# `version` to it. A provenance of another release, even of this
+# repository, is refused. The subject digest and the source revision are
+# asserted by shape; cosign itself checks that the statement's subject is
+# the digest verified.
 package signature
 
 import rego.v1
 
 repository := "https://github.com/example-org/rust-release"
 
-builder_prefix := concat("", [repository, "/.github/workflows/release.yml@refs/tags/v"])
+# The release this policy accepts, exactly as its git tag.
+version := "v1.2.3"
+
+builder := concat("", [repository, "/.github/workflows/release.yml@refs/tags/", version])
 
 default allow := false
 
@@ -34,5 +39,5 @@ allow if {
 	some source in definition.resolvedDependencies
 	startswith(source.uri, concat("", ["git+", repository]))
 	source.digest.gitCommit == revision
-	startswith(input.predicate.runDetails.builder.id, builder_prefix)
+	input.predicate.runDetails.builder.id == builder
 }

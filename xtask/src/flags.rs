@@ -289,6 +289,20 @@ pub struct Verify {
     /// The version the SBOMs, the provenance and (with --run) the binary must report; default: the version tag being verified (`:v1.2.3`), else Cargo.toml's.
     #[arg(long)]
     pub expect_version: Option<String>,
+    /// Require the SBOMs and provenance to name this repository
+    /// (`host/path`, such as where the release was first pushed); without
+    /// it, the repository they name is only reported, since a mirror keeps
+    /// the digests but not the name.
+    #[arg(long, value_name = "REPOSITORY")]
+    pub expect_repository: Option<String>,
+    /// Keyless: the image is a build of this branch, signed by ci.yml on
+    /// refs/heads/BRANCH, not a release signed by release.yml on its tag.
+    #[arg(long, conflicts_with_all = ["pr", "expect_version"])]
+    pub branch: Option<String>,
+    /// Keyless: the image is a build of this pull request, signed by ci.yml
+    /// on refs/pull/N/merge.
+    #[arg(long, conflicts_with = "expect_version")]
+    pub pr: Option<u64>,
     /// Also verify this Helm chart (oci://…/charts/server@sha256:… or :VERSION):
     /// its signature, and that its default values run the verified image.
     #[arg(long, value_name = "CHART")]
@@ -365,17 +379,19 @@ pub struct Bundle {
     pub out: Option<Utf8PathBuf>,
     /// Instead of writing the archive, push the one at --out into --image,
     /// with every digest unchanged, verify its signatures there (--key, or
-    /// the release workflow's identity), and only then set its tags.
+    /// --trusted-root and the release workflow's exact identity), and only
+    /// then set the tags of the version its signed index names, by the
+    /// release's tag policy.
     #[arg(long)]
     pub load: bool,
     /// Whom to trust: bundled into verify/ (--key: the public key), and with
     /// --load, what verifies, as for verify.
     #[command(flatten)]
     pub signing: SigningArgs,
-    /// A Sigstore trusted_root.json to bundle into verify/, for keyless
-    /// verification where Sigstore is unreachable.
-    #[arg(long, value_name = "FILE", conflicts_with = "load")]
-    pub trusted_root: Option<Utf8PathBuf>,
+    /// With --load: repoint the version's tag (and sha-…) even if it
+    /// already names another digest.
+    #[arg(long, requires = "load")]
+    pub force: bool,
     /// Print what would be bundled (or loaded and tagged); write nothing.
     #[arg(long)]
     pub dry_run: bool,

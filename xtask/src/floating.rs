@@ -5,7 +5,44 @@
 //! `vX.Y`) onto itself, nor leave it there if its write landed after the
 //! newer release's.
 
-use crate::tags::{parse_version, Build};
+use anyhow::Result;
+use semver::Version;
+
+use crate::oci::client::Client;
+use crate::oci::push::{self, TagChange};
+use crate::tags::{self, parse_version, Build};
+
+/// Sets a release's tags as the policy says, from what `repo` holds now:
+/// `vX.Y.Z` and `sha-…` (immutable: an error if they name another digest,
+/// unless `force`), then the floating tags the release is the newest of,
+/// each checked right before and after it moves. Returns the tags that
+/// moved, and the floating tags not set, with why. Release and
+/// `bundle --load` both tag through here.
+pub fn tag_release(
+    client: &Client,
+    repo: &str,
+    version: &Version,
+    sha: &str,
+    index: &[u8],
+    index_digest: &str,
+    force: bool,
+) -> Result<(Vec<TagChange>, Vec<String>)> {
+    let published = client.list_tags(repo)?;
+    let build = Build::Release(version.clone());
+    let plan = tags::compute(&build, sha, &published)?;
+    let moved = push::move_tags(
+        client,
+        repo,
+        &plan.with_immutability(),
+        index,
+        index_digest,
+        force,
+        &|tag, published| newer_release(&build, tag, published),
+    )?;
+    let mut not_set = plan.not_set;
+    not_set.extend(moved.kept);
+    Ok((moved.changes, not_set))
+}
 
 /// For a floating tag of `build`, given the tags the repository has now:
 /// the newest published release that the tag must stay on, when it is

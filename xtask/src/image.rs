@@ -17,9 +17,11 @@ use crate::oci::push::{self, PushReport, TagChange};
 use crate::oci::{reference, Layout};
 use crate::sign::{self, SignOptions};
 use crate::supply_chain::cosign;
+use crate::supply_chain::identity::Run;
 use crate::support::config::{Config, Platform};
 use crate::support::progress::Steps;
 use crate::support::source::Source;
+use crate::tags::Build;
 use crate::{floating, tags};
 
 /// What `image --json` prints.
@@ -308,7 +310,16 @@ fn publish(
         let signed = steps.run_nested("sign by digest", |nest| {
             sign::sign(config, &options, nest).map_err(|err| subtask_failed("sign", &options, err))
         })?;
-        verify = signed.map(|s| s.verify);
+        // Keyless, ci.yml signed it on this branch or pull request (or
+        // release.yml on the version's tag), which verify must be told.
+        let keyless_build = match flags.signing.key {
+            None => tags::resolve_build(config, &flags.build).ok().map(|b| b.0),
+            Some(_) => None,
+        };
+        verify = signed.map(|s| match keyless_build {
+            Some(build) => format!("{}{}", s.verify, signed_by(&build).verify_flags()),
+            None => s.verify,
+        });
     }
     // As the tag plan was computed: only a release's floating tags have
     // an order to keep.
@@ -321,7 +332,7 @@ fn publish(
             client,
             repository,
             tag_plan,
-            &layout,
+            &layout.read_blob(&built.digest)?,
             &built.digest,
             flags.force,
             &|tag, published| {
@@ -336,6 +347,15 @@ fn publish(
         changes,
         verify,
     })
+}
+
+/// The workflow run that signs `build` keyless.
+fn signed_by(build: &Build) -> Run {
+    match build {
+        Build::Release(version) => Run::Release(version.clone()),
+        Build::Branch { name, .. } => Run::Branch(name.clone()),
+        Build::PullRequest(number) => Run::PullRequest(*number),
+    }
 }
 
 /// What a push did.

@@ -15,17 +15,15 @@ use crate::oci::run;
 use crate::oci::subject::{client_for, PlatformImage, Subject};
 use crate::oci::REVISION;
 use crate::supply_chain::claims::{verified_statements, verify_signature};
-use crate::supply_chain::content::{self, Facts, TagCommit};
+use crate::supply_chain::content::{verify_provenance, verify_sbom, Facts, TagCommit};
 use crate::supply_chain::cosign::{self, Cosign, SigningArgs};
-use crate::supply_chain::identity::{self, Identity};
+use crate::supply_chain::identity::{self, Identity, Run, WorkflowIdentity};
+use crate::supply_chain::sigstore::Instance;
 use crate::supply_chain::vuln;
 use crate::support::config::Config;
 use crate::support::git::Git;
 use crate::support::progress::{Nest, Steps};
 
-pub const CYCLONEDX_PREDICATE: &str = "https://cyclonedx.org/bom";
-pub const SLSA_V1_PREDICATE: &str = "https://slsa.dev/provenance/v1";
-pub const SPDX_PREDICATE: &str = "https://spdx.dev/Document";
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
     /// `signature`, `sbom`, `provenance`, `vuln` or `run`.
@@ -69,6 +67,12 @@ pub struct VerifyOptions {
     pub run: bool,
     /// The version the image must be (default: Cargo.toml's).
     pub expect_version: Option<String>,
+    /// Keyless: a branch or pull-request build, signed by ci.yml on its
+    /// own ref; None for a release, signed by release.yml on its tag.
+    pub ci_build: Option<Run>,
+    /// `host/repository` the SBOMs and provenance must name; None only
+    /// reports the one they name (a mirror keeps the first push's).
+    pub expect_repository: Option<String>,
     /// The most days the vuln attestation's database may be older than
     /// today; setting it also requires the attestation.
     pub max_db_age: Option<u64>,
@@ -88,6 +92,9 @@ pub struct Report {
     pub platforms: Vec<Value>,
     pub checks: Vec<Check>,
     pub passed: bool,
+    /// Keyless: exactly whom the signatures were checked against.
+    #[serde(skip)]
+    pub workflow: Option<WorkflowIdentity>,
 }
 
 impl Report {
@@ -152,6 +159,8 @@ pub fn run(flags: &flags::Verify) -> Result<()> {
         insecure: flags.registry.insecure,
         run: flags.run,
         expect_version: flags.expect_version.clone(),
+        ci_build: Run::of_ci(flags.branch.as_deref(), flags.pr),
+        expect_repository: flags.expect_repository.clone(),
         max_db_age: flags.max_db_age,
         require_vuln: flags.max_db_age.is_some(),
     };
@@ -159,11 +168,12 @@ pub fn run(flags: &flags::Verify) -> Result<()> {
     let mut report = verify(&config, &options, &Nest::top())?;
     if let Some(chart) = &flags.chart {
         let checked = chart::verify_chart(
-            &config,
             chart,
             &options.signing,
             options.insecure,
             &report.digest,
+            report.workflow.as_ref(),
+            &Instance::resolve(&config, &options.signing)?,
         )?;
         for (check, result) in [
             ("signature", checked.signature),
@@ -194,18 +204,8 @@ pub fn run(flags: &flags::Verify) -> Result<()> {
 /// image is executed unless every signature and attestation check passed.
 pub fn verify(config: &Config, options: &VerifyOptions, nest: &Nest) -> Result<Report> {
     let identity = identity::verifying_identity(&options.signing)?;
-    let identity_regexp = match identity {
-        Identity::Keyless => Some(identity::release_identity_regexp(&config.repository)?),
-        Identity::Key(_) => None,
-    };
     let cosign = Cosign::find()?;
-    let cosign_options = cosign::Options {
-        identity: identity.clone(),
-        signing_config: None,
-        ignore_tlog: options.signing.no_tlog,
-        insecure: options.insecure,
-        identity_regexp,
-    };
+    let sigstore = Instance::resolve(config, &options.signing)?;
     let expected_version = expected_version(
         options.expect_version.as_deref(),
         &options.reference,
@@ -217,6 +217,23 @@ pub fn verify(config: &Config, options: &VerifyOptions, nest: &Nest) -> Result<R
     let subject = steps.run("resolve the image", || {
         Subject::resolve(&options.reference, &client)
     })?;
+    let workflow = match identity {
+        Identity::Keyless => Some(sigstore.issued(workflow_identity(
+            config,
+            options,
+            &expected_version,
+            &subject,
+        )?)),
+        Identity::Key(_) => None,
+    };
+    let cosign_options = cosign::Options {
+        identity: identity.clone(),
+        signing_config: None,
+        ignore_tlog: options.signing.no_tlog,
+        insecure: options.insecure,
+        workflow,
+        sigstore,
+    };
     // Only a release is held to its version tag: a branch build carries
     // the same Cargo version from a later commit. A release is what the
     // caller names as one (--expect-version, as the release task does
@@ -251,7 +268,13 @@ pub fn verify(config: &Config, options: &VerifyOptions, nest: &Nest) -> Result<R
     steps.run("verify the attestations", || {
         for platform in &subject.platforms {
             let name = platform.platform.to_string();
-            let facts = Facts::of_platform(&subject, platform, &expected_version, &tag);
+            let facts = Facts::of_platform(
+                &subject,
+                platform,
+                &expected_version,
+                &tag,
+                options.expect_repository.as_deref(),
+            );
             let result = verify_sbom(
                 &cosign,
                 &cosign_options,
@@ -272,7 +295,12 @@ pub fn verify(config: &Config, options: &VerifyOptions, nest: &Nest) -> Result<R
             }
         }
         if subject.is_index {
-            let facts = Facts::of_index(&subject, &expected_version, &tag);
+            let facts = Facts::of_index(
+                &subject,
+                &expected_version,
+                &tag,
+                options.expect_repository.as_deref(),
+            );
             let result = verify_provenance(&cosign, &cosign_options, &subject, &facts);
             checks.push(Check::new("provenance", "index", &subject.digest, result));
         }
@@ -327,12 +355,9 @@ pub fn verify(config: &Config, options: &VerifyOptions, nest: &Nest) -> Result<R
         resolved_from_tag: subject.resolved_from_tag.clone(),
         identity: match &identity {
             Identity::Key(key) => json!({"key": key}),
-            Identity::Keyless => json!({
-                "certificate_identity_regexp": cosign_options.identity_regexp,
-                "certificate_oidc_issuer": cosign::GITHUB_OIDC_ISSUER,
-            }),
+            Identity::Keyless => serde_json::to_value(&cosign_options.workflow)?,
         },
-        tlog: !options.signing.no_tlog,
+        tlog: !options.signing.no_tlog && cosign_options.sigstore.evidence.transparency_log,
         platforms: subject
             .platforms
             .iter()
@@ -340,7 +365,29 @@ pub fn verify(config: &Config, options: &VerifyOptions, nest: &Nest) -> Result<R
             .collect(),
         checks,
         passed,
+        workflow: cosign_options.workflow.clone(),
     })
+}
+
+/// Exactly whom a keyless verification trusts: the release workflow on the
+/// tag of the expected version, or ci.yml on the branch or pull request
+/// given; the commit is the one the signed index names.
+fn workflow_identity(
+    config: &Config,
+    options: &VerifyOptions,
+    expected_version: &str,
+    subject: &Subject,
+) -> Result<WorkflowIdentity> {
+    let run = match &options.ci_build {
+        Some(run) => run.clone(),
+        None => Run::Release(crate::tags::parse_version(&format!("v{expected_version}"))?),
+    };
+    WorkflowIdentity::new(
+        &config.repository,
+        &run,
+        subject.annotation(REVISION),
+        cosign::GITHUB_OIDC_ISSUER,
+    )
 }
 
 /// The version the image must be: `--expect-version`, else the version tag
@@ -369,73 +416,6 @@ fn version_tag(config: &Config, version: &str) -> TagCommit {
         .tag_commit(&tag)
         .ok()??;
     Some((tag, commit))
-}
-
-/// Both SBOMs, CycloneDX and SPDX: signed, of the expected version, and
-/// describing the platform they are attached to.
-fn verify_sbom(
-    cosign: &Cosign,
-    options: &cosign::Options,
-    subject: &Subject,
-    facts: &Facts,
-    expected_version: &str,
-) -> Result<String> {
-    let statements = verified_statements(cosign, options, subject, &facts.digest, "cyclonedx")?;
-    for statement in &statements {
-        if statement["predicateType"] != CYCLONEDX_PREDICATE {
-            bail!(
-                "the SBOM attestation has predicate type {}, not {CYCLONEDX_PREDICATE}",
-                statement["predicateType"]
-            );
-        }
-        let component = &statement["predicate"]["metadata"]["component"];
-        let version = component["version"].as_str().unwrap_or("none");
-        if version != expected_version {
-            bail!(
-                "the SBOM's root component {} has version {version}, not {expected_version}",
-                component["name"].as_str().unwrap_or("(unnamed)")
-            );
-        }
-        content::check_cyclonedx(&statement["predicate"], facts)?;
-    }
-    let documents = verified_statements(cosign, options, subject, &facts.digest, "spdxjson")?;
-    for statement in &documents {
-        if statement["predicateType"] != SPDX_PREDICATE {
-            bail!(
-                "the SPDX attestation has predicate type {}, not {SPDX_PREDICATE}",
-                statement["predicateType"]
-            );
-        }
-        content::check_spdx(&statement["predicate"], facts)?;
-    }
-    let component = &statements[0]["predicate"]["metadata"]["component"];
-    Ok(format!(
-        "CycloneDX, root component {} {expected_version}",
-        component["name"].as_str().unwrap_or("(unnamed)")
-    ))
-}
-
-fn verify_provenance(
-    cosign: &Cosign,
-    options: &cosign::Options,
-    subject: &Subject,
-    facts: &Facts,
-) -> Result<String> {
-    let digest = &facts.digest;
-    let statements = verified_statements(cosign, options, subject, digest, "slsaprovenance1")?;
-    for statement in &statements {
-        if statement["predicateType"] != SLSA_V1_PREDICATE {
-            bail!(
-                "the provenance has predicate type {}, not {SLSA_V1_PREDICATE}",
-                statement["predicateType"]
-            );
-        }
-        content::check_provenance(&statement["predicate"], facts)?;
-    }
-    let builder = statements[0]["predicate"]["runDetails"]["builder"]["id"]
-        .as_str()
-        .unwrap_or("unknown");
-    Ok(format!("SLSA v1 for {digest}, builder {builder}"))
 }
 
 /// Runs one platform's `/server version --json` from the registry, and

@@ -1,8 +1,8 @@
 //! docs/air-gapped.md, run as written: a release bundle loaded into a
 //! fresh registry and verified there with crane and cosign alone, in a
 //! directory with no checkout and a PATH with no cargo and no xtask. Then
-//! an altered bundle and a wrong key, which must fail before the version
-//! tag is set.
+//! an altered bundle, an older signed release named as this one, and a
+//! wrong key, which must fail before the version tag is set.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
@@ -13,8 +13,11 @@ use std::process::{Command, Output};
 
 use serde_json::{json, Value};
 use support::{head_sha, run, run_ok, seed_base, server_version, tag_digests, tool, Registry};
+use xtask::oci::client::Client;
 
 const PASSWORD: &str = "air-gapped-test-password";
+
+const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// Signatures for an offline registry: no Rekor, no TSA.
 const SIGNING_CONFIG: &str = r#"{"mediaType":"application/vnd.dev.sigstore.signingconfig.v0.2+json","caUrls":[],"oidcUrls":[],"rekorTlogUrls":[],"tsaUrls":[],"rekorTlogConfig":{"selector":"ANY"},"tsaConfig":{"selector":"ANY"}}"#;
@@ -30,6 +33,7 @@ const TOOLS: &[&str] = &[
     "grep",
     "cut",
     "cmp",
+    "jq",
 ];
 
 fn cosign() -> Command {
@@ -125,11 +129,13 @@ fn procedure(registry: &Registry) -> String {
     let block = blocks[0].split("```").next().unwrap();
     let mut script = block
         .replace("registry.internal/rust-release", &registry.repo("app"))
-        .replace("v1.2.3", &format!("v{}", server_version()));
+        .replace("v1.2.3", &format!("v{}", server_version()))
+        .replace("\" = 1.2.3", &format!("\" = {}", server_version()));
     for (from, to) in [
         ("crane push ", "crane push --insecure "),
         ("crane tag ", "crane tag --insecure "),
         ("crane digest ", "crane digest --insecure "),
+        ("crane manifest ", "crane manifest --insecure "),
         ("cosign verify ", "cosign verify --allow-insecure-registry "),
         (
             "cosign verify-attestation ",
@@ -300,6 +306,73 @@ fn an_altered_bundle_or_a_wrong_key_fails_before_the_version_is_tagged() {
     assert!(!output.status.success(), "an altered bundle verified");
     assert_last_command_failed(&output, "cosign verify ", "no signatures found");
     assert_eq!(tag_digests(&b.repo("app")).get(&version), None);
+
+    // verify/tags pointing the version at an older release, signed with
+    // the same key and already in the registry: cosign passes, the signed
+    // index's version annotation does not.
+    let mut older: Value =
+        serde_json::from_slice(&std::fs::read(blobs.join(hex)).unwrap()).unwrap();
+    older["annotations"]["org.opencontainers.image.version"] = json!("0.0.1");
+    let older = serde_json::to_vec(&older).unwrap();
+    let older_digest = format!("sha256:{}", sha256(&older));
+    let d = Registry::start();
+    // Its platforms are the release's: in the registry before it.
+    run_ok(Command::new(tool("crane")).args([
+        "copy",
+        "--insecure",
+        &format!("{}@{}", a.repo("app"), release.index),
+        &format!("{}@{}", d.repo("app"), release.index),
+    ]));
+    Client::new(&d.host(), true)
+        .unwrap()
+        .put_manifest("app", &older_digest, INDEX, &older)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let signing_config = release.keys.path().join("signing-config.json");
+    run_ok(
+        cosign()
+            .arg("sign")
+            .arg("--key")
+            .arg(release.keys.path().join("cosign.key"))
+            .arg("--signing-config")
+            .arg(&signing_config)
+            .args(["--allow-insecure-registry", "-y"])
+            .arg(format!("{}@{older_digest}", d.repo("app"))),
+    );
+    let unpacked = tempfile::tempdir().unwrap();
+    run_ok(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(unpacked.path()),
+    );
+    let tags_path = unpacked.path().join("verify/tags");
+    let tags = std::fs::read_to_string(&tags_path).unwrap().replace(
+        &format!("{version} {}", release.index),
+        &format!("{version} {older_digest}"),
+    );
+    std::fs::write(&tags_path, tags).unwrap();
+    let renamed = work
+        .path()
+        .join("renamed")
+        .join(archive.file_name().unwrap());
+    std::fs::create_dir(renamed.parent().unwrap()).unwrap();
+    run_ok(
+        Command::new("tar")
+            .arg("-cf")
+            .arg(&renamed)
+            .arg("-C")
+            .arg(unpacked.path())
+            .args(["oci-layout", "index.json", "blobs", "verify"]),
+    );
+    let operator = carry_in(&renamed, &public_key);
+    let output = run_procedure(operator.path(), &procedure(&d));
+    assert!(
+        !output.status.success(),
+        "an older release took the version's tag"
+    );
+    assert_last_command_failed(&output, "test 0.0.1 = ", "+ test 0.0.1 = ");
+    assert_eq!(tag_digests(&d.repo("app")).get(&version), None);
 
     // A key that did not sign the release, bundled and trusted alike.
     let other = tempfile::tempdir().unwrap();

@@ -219,6 +219,10 @@ const EXPECTATIONS: &[(&str, How)] = &[
     ("docker run --rm -p 8080:8080", How::NoEngine),
     // operations.md
     ("NEW=$(crane digest", How::Runs(Before::Nothing, prints_index)),
+    (
+        "REVISION=$(crane manifest ghcr.io/",
+        How::Runs(Before::Nothing, prints_head_commit),
+    ),
     ("cosign verify ghcr.io/", How::Keyless),
     (
         "grep ^SERVER_IMAGE= .env > rollback.env",
@@ -373,7 +377,11 @@ const EXPECTATIONS: &[(&str, How)] = &[
         "PLATFORM_DIGEST=$(crane digest --platform linux/arm64",
         How::Runs(Before::Nothing, prints_arm64),
     ),
-    ("cosign verify --certificate-identity-regexp", How::Keyless),
+    (
+        "REVISION=$(crane manifest \"$IMAGE@$DIGEST\")",
+        How::Runs(Before::Nothing, prints_head_commit),
+    ),
+    ("cosign verify --certificate-identity ", How::Keyless),
     (
         "cosign verify --key cosign.pub \"$IMAGE@$DIGEST\"",
         How::Runs(Before::Nothing, signatures_of_index),
@@ -402,7 +410,10 @@ const EXPECTATIONS: &[(&str, How)] = &[
         "crane manifest \"$IMAGE@$DIGEST\" | jq -r",
         How::Runs(Before::Nothing, prints_platform_list),
     ),
-    ("cargo xtask verify \"$IMAGE@$DIGEST\"", How::Keyless),
+    (
+        "cargo xtask verify \"$IMAGE@$DIGEST\" --expect-version",
+        How::Keyless,
+    ),
     (
         "cargo xtask verify \"$IMAGE@$DIGEST\" --key cosign.pub",
         How::Runs(Before::Nothing, verify_table_passes),
@@ -984,6 +995,10 @@ fn prints_arm64(bed: &mut Bed, _: &DocCommand, ran: &Ran) -> Result<(), String> 
 
 fn prints_repository(bed: &mut Bed, _: &DocCommand, ran: &Ran) -> Result<(), String> {
     equal("the repository", &ran.stdout, &bed.repository())
+}
+
+fn prints_head_commit(_: &mut Bed, _: &DocCommand, ran: &Ran) -> Result<(), String> {
+    equal("the index's revision annotation", &ran.stdout, &head_sha())
 }
 
 fn prints_true(_: &mut Bed, _: &DocCommand, ran: &Ran) -> Result<(), String> {

@@ -1,7 +1,8 @@
 //! deploy/policy/provenance.rego, the policy docs/verifying.md gives
 //! operators, run by cosign itself against a provenance made by `cargo
-//! xtask attest` as the release workflow makes it: it accepts that, and a
-//! variant expecting another repository refuses it.
+//! xtask attest` as the release workflow makes it: set to that release's
+//! version it accepts it, and variants expecting another repository or
+//! another version refuse it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
@@ -95,7 +96,20 @@ fn provenance_policy_accepts_a_release_provenance_and_refuses_another_repository
             .env_remove("GITHUB_TOKEN"),
     );
 
-    let policy = workspace_root().join("deploy/policy/provenance.rego");
+    // The policy as an operator sets it for the release v0.1.0.
+    let shipped =
+        std::fs::read_to_string(workspace_root().join("deploy/policy/provenance.rego")).unwrap();
+    let for_version = |version: &str| {
+        let text = shipped.replace(
+            "version := \"v1.2.3\"",
+            &format!("version := \"{version}\""),
+        );
+        assert_ne!(text, shipped, "the policy names the version in one place");
+        let path = work.path().join(format!("policy-{version}.rego"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let policy = for_version("v0.1.0");
     let public_key = work.path().join("cosign.pub");
     for reference in [format!("{repo}@{digest}"), format!("{repo}@{platform}")] {
         let accepted = verify_attestation(&policy, &public_key, &reference);
@@ -119,6 +133,20 @@ fn provenance_policy_accepts_a_release_provenance_and_refuses_another_repository
     assert!(
         !refused.status.success(),
         "a policy for another repository passed"
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("validation errors"), "{stderr}");
+
+    // The same repository, another release: refused too, since the
+    // builder is release.yml on exactly the version's tag.
+    let refused = verify_attestation(
+        &for_version("v0.2.0"),
+        &public_key,
+        &format!("{repo}@{digest}"),
+    );
+    assert!(
+        !refused.status.success(),
+        "the policy for v0.2.0 accepted the provenance of v0.1.0"
     );
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("validation errors"), "{stderr}");

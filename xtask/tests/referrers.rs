@@ -226,8 +226,15 @@ fn image_sign_attest_verify_and_bundle_on_the_referrers_api_then_load_both_ways(
         .chain(&platforms)
         .map(|d| d.replace(':', "-"))
         .collect();
+    // Then the release's own, by its tag policy.
+    let policy = [
+        "v0.1.0".to_owned(),
+        format!("sha-{}", &support::head_sha()[..7]),
+        "v0.1".to_owned(),
+        "latest".to_owned(),
+    ];
     let mut tags = fallback.clone();
-    tags.push("v0.1.0".to_owned());
+    tags.extend(policy.iter().cloned());
     assert_eq!(loaded["tags"], serde_json::json!(tags));
     let mut sorted = fallback.clone();
     sorted.sort();
@@ -248,7 +255,7 @@ fn image_sign_attest_verify_and_bundle_on_the_referrers_api_then_load_both_ways(
     let report = bundle(&plain, &archive, None);
     assert_eq!(report["refs"].as_array().unwrap().len(), 4);
     let loaded = bundle(&back, &archive, Some(&public));
-    assert_eq!(loaded["tags"], serde_json::json!(["v0.1.0"]));
+    assert_eq!(loaded["tags"], serde_json::json!(policy));
     assert_eq!(fallback_tags(&back), Vec::<String>::new());
     assert_eq!(listed(&back, "app", &digest), [SIGNATURE, PROVENANCE]);
     for platform in &platforms {

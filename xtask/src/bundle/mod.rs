@@ -16,6 +16,8 @@
 mod convert;
 mod load;
 mod reader;
+mod refs;
+mod signed;
 mod trust;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,6 +31,7 @@ use serde_json::Value;
 use crate::flags;
 use crate::oci::client::{Client, Reference};
 use crate::oci::{self, referrers, Descriptor};
+use crate::supply_chain::sigstore::Instance;
 use crate::support::archive::{Format, HashingWriter, TarWriter};
 use crate::support::config::Config;
 use crate::support::progress::Steps;
@@ -106,12 +109,16 @@ pub fn run(flags: &flags::Bundle) -> Result<()> {
         read_signatures(&client, &repo, &mut plan)
     })?;
 
+    let sigstore = Instance::resolve(&config, &flags.signing)?;
     plan.trust = trust::files(
         &plan.refs,
         &plan.version,
         &flags.signing,
-        flags.trusted_root.as_deref(),
-        &config.repository,
+        sigstore.trusted_root.as_deref(),
+        || {
+            signed::release_identity(&config, &plan.index_digest, &plan.blobs)
+                .map(|workflow| sigstore.issued(workflow))
+        },
     )?;
     if flags.dry_run {
         if flags.json {

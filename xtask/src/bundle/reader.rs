@@ -110,10 +110,29 @@ impl BlobSource for ArchiveBlobs {
     }
 }
 
-/// Reads an archive written by `bundle`: its index.json entries, and its
-/// blobs as [`ArchiveBlobs`].
-pub fn read_archive(path: &Utf8Path) -> Result<(Vec<Descriptor>, ArchiveBlobs)> {
-    let (index_entry, entries) = list(path)?;
+/// What an archive holds: its `index.json` entries, its blobs, and the
+/// files of `verify/`, which the load only compares with the operator's.
+pub struct Archive {
+    pub refs: Vec<Descriptor>,
+    pub blobs: ArchiveBlobs,
+    pub copies: BTreeMap<String, Vec<u8>>,
+}
+
+/// Reads an archive written by `bundle`: its index.json entries, its
+/// blobs as [`ArchiveBlobs`], and its `verify/` files.
+pub fn read_archive(path: &Utf8Path) -> Result<Archive> {
+    let Listing {
+        index: index_entry,
+        blobs: entries,
+        verify,
+    } = list(path)?;
+    let mut copies = BTreeMap::new();
+    for (name, entry) in verify {
+        if entry.size > DOCUMENT_LIMIT {
+            bail!("{name} in {path} is larger than 4 MiB; the archive was altered, bundle the release again");
+        }
+        copies.insert(name, read_at(path, entry)?);
+    }
     let index_entry = index_entry.with_context(|| {
         format!("{path} has no index.json; it is not an OCI archive written by cargo xtask bundle")
     })?;
@@ -161,7 +180,11 @@ pub fn read_archive(path: &Utf8Path) -> Result<(Vec<Descriptor>, ArchiveBlobs)> 
     for digest in documents {
         blobs.in_file.remove(&digest);
     }
-    Ok((index.manifests, blobs))
+    Ok(Archive {
+        refs: index.manifests,
+        blobs,
+        copies,
+    })
 }
 
 /// The descriptors in `document[field]`.
@@ -199,13 +222,24 @@ fn declared_entry(
     Ok(entry)
 }
 
-/// The tar's entries, headers only: index.json, and the blobs by digest.
-fn list(path: &Utf8Path) -> Result<(Option<Entry>, BTreeMap<String, Entry>)> {
+/// The tar's entries, headers only.
+struct Listing {
+    index: Option<Entry>,
+    /// By digest.
+    blobs: BTreeMap<String, Entry>,
+    /// By name, `verify/…`.
+    verify: BTreeMap<String, Entry>,
+}
+
+/// The tar's entries, headers only: index.json, the blobs by digest, and
+/// the files of `verify/`.
+fn list(path: &Utf8Path) -> Result<Listing> {
     let file = File::open(path)
         .with_context(|| format!("cannot open the bundle {path}; give its path with --out"))?;
     let mut archive = tar::Archive::new(file);
     let mut index = None;
     let mut blobs = BTreeMap::new();
+    let mut verify = BTreeMap::new();
     let mut seen = std::collections::BTreeSet::new();
     for entry in archive
         .entries_with_seek()
@@ -240,10 +274,17 @@ fn list(path: &Utf8Path) -> Result<(Option<Entry>, BTreeMap<String, Entry>)> {
             Some(LayoutPath::Blob(digest)) => {
                 blobs.insert(digest, at);
             }
+            Some(LayoutPath::Ignored) if name.starts_with("verify/") => {
+                verify.insert(name, at);
+            }
             _ => {}
         }
     }
-    Ok((index, blobs))
+    Ok(Listing {
+        index,
+        blobs,
+        verify,
+    })
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -3,12 +3,14 @@
 //! (docs/air-gapped.md). The OCI layout readers (skopeo, crane, oras, and
 //! `--load`) ignore files outside `index.json` and `blobs/`.
 
+use std::collections::BTreeMap;
+
 use anyhow::{bail, Context, Result};
 use camino::Utf8Path;
 
 use crate::oci::Descriptor;
-use crate::supply_chain::cosign::{SigningArgs, GITHUB_OIDC_ISSUER};
-use crate::supply_chain::identity::release_identity_regexp;
+use crate::supply_chain::cosign::SigningArgs;
+use crate::supply_chain::identity::WorkflowIdentity;
 
 /// The folder in the archive.
 pub const DIR: &str = "verify/";
@@ -16,9 +18,10 @@ pub const DIR: &str = "verify/";
 /// The files of `verify/`, by path in the archive:
 /// - `tags`: one `TAG DIGEST` line per tag, cosign's `sha256-<hex>` first
 ///   and the version last, the order in which they may be set;
-/// - `identity`: whom to trust, `key cosign.pub` (or the key's URI), or
-///   the keyless `certificate-identity-regexp` and
-///   `certificate-oidc-issuer`;
+/// - `identity`: whom to trust, with `--key` `key cosign.pub` (or the
+///   key's URI), or with `--trusted-root` the release's exact keyless
+///   workflow identity, one `FLAG VALUE` line per cosign flag
+///   (`identity_lines`);
 /// - `cosign.pub`: the public key, when bundled with `--key FILE`;
 /// - `trusted_root.json`: the Sigstore trusted root, with `--trusted-root`.
 pub fn files(
@@ -26,7 +29,7 @@ pub fn files(
     version: &str,
     signing: &SigningArgs,
     trusted_root: Option<&Utf8Path>,
-    repository: &str,
+    workflow: impl FnOnce() -> Result<WorkflowIdentity>,
 ) -> Result<Vec<(String, Vec<u8>)>> {
     let mut files = vec![(format!("{DIR}tags"), tags(refs, version).into_bytes())];
     match &signing.key {
@@ -43,16 +46,13 @@ pub fn files(
             format!("{DIR}identity"),
             format!("key {uri}\n").into_bytes(),
         )),
-        None => {
-            let regexp = release_identity_regexp(repository)?;
-            files.push((
-                format!("{DIR}identity"),
-                format!(
-                    "certificate-identity-regexp {regexp}\ncertificate-oidc-issuer {GITHUB_OIDC_ISSUER}\n"
-                )
-                .into_bytes(),
-            ));
-        }
+        // Keyless trust is bundled only with its trusted root: without
+        // one, the bundle says nothing about whom to trust.
+        None if trusted_root.is_some() => files.push((
+            format!("{DIR}identity"),
+            identity_lines(&workflow()?).into_bytes(),
+        )),
+        None => {}
     }
     if let Some(root) = trusted_root {
         let bytes = std::fs::read(root).with_context(|| {
@@ -64,6 +64,41 @@ pub fn files(
     }
     files.sort();
     Ok(files)
+}
+
+/// Refuses an archive whose `verify/` copies differ from `expected`, what
+/// the operator's own trust would have bundled. The copies are a
+/// convenience for crane and cosign; anyone who can alter the archive can
+/// alter them, so they never decide anything: a copy the operator's trust
+/// does not produce, or one with other bytes, stops the load.
+pub fn check_copies(
+    archive: &Utf8Path,
+    copies: &BTreeMap<String, Vec<u8>>,
+    expected: &[(String, Vec<u8>)],
+) -> Result<()> {
+    for (path, bytes) in copies {
+        match expected.iter().find(|(p, _)| p == path) {
+            Some((_, mine)) if mine == bytes => {}
+            Some(_) => bail!(
+                "cannot load {archive}: its {path} differs from what you trust (--key, or --trusted-root and the release's identity); the archive was altered or bundled with other trust: nothing was pushed or tagged"
+            ),
+            None => bail!(
+                "cannot load {archive}: it carries {path}, which what you trust (--key, or --trusted-root and the release's identity) does not include; the archive was altered or bundled with other trust: nothing was pushed or tagged"
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// The keyless identity as `verify/identity` holds it: each of cosign's
+/// `--certificate-…` flags and its value on one line, `FLAG VALUE`.
+pub fn identity_lines(workflow: &WorkflowIdentity) -> String {
+    workflow
+        .cosign_args()
+        .iter()
+        .filter_map(|arg| arg.strip_prefix("--")?.split_once('='))
+        .map(|(flag, value)| format!("{flag} {value}\n"))
+        .collect()
 }
 
 /// `TAG DIGEST` lines: signatures' fallback tags first, the version last.
@@ -84,8 +119,6 @@ fn tags(refs: &[Descriptor], version: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
 
     fn named(name: &str, digest: &str) -> Descriptor {
@@ -113,19 +146,90 @@ mod tests {
     }
 
     #[test]
-    fn keyless_names_the_release_workflow() {
+    fn copies_must_equal_what_the_operator_trusts() {
+        let expected = vec![
+            ("verify/cosign.pub".to_owned(), b"mine".to_vec()),
+            ("verify/identity".to_owned(), b"key cosign.pub\n".to_vec()),
+            ("verify/tags".to_owned(), b"v1.2.3 sha256:aa\n".to_vec()),
+        ];
+        let archive = Utf8Path::new("a.tar");
+        let copies = |list: &[(&str, &[u8])]| -> BTreeMap<String, Vec<u8>> {
+            list.iter()
+                .map(|(p, b)| (p.to_string(), b.to_vec()))
+                .collect()
+        };
+        // The same, or fewer: a convenience left out decides nothing.
+        check_copies(
+            archive,
+            &copies(&[("verify/cosign.pub", b"mine")]),
+            &expected,
+        )
+        .unwrap();
+        check_copies(archive, &copies(&[]), &expected).unwrap();
+        let err = check_copies(
+            archive,
+            &copies(&[
+                ("verify/cosign.pub", b"theirs"),
+                ("verify/identity", b"key cosign.pub\n"),
+            ]),
+            &expected,
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "cannot load a.tar: its verify/cosign.pub differs from what you trust (--key, or --trusted-root and the release's identity); the archive was altered or bundled with other trust: nothing was pushed or tagged");
+        let err = check_copies(
+            archive,
+            &copies(&[("verify/trusted_root.json", b"{}")]),
+            &expected,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "cannot load a.tar: it carries verify/trusted_root.json, which what you trust"
+            ),
+            "{err}"
+        );
+        let err = check_copies(
+            archive,
+            &copies(&[("verify/tags", b"v2.0.0 sha256:aa\n")]),
+            &expected,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("its verify/tags differs"), "{err}");
+    }
+
+    #[test]
+    fn keyless_names_exactly_the_release_run() {
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        let dir = tempfile::tempdir().unwrap();
+        let root = camino::Utf8PathBuf::from_path_buf(dir.path().join("root.json")).unwrap();
+        std::fs::write(&root, b"{}").unwrap();
+        let identity = || {
+            WorkflowIdentity::new(
+                "https://github.com/acme/widget",
+                &crate::supply_chain::identity::Run::Release(semver::Version::new(1, 2, 3)),
+                Some(sha),
+                crate::supply_chain::cosign::GITHUB_OIDC_ISSUER,
+            )
+        };
+        // Without a trusted root, nothing is said about whom to trust.
+        let bare = files(&[], "v1.2.3", &SigningArgs::default(), None, identity).unwrap();
+        assert_eq!(
+            bare.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+            ["verify/tags"]
+        );
         let files = files(
             &[],
             "v1.2.3",
             &SigningArgs::default(),
-            None,
-            "https://github.com/acme/widget",
+            Some(&root),
+            identity,
         )
         .unwrap();
         assert_eq!(
             String::from_utf8(files[0].1.clone()).unwrap(),
-            "certificate-identity-regexp ^https://github\\.com/acme/widget/\\.github/workflows/release\\.yml@refs/tags/v\ncertificate-oidc-issuer https://token.actions.githubusercontent.com\n"
+            format!("certificate-identity https://github.com/acme/widget/.github/workflows/release.yml@refs/tags/v1.2.3\ncertificate-oidc-issuer https://token.actions.githubusercontent.com\ncertificate-github-workflow-repository acme/widget\ncertificate-github-workflow-trigger push\ncertificate-github-workflow-ref refs/tags/v1.2.3\ncertificate-github-workflow-sha {sha}\n")
         );
         assert_eq!(files[0].0, "verify/identity");
+        assert_eq!(files[2].0, "verify/trusted_root.json");
     }
 }

@@ -18,7 +18,8 @@ use crate::flags;
 use crate::oci::client::{Client, Reference};
 use crate::oci::{self, push, Descriptor, Manifest};
 use crate::supply_chain::cosign::{self, Cosign, SigningArgs};
-use crate::supply_chain::identity::{self, Identity};
+use crate::supply_chain::identity::{self, Identity, WorkflowIdentity};
+use crate::supply_chain::sigstore::Instance;
 use crate::support::archive::{self, Entry};
 use crate::support::config::{is_digest, Config};
 use crate::support::progress::{Nest, Steps};
@@ -438,7 +439,8 @@ fn sign(config: &Config, options: &ChartOptions, by_digest: &str) -> Result<cosi
         signing_config,
         ignore_tlog: options.signing.no_tlog,
         insecure: options.insecure,
-        identity_regexp: None,
+        workflow: None,
+        sigstore: Instance::resolve(config, &options.signing)?,
     };
     cosign
         .run_ok(&signer.sign(by_digest))
@@ -450,7 +452,18 @@ fn sign(config: &Config, options: &ChartOptions, by_digest: &str) -> Result<cosi
     Ok(cosign::Options {
         identity: verifier,
         signing_config: None,
-        identity_regexp: identity::release_identity_regexp(&config.repository).ok(),
+        // Keyless: the release's run of release.yml signed it, on its tag
+        // and commit.
+        workflow: crate::tags::parse_version(&options.release)
+            .and_then(|version| {
+                WorkflowIdentity::new(
+                    &config.repository,
+                    &crate::supply_chain::identity::Run::Release(version),
+                    Some(&crate::support::source::Source::detect(&config.workspace_root)?.sha),
+                    &signer.sigstore.oidc_issuer,
+                )
+            })
+            .ok(),
         ..signer
     })
 }

@@ -9,8 +9,8 @@ use super::CONTENT_MEDIA_TYPE;
 use crate::oci::client::{Client, Reference};
 use crate::oci::Manifest;
 use crate::supply_chain::cosign::{self, Cosign, SigningArgs};
-use crate::supply_chain::identity::{self, Identity};
-use crate::support::config::Config;
+use crate::supply_chain::identity::{self, WorkflowIdentity};
+use crate::supply_chain::sigstore::Instance;
 
 /// The chart's checks, for `verify --chart` to report with the image's.
 pub struct ChartVerification {
@@ -24,11 +24,12 @@ pub struct ChartVerification {
 /// once, then checks the digest it names. An error only when the chart
 /// cannot be found at all.
 pub fn verify_chart(
-    config: &Config,
     reference: &str,
     signing: &SigningArgs,
     insecure: bool,
     image_digest: &str,
+    workflow: Option<&WorkflowIdentity>,
+    sigstore: &Instance,
 ) -> Result<ChartVerification> {
     let parsed = Reference::parse(reference.trim_start_matches("oci://"))
         .with_context(|| format!("cannot verify the chart {reference}"))?;
@@ -44,7 +45,7 @@ pub fn verify_chart(
         ),
     };
     let by_digest = format!("{}@{digest}", parsed.name());
-    let signature = check_signature(config, signing, insecure, &by_digest);
+    let signature = check_signature(signing, insecure, &by_digest, workflow, sigstore);
     let image = default_image_digest(&client, repository, &digest).and_then(|found| {
         if found == image_digest {
             Ok(format!("its default values run {found}"))
@@ -59,23 +60,23 @@ pub fn verify_chart(
     })
 }
 
+/// The chart is signed by the run that signed the image: keyless, it is
+/// held to the image's workflow identity.
 fn check_signature(
-    config: &Config,
     signing: &SigningArgs,
     insecure: bool,
     by_digest: &str,
+    workflow: Option<&WorkflowIdentity>,
+    sigstore: &Instance,
 ) -> Result<String> {
     let identity = identity::verifying_identity(signing)?;
-    let identity_regexp = match identity {
-        Identity::Keyless => Some(identity::release_identity_regexp(&config.repository)?),
-        Identity::Key(_) => None,
-    };
     let options = cosign::Options {
         identity,
         signing_config: None,
         ignore_tlog: signing.no_tlog,
         insecure,
-        identity_regexp,
+        workflow: workflow.cloned(),
+        sigstore: sigstore.clone(),
     };
     Cosign::find()?
         .run_ok(&options.verify(by_digest)?)

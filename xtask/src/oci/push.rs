@@ -367,17 +367,16 @@ pub fn move_tags(
     client: &Client,
     repo: &str,
     tags: &[(String, bool)],
-    layout: &Layout,
+    index: &[u8],
     index_digest: &str,
     force: bool,
     newer: NewerRelease,
 ) -> Result<Moved> {
     let changes = plan_tags(client, repo, tags, index_digest, force)?;
-    let index = layout.read_blob(index_digest)?;
     let mut moved = Moved::default();
     for change in changes {
         if change.immutable {
-            apply_tags(client, repo, std::slice::from_ref(&change), &index)?;
+            apply_tags(client, repo, std::slice::from_ref(&change), index)?;
             moved.changes.push(change);
             continue;
         }
@@ -388,7 +387,7 @@ pub fn move_tags(
             moved.kept.push(note);
             continue;
         }
-        apply_tags(client, repo, std::slice::from_ref(&change), &index)?;
+        apply_tags(client, repo, std::slice::from_ref(&change), index)?;
         let published = client.list_tags(repo)?;
         if let Some(release) = newer(&change.tag, &published) {
             let (media_type, bytes) = client.get_manifest(repo, &release)?.with_context(|| {

@@ -292,6 +292,7 @@ mod tests {
             default_branch: "main".into(),
             chart: Default::default(),
             audit: Default::default(),
+            sigstore: Default::default(),
         }
     }
 

@@ -15,6 +15,7 @@ use crate::oci::Layout;
 use crate::release::preflight::Preflight;
 use crate::supply_chain::cosign::{self, Cosign};
 use crate::supply_chain::identity::{self, Identity};
+use crate::supply_chain::sigstore::Instance;
 use crate::support::source::Source;
 use crate::support::tools;
 
@@ -172,7 +173,8 @@ impl Release<'_> {
             signing_config,
             ignore_tlog: self.flags.signing.no_tlog,
             insecure: false,
-            identity_regexp: None,
+            workflow: None,
+            sigstore: Instance::resolve(self.config, &self.flags.signing)?,
         };
         let bundle = assets.join("SHA256SUMS.sigstore.json");
         Cosign::find()?.run_ok(&options.sign_blob(sums, &bundle))?;

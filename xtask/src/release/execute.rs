@@ -22,7 +22,6 @@ use crate::supply_chain::vuln::{self, Database};
 use crate::support::fs::write_atomically;
 use crate::support::progress::{Nest, Steps};
 use crate::support::source::Source;
-use crate::tags::{self, Build};
 use crate::verify::{self, VerifyOptions};
 
 impl Release<'_> {
@@ -207,11 +206,14 @@ impl Release<'_> {
             reference: reference.to_owned(),
             signing: SigningArgs {
                 key,
-                no_tlog: self.flags.signing.no_tlog,
+                ..self.flags.signing.clone()
             },
             insecure: self.insecure(),
             run: true,
             expect_version: Some(self.flags.version.clone()),
+            ci_build: None,
+            // Attested just now, to this very repository.
+            expect_repository: Some(self.repo.clone()),
             max_db_age: None,
             require_vuln: true,
         })
@@ -272,25 +274,15 @@ impl Release<'_> {
         preflight: &Preflight,
         built: &Built,
     ) -> Result<(Vec<TagChange>, Vec<String>)> {
-        let published = client.list_tags(&self.target.repository)?;
-        let plan = tags::compute(
-            &Build::Release(preflight.version.clone()),
-            &preflight.head,
-            &published,
-        )?;
-        let build = Build::Release(preflight.version.clone());
-        let moved = push::move_tags(
+        floating::tag_release(
             client,
             &self.target.repository,
-            &plan.with_immutability(),
-            &Layout::open(&built.layout)?,
+            &preflight.version,
+            &preflight.head,
+            &Layout::open(&built.layout)?.read_blob(&built.digest)?,
             &built.digest,
             self.flags.force,
-            &|tag, published| floating::newer_release(&build, tag, published),
-        )?;
-        let mut not_set = plan.not_set;
-        not_set.extend(moved.kept);
-        Ok((moved.changes, not_set))
+        )
     }
 
     pub(super) fn print_summary(

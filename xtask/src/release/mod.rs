@@ -29,8 +29,10 @@ use crate::oci::client::{Client, Reference};
 use crate::oci::push::TagChange;
 use crate::oci::reference;
 use crate::supply_chain::cosign;
-use crate::supply_chain::identity::{self, Identity};
+use crate::supply_chain::identity::{Identity, Run, WorkflowIdentity};
+use crate::supply_chain::sigstore::Instance;
 use crate::support::config::Config;
+use crate::support::source::Source;
 
 pub fn run(flags: &flags::Release) -> Result<()> {
     let config = Config::load()?;
@@ -98,8 +100,16 @@ impl Release<'_> {
             Some(_) => Identity::Key("cosign.pub".to_owned()),
             None => Identity::Keyless,
         };
-        let identity_regexp = match identity {
-            Identity::Keyless => Some(identity::release_identity_regexp(&self.config.repository)?),
+        // Keyless: exactly this release's run of release.yml, on its tag
+        // and its commit, the one the image's revision annotation names.
+        let sigstore = Instance::resolve(self.config, &self.flags.signing)?;
+        let workflow = match identity {
+            Identity::Keyless => Some(WorkflowIdentity::new(
+                &self.config.repository,
+                &Run::Release(crate::tags::parse_version(&self.flags.version)?),
+                Some(&Source::detect(&self.config.workspace_root)?.sha),
+                &sigstore.oidc_issuer,
+            )?),
             Identity::Key(_) => None,
         };
         Ok(cosign::Options {
@@ -107,7 +117,8 @@ impl Release<'_> {
             signing_config: None,
             ignore_tlog: self.flags.signing.no_tlog,
             insecure: self.insecure(),
-            identity_regexp,
+            workflow,
+            sigstore,
         })
     }
 

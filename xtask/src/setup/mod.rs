@@ -15,7 +15,7 @@ use crate::flags;
 use crate::support::config::Config;
 use crate::support::tools::{
     self, ACTIONLINT_VERSION, CARGO_AUDITABLE_VERSION, CARGO_AUDIT_VERSION, COSIGN_VERSION,
-    CRANE_VERSION, HELM_VERSION,
+    CRANE_VERSION, FULCIO_VERSION, HELM_VERSION, TIMESTAMP_SERVER_VERSION,
 };
 
 const APT_PACKAGES: &[&str] = &[
@@ -88,6 +88,22 @@ const GO_TOOLS: &[(&str, &str, &str, &[&str])] = &[
         HELM_VERSION,
         "helm",
         &["version", "--short"],
+    ),
+    // The tests' private Sigstore (xtask/tests/support/sigstore.rs): keyless
+    // signing as release.yml does it, against a Fulcio and a timestamp
+    // authority on loopback. Neither prints its module version when built
+    // with `go install`, so both are recognised by their build info.
+    (
+        "github.com/sigstore/fulcio",
+        FULCIO_VERSION,
+        "fulcio",
+        &["version"],
+    ),
+    (
+        "github.com/sigstore/timestamp-authority/v2/cmd/timestamp-server",
+        TIMESTAMP_SERVER_VERSION,
+        "timestamp-server",
+        &["version"],
     ),
 ];
 

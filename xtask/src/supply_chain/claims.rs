@@ -56,7 +56,15 @@ pub fn verify_signature(
 pub fn trusted(options: &cosign::Options) -> String {
     match &options.identity {
         Identity::Key(key) => format!("the key {key}"),
-        Identity::Keyless => "the release workflow (release.yml on a v* tag)".to_owned(),
+        Identity::Keyless => match &options.workflow {
+            Some(workflow) => format!(
+                "{} (issuer {}, commit {})",
+                workflow.certificate_identity,
+                workflow.issuer,
+                workflow.sha.as_deref().unwrap_or("not checked")
+            ),
+            None => "a workflow (no identity given)".to_owned(),
+        },
     }
 }
 

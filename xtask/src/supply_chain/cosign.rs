@@ -11,7 +11,8 @@
 //! (the referrers tag schema). Adding one rewrites that index, which is why
 //! writes to one repository run one after another.
 
-use crate::supply_chain::identity::Identity;
+use crate::supply_chain::identity::{Identity, WorkflowIdentity};
+use crate::supply_chain::sigstore::Instance;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -36,9 +37,18 @@ pub struct SigningArgs {
     /// The private key (sign, attest) or public key (verify); `env://` and KMS URIs pass through to cosign.
     #[arg(long)]
     pub key: Option<String>,
-    /// Sign without a transparency log, and verify with --insecure-ignore-tlog=true.
+    /// With --key: sign without a transparency log, and verify with --insecure-ignore-tlog=true.
     #[arg(long)]
     pub no_tlog: bool,
+    /// Sign with your own Sigstore: its signing config (`cosign signing-config create`), naming its Fulcio, timestamp authority and Rekor; default: sigstore.signing-config in [workspace.metadata.release], else the public-good instance.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_tlog")]
+    pub signing_config: Option<Utf8PathBuf>,
+    /// Trust your own Sigstore: its trusted root (`cosign trusted-root create`); whether a log entry or a signed timestamp is required follows from it and the signing config; default: sigstore.trusted-root in [workspace.metadata.release], else the public-good root.
+    #[arg(long, value_name = "FILE")]
+    pub trusted_root: Option<Utf8PathBuf>,
+    /// Keyless: the OIDC issuer a certificate must name; default: sigstore.oidc-issuer in [workspace.metadata.release], else GitHub Actions' (https://token.actions.githubusercontent.com).
+    #[arg(long, value_name = "URL")]
+    pub oidc_issuer: Option<String>,
 }
 
 /// The cosign binary, checked to be the pinned version.
@@ -236,8 +246,9 @@ pub struct Options {
     pub ignore_tlog: bool,
     /// Plain HTTP to a loopback registry.
     pub insecure: bool,
-    /// For keyless verification.
-    pub identity_regexp: Option<String>,
+    /// For keyless verification: exactly the workflow run that signed.
+    pub workflow: Option<WorkflowIdentity>,
+    pub sigstore: Instance,
 }
 
 impl Options {
@@ -258,11 +269,19 @@ impl Options {
     }
 
     /// With --no-tlog: no service to sign with, and no TUF repository to
-    /// fetch a trusted root from.
+    /// fetch a trusted root from. Else the private Sigstore's services, if
+    /// one is named.
     fn offline_args(&self, args: &mut Vec<String>) {
         if let Some(config) = &self.signing_config {
             args.push(format!("--signing-config={config}"));
             args.push(format!("--trusted-root={}", trusted_root_next_to(config)));
+            return;
+        }
+        if let Some(config) = &self.sigstore.signing_config {
+            args.push(format!("--signing-config={config}"));
+        }
+        if let Some(root) = &self.sigstore.trusted_root {
+            args.push(format!("--trusted-root={root}"));
         }
     }
 
@@ -278,16 +297,27 @@ impl Options {
         match &self.identity {
             Identity::Key(key) => args.push(format!("--key={key}")),
             Identity::Keyless => {
-                let regexp = self
-                    .identity_regexp
-                    .as_ref()
-                    .context("keyless verification needs the release workflow identity")?;
-                args.push(format!("--certificate-identity-regexp={regexp}"));
-                args.push(format!("--certificate-oidc-issuer={GITHUB_OIDC_ISSUER}"));
+                let workflow = self.workflow.as_ref().context(
+                    "keyless verification needs the identity of the workflow that signed",
+                )?;
+                self.sigstore.check_keyless()?;
+                args.extend(workflow.cosign_args());
             }
         }
-        if self.ignore_tlog {
+        let sigstore = &self.sigstore;
+        if let Some(root) = &sigstore.trusted_root {
+            args.push(format!("--trusted-root={root}"));
+        }
+        if self.ignore_tlog || !sigstore.evidence.transparency_log {
             args.push("--insecure-ignore-tlog=true".into());
+        }
+        if sigstore.evidence.signed_timestamp {
+            args.push("--use-signed-timestamps".into());
+        }
+        // A private Fulcio without a certificate transparency log issues
+        // certificates without SCTs; its trusted root then lists no CT log.
+        if self.identity == Identity::Keyless && !sigstore.evidence.certificate_transparency {
+            args.push("--insecure-ignore-sct=true".into());
         }
         Ok(())
     }
@@ -391,6 +421,16 @@ pub fn xtask_signing_command(
     if signing.no_tlog {
         command.push_str(" --no-tlog");
     }
+    let quote = crate::support::tools::shell_quote;
+    if let Some(file) = &signing.signing_config {
+        command.push_str(&format!(" --signing-config {}", quote(file.as_str())));
+    }
+    if let Some(file) = &signing.trusted_root {
+        command.push_str(&format!(" --trusted-root {}", quote(file.as_str())));
+    }
+    if let Some(issuer) = &signing.oidc_issuer {
+        command.push_str(&format!(" --oidc-issuer {}", quote(issuer)));
+    }
     if insecure {
         command.push_str(" --insecure");
     }
@@ -452,22 +492,6 @@ mod tests {
         };
         assert_eq!(other.error_line(), "no matching signatures");
     }
-    use crate::supply_chain::identity::release_identity_regexp;
-
-    #[test]
-    fn identity_regexp_is_anchored_to_the_release_workflow() {
-        assert_eq!(
-            release_identity_regexp("https://github.com/fixture-org/rust-release").unwrap(),
-            r"^https://github\.com/fixture-org/rust-release/\.github/workflows/release\.yml@refs/tags/v"
-        );
-        assert_eq!(
-            release_identity_regexp("https://github.com/o/r.s.git/").unwrap(),
-            r"^https://github\.com/o/r\.s/\.github/workflows/release\.yml@refs/tags/v"
-        );
-        let err = release_identity_regexp("https://gitlab.com/o/r").unwrap_err();
-        assert!(err.to_string().starts_with("keyless verification trusts the release workflow of a GitHub repository, but the package's repository is \"https://gitlab.com/o/r\""), "{err}");
-    }
-
     #[test]
     fn argument_lists() {
         let options = Options {
@@ -475,7 +499,8 @@ mod tests {
             signing_config: Some("/t/sc.json".into()),
             ignore_tlog: true,
             insecure: true,
-            identity_regexp: None,
+            workflow: None,
+            sigstore: Instance::public_good(),
         };
         assert_eq!(
             options.sign("h:1/app@sha256:ab"),
@@ -496,11 +521,54 @@ mod tests {
             signing_config: None,
             ignore_tlog: false,
             insecure: false,
-            identity_regexp: Some("^x$".into()),
+            workflow: Some(
+                WorkflowIdentity::new(
+                    "https://github.com/o/r",
+                    &crate::supply_chain::identity::Run::PullRequest(7),
+                    None,
+                    GITHUB_OIDC_ISSUER,
+                )
+                .unwrap(),
+            ),
+            sigstore: Instance::public_good(),
         };
         assert_eq!(
             display(&keyless.verify_attestation("r@sha256:ab", "cyclonedx").unwrap()),
-            "cosign verify-attestation '--certificate-identity-regexp=^x$' --certificate-oidc-issuer=https://token.actions.githubusercontent.com --type=cyclonedx r@sha256:ab"
+            "cosign verify-attestation --certificate-identity=https://github.com/o/r/.github/workflows/ci.yml@refs/pull/7/merge --certificate-oidc-issuer=https://token.actions.githubusercontent.com --certificate-github-workflow-repository=o/r --certificate-github-workflow-trigger=pull_request --certificate-github-workflow-ref=refs/pull/7/merge --type=cyclonedx r@sha256:ab"
+        );
+        // A private Sigstore with a timestamp authority, no Rekor and no CT
+        // log: its root, the timestamp instead of the log, no SCT; and its
+        // services to sign with.
+        let private = crate::supply_chain::sigstore::Instance {
+            signing_config: Some("/t/signing.json".into()),
+            trusted_root: Some("/t/root.json".into()),
+            oidc_issuer: "https://issuer.internal".into(),
+            evidence: crate::supply_chain::sigstore::Evidence {
+                transparency_log: false,
+                signed_timestamp: true,
+                certificate_transparency: false,
+            },
+        };
+        let keyless = Options {
+            workflow: keyless.workflow.map(|w| private.issued(w)),
+            sigstore: private,
+            ..keyless
+        };
+        assert_eq!(
+            display(&keyless.verify("r@sha256:ab").unwrap()),
+            "cosign verify --certificate-identity=https://github.com/o/r/.github/workflows/ci.yml@refs/pull/7/merge --certificate-oidc-issuer=https://issuer.internal --certificate-github-workflow-repository=o/r --certificate-github-workflow-trigger=pull_request --certificate-github-workflow-ref=refs/pull/7/merge --trusted-root=/t/root.json --insecure-ignore-tlog=true --use-signed-timestamps --insecure-ignore-sct=true --output=json r@sha256:ab"
+        );
+        assert_eq!(
+            display(&keyless.sign("r@sha256:ab")),
+            "cosign sign --recursive --yes --signing-config=/t/signing.json --trusted-root=/t/root.json r@sha256:ab"
+        );
+        let without = Options {
+            workflow: None,
+            ..keyless
+        };
+        assert_eq!(
+            without.verify("r@sha256:ab").unwrap_err().to_string(),
+            "keyless verification needs the identity of the workflow that signed"
         );
     }
 }

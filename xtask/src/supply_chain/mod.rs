@@ -9,4 +9,5 @@ pub mod identity;
 pub mod provenance;
 pub mod sbom;
 pub mod session;
+pub mod sigstore;
 pub mod vuln;

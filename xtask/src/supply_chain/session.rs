@@ -7,6 +7,7 @@ use camino::Utf8PathBuf;
 use crate::oci::subject::{client_for, Subject};
 use crate::supply_chain::cosign::{self, Cosign, SigningArgs};
 use crate::supply_chain::identity::{self, Identity};
+use crate::supply_chain::sigstore::Instance;
 use crate::support::config::Config;
 use crate::support::progress::Steps;
 
@@ -59,7 +60,8 @@ impl Session {
                 signing_config: signing_config.clone(),
                 ignore_tlog: signing.no_tlog,
                 insecure,
-                identity_regexp: None,
+                workflow: None,
+                sigstore: Instance::resolve(config, signing)?,
             },
             subject,
             signing_config,
@@ -113,6 +115,8 @@ impl Session {
                 "# writes {path} (no Fulcio, no Rekor, no timestamp authority): {}",
                 cosign::no_tlog_signing_config()
             );
+        } else if let Some(path) = &self.options.sigstore.signing_config {
+            println!("# through the Sigstore that {path} names");
         }
     }
 }

@@ -36,6 +36,21 @@ pub struct Config {
     pub chart: ChartConfig,
     /// `[workspace.metadata.release.audit]`: the vulnerability gate.
     pub audit: AuditPolicy,
+    pub sigstore: SigstoreConfig,
+}
+
+/// `[workspace.metadata.release.sigstore]`: an organisation's own Sigstore,
+/// the defaults of `--signing-config`, `--trusted-root` and `--oidc-issuer`.
+/// Paths are relative to the workspace root; empty: the public-good instance.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SigstoreConfig {
+    #[serde(default)]
+    pub signing_config: String,
+    #[serde(default)]
+    pub trusted_root: String,
+    #[serde(default)]
+    pub oidc_issuer: String,
 }
 
 /// `[workspace.metadata.release.chart]`: the Helm chart.
@@ -71,6 +86,8 @@ struct RawRelease {
     chart: ChartConfig,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    sigstore: SigstoreConfig,
 }
 
 /// Names a build directory that checkouts of the same workspace share, so
@@ -173,6 +190,7 @@ impl Config {
             default_branch: raw.default_branch,
             chart: raw.chart,
             audit: raw.audit.checked()?,
+            sigstore: raw.sigstore,
         })
     }
 
@@ -343,6 +361,7 @@ pub fn accepted_keys() -> Vec<String> {
         let nested: Vec<String> = match field {
             "toolchains" => prefixed("toolchains.<triple>.", fields_of::<ToolchainConfig>()),
             "chart" => prefixed("chart.", fields_of::<ChartConfig>()),
+            "sigstore" => prefixed("sigstore.", fields_of::<SigstoreConfig>()),
             "audit" => fields_of::<RawAudit>()
                 .into_iter()
                 .flat_map(|f| match f {

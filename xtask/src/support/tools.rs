@@ -19,6 +19,10 @@ pub const ACTIONLINT_VERSION: &str = "v1.7.12";
 /// Helm 4: the OCI registry is its only chart repository format that we
 /// publish to, and v4 is the supported line (v3 gets security fixes only).
 pub const HELM_VERSION: &str = "v4.3.2";
+/// The tests' private Sigstore: Fulcio, which issues keyless certificates
+/// from an OIDC token, and the timestamp authority.
+pub const FULCIO_VERSION: &str = "v1.8.8";
+pub const TIMESTAMP_SERVER_VERSION: &str = "v2.1.3";
 pub const CARGO_AUDITABLE_VERSION: &str = "0.7.7";
 /// The scanner behind `cargo xtask audit`; its JSON report is what we parse.
 pub const CARGO_AUDIT_VERSION: &str = "0.22.2";

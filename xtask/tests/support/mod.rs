@@ -7,11 +7,14 @@
 pub mod advisory_db;
 pub mod auth_registry;
 pub mod engine;
+pub mod github_oidc;
 pub mod pg;
 pub mod proxy;
 mod referrers_registry;
 pub mod scripted;
+pub mod sigstore;
 pub mod token_service;
+pub mod workflow;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -166,7 +166,7 @@ fn answer(request: &str, grants: &[Grant], key: &std::path::Path, x5c: &str) -> 
 }
 
 /// RS256: an RSASSA-PKCS1-v1_5 SHA-256 signature, by openssl.
-fn sign(key: &std::path::Path, data: &[u8]) -> Vec<u8> {
+pub fn sign(key: &std::path::Path, data: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut child = Command::new(tool("openssl"))
         .args(["dgst", "-sha256", "-sign"])
