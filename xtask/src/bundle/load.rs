@@ -24,7 +24,7 @@ use crate::oci::client::{Client, Reference};
 use crate::oci::overlay::Overlay;
 use crate::oci::push::{self, push_tree};
 use crate::oci::subject::Subject;
-use crate::oci::{self, Descriptor, Index};
+use crate::oci::{self, Descriptor};
 use crate::supply_chain::claims::verify_signature;
 use crate::supply_chain::cosign::{self, Cosign};
 use crate::supply_chain::identity::{self, Identity, WorkflowIdentity};

