@@ -378,7 +378,7 @@ const EXPECTATIONS: &[(&str, How)] = &[
         How::Runs(Before::Nothing, prints_arm64),
     ),
     (
-        "REVISION=$(crane manifest \"$IMAGE@$DIGEST\")",
+        "REVISION=$(crane manifest \"$IMAGE@$DIGEST\" | jq",
         How::Runs(Before::Nothing, prints_head_commit),
     ),
     ("cosign verify --certificate-identity ", How::Keyless),
