@@ -241,6 +241,11 @@ fn loading_a_200_mb_layer_stays_under_100_mb_of_memory() {
                 "size": manifest_size,
                 "platform": {"architecture": "amd64", "os": "linux"},
             }],
+            // What the load reads as the release's version and commit.
+            "annotations": {
+                "org.opencontainers.image.version": "0.1.0",
+                "org.opencontainers.image.revision": "1".repeat(40),
+            },
         })
         .to_string()
         .into_bytes(),

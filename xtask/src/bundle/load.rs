@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use camino::Utf8Path;
 
 use super::convert::{self, Blobs};
-use super::reader::{read_archive, Archive};
+use super::reader::{read_archive, Archive, ArchiveBlobs};
 use super::refs::{self, Owned};
 use super::signed::SignedIndex;
 use super::{print_json, ref_entries, subject_entries, trust, Report};
@@ -282,7 +282,7 @@ fn signed_version(
 fn push_untagged(
     client: &Client,
     repo: &str,
-    blobs: &Blobs,
+    blobs: &ArchiveBlobs,
     owned: &Owned,
     untagged: &[(String, &Descriptor)],
     fallbacks: &[convert::Fallback],
