@@ -4,8 +4,8 @@
 //! time (most of a test's time is spent waiting on registries, cosign and
 //! qemu, not computing), longest first by the last run's times. It reports
 //! what each one spent in `target/test-times.json` and prints the ten
-//! slowest. `--quick` leaves out the binaries that publish whole releases
-//! or make cold builds.
+//! slowest. `--quick` leaves out the binaries that publish whole releases,
+//! make cold builds or run the container engine.
 
 mod binaries;
 mod times;
@@ -25,21 +25,24 @@ use crate::{flags, setup};
 use binaries::{RunOptions, TestBinary};
 use times::{Phase, Summary};
 
-/// The test binaries that publish whole releases or make cold builds: what
-/// `--quick` leaves out, and what a fresh run starts first.
-pub const RELEASE_BINARIES: &[&str] = &[
+/// The test binaries that publish whole releases, make cold builds or run
+/// the container engine: what `--quick` leaves out, and what a fresh run
+/// starts first.
+pub const SLOW_BINARIES: &[&str] = &[
     "xtask --test adopt",
     "xtask --test air_gapped",
     "xtask --test audit",
+    "xtask --test bench",
     "xtask --test dist",
     "xtask --test doc_commands",
+    "xtask --test engine",
+    "xtask --test engine_chart",
+    "xtask --test keyless",
     "xtask --test references",
     "xtask --test release",
     "xtask --test release_chart",
     "xtask --test release_progress",
-    "xtask --test workflows",
 ];
-
 /// How long one test binary may run before it is stopped, with everything
 /// it started: longer than any binary needs on a loaded 2-core machine, so
 /// that a hung test fails the run instead of holding CI until its limit.
@@ -99,12 +102,12 @@ pub fn run(flags: &flags::Test) -> Result<()> {
     let mut binaries = steps.run("compile the test binaries", || compile(&sh))?;
     phase("compile the test binaries", at);
     if flags.quick {
-        binaries.retain(|b| !RELEASE_BINARIES.contains(&b.name.as_str()));
+        binaries.retain(|b| !SLOW_BINARIES.contains(&b.name.as_str()));
     }
 
     let times_path = config.target_dir.join("test-times.json");
     let last = times::previous(&times_path);
-    times::longest_first(&mut binaries, |b| &b.name, &last, RELEASE_BINARIES);
+    times::longest_first(&mut binaries, |b| &b.name, &last, SLOW_BINARIES);
     let jobs = flags.jobs.map_or_else(default_jobs, usize::from);
     let server_binary = config.target_dir.join("release").join(&config.binary);
     // The tests release from fresh clones of the workspace; sharing one
