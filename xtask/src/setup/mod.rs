@@ -49,6 +49,8 @@ const APT_PACKAGES: &[&str] = &[
     "aardvark-dns",
     "iptables",
     "mmdebstrap",
+    // The pause process of podman's pods (`podman kube play`).
+    "catatonit",
 ];
 
 /// PyPI packages, pinned, with the command each provides.
