@@ -160,7 +160,9 @@ pub struct Container(pub String);
 
 impl Drop for Container {
     fn drop(&mut self) {
-        let _ = docker().args(["rm", "-f", &self.0]).output();
+        // podman itself: through the API, `docker rm -f` left stopped
+        // containers behind.
+        let _ = podman().args(["rm", "-f", &self.0]).output();
     }
 }
 
