@@ -80,7 +80,9 @@ if ! docker compose pull --policy always server; then
 	set_image "$old"
 	die "cannot pull $new; .env is back on $old, nothing else changed"
 fi
-if ! docker compose run --rm -T server migrate status; then
+# --no-deps: the database runs already, and must not be recreated under
+# the running server.
+if ! docker compose run --rm --no-deps -T server migrate status; then
 	set_image "$old"
 	die "$new cannot read the database's migrations; .env is back on $old, nothing else changed"
 fi
@@ -110,7 +112,7 @@ set_image "$old"
 # The old server refuses, with exit code 3, a database that a newer version
 # migrated: then the backup goes back in first.
 status=0
-docker compose run --rm -T server migrate status >/dev/null 2>&1 || status=$?
+docker compose run --rm --no-deps -T server migrate status >/dev/null 2>&1 || status=$?
 if [ "$status" -eq 3 ]; then
 	echo "deploy: $new applied a migration; restoring $dump" >&2
 	docker compose stop server

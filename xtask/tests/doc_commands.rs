@@ -237,11 +237,15 @@ const EXPECTATIONS: &[(&str, How)] = &[
         How::Runs(Before::Nothing, env_rolled_back),
     ),
     ("docker compose exec server", How::NoEngine),
+    // The backups run on a deployment: `.env` exists.
     (
         "docker compose exec -T db pg_dump -U app -d app -Fc > db-",
-        How::NoEngine,
+        How::Compose(Before::DeployedCompose, succeeds),
     ),
-    ("docker compose exec -T proxy tar", How::NoEngine),
+    (
+        "docker compose exec -T proxy tar",
+        How::Compose(Before::DeployedCompose, succeeds),
+    ),
     ("cargo xtask bundle v1.2.3", How::Runs(Before::Nothing, bundle_written)),
     (
         "cargo xtask bundle v1.2.3 --dry-run",

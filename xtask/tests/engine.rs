@@ -59,8 +59,9 @@ fn read_response(stream: &mut TcpStream) -> std::io::Result<(u16, String)> {
 
 #[test]
 fn the_image_runs_as_nonroot_on_a_read_only_root_turns_healthy_and_drains_on_stop() {
+    let _turn = support::engine::one_at_a_time();
     let started = Instant::now();
-    let (_registry, image) = released_image();
+    let image = released_image();
     let built = started.elapsed();
 
     // `version`, as the image's entrypoint runs it.
@@ -176,6 +177,13 @@ fn the_image_runs_as_nonroot_on_a_read_only_root_turns_healthy_and_drains_on_sto
 
 /// A copy of the reference deployment in a directory of its own, run as a
 /// compose project with a unique name; `down -v` on drop.
+///
+/// The proxy is Debian's Caddy 2.6.2: the pinned caddy:2.11.7-alpine cannot
+/// be pulled here. deploy/Caddyfile uses only what both versions read the
+/// same way (`encode`, `header`, `respond`, and `reverse_proxy` with
+/// `health_uri`, `health_interval`, `lb_try_duration`, `lb_try_interval`
+/// and `flush_interval`); nothing added after 2.6 is used, so a file that
+/// serves here serves the same on 2.11.7.
 struct Stack {
     dir: tempfile::TempDir,
     project: String,
@@ -277,10 +285,14 @@ fn curl(args: &[&str]) -> (String, String) {
     (code.to_owned(), body.to_owned())
 }
 
+// `run` gets `--no-deps`: without it, compose 5 on podman 4.3's API
+// recreates the running `db` (it finds its configuration changed), which
+// cuts the server off its database for a while.
 #[test]
 fn the_compose_stack_starts_in_order_and_serves_an_item_through_caddy() {
+    let _turn = support::engine::one_at_a_time();
     let started = Instant::now();
-    let (_registry, image) = released_image();
+    let image = released_image();
     let stack = Stack::new(image);
     stack.compose_ok(&["up", "-d", "--wait", "--wait-timeout", "180"]);
     let up = started.elapsed();
@@ -309,7 +321,7 @@ fn the_compose_stack_starts_in_order_and_serves_an_item_through_caddy() {
     assert_eq!(curl(&[&format!("{https}/metrics")]).0, "404");
 
     let token = stack
-        .compose_ok(&["run", "--rm", "-T", "server", "bootstrap"])
+        .compose_ok(&["run", "--rm", "--no-deps", "-T", "server", "bootstrap"])
         .trim()
         .to_owned();
     assert!(
@@ -318,7 +330,7 @@ fn the_compose_stack_starts_in_order_and_serves_an_item_through_caddy() {
     );
     let item = format!("{https}/v1/items/greeting");
     let authorization = format!("Authorization: Bearer {token}");
-    let (code, _) = curl(&[
+    let (code, body) = curl(&[
         "-X",
         "PUT",
         "-H",
@@ -327,7 +339,12 @@ fn the_compose_stack_starts_in_order_and_serves_an_item_through_caddy() {
         "{\"hello\":\"world\"}",
         &item,
     ]);
-    assert_eq!(code, "201");
+    assert_eq!(
+        code,
+        "201",
+        "{body}\n{}",
+        stack.compose_ok(&["logs", "--no-color", "--tail", "20"])
+    );
     assert_eq!(
         // Stored as jsonb: PostgreSQL's own rendering comes back.
         curl(&[&item]),
@@ -360,4 +377,220 @@ fn the_compose_stack_starts_in_order_and_serves_an_item_through_caddy() {
     assert!(body.contains("server_build_info{"), "{body}");
     assert_eq!(curl(&[&format!("{metrics}/healthz")]).0, "404");
     eprintln!("stack up in {up:?}; the whole test {:?}", started.elapsed());
+}
+
+/// `crane` on the engine's registry.
+fn crane(args: &[&str]) -> String {
+    run_ok(std::process::Command::new(support::tool("crane")).args(args))
+        .trim()
+        .to_owned()
+}
+
+/// Another release that works: the released image with one more label,
+/// hence another digest.
+fn good_release(image: &str) -> String {
+    let registry = &support::engine::engine().registry;
+    let tag = registry.repo("app:good");
+    crane(&[
+        "mutate",
+        "--insecure",
+        "--label",
+        "org.example.test=good",
+        image,
+        "-t",
+        &tag,
+    ]);
+    format!(
+        "{}@{}",
+        registry.repo("app"),
+        crane(&["digest", "--insecure", &tag])
+    )
+}
+
+/// A release whose server exits 1 at once but whose `migrate status`
+/// works, so that a deployment gets as far as `up`: its entrypoint is a
+/// busybox script (busybox from the tests' Caddy image) that hands only
+/// `migrate …` to the real /server.
+fn bad_release(image: &str) -> String {
+    let registry = &support::engine::engine().registry;
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let busybox = run(docker().args([
+        "run",
+        "--rm",
+        "--entrypoint",
+        "/bin/busybox",
+        support::engine::CADDY_IMAGE,
+        "cat",
+        "/bin/busybox",
+    ]));
+    assert!(busybox.status.success() && busybox.stdout.len() > 100_000);
+    std::fs::write(root.join("busybox"), &busybox.stdout).unwrap();
+    std::fs::write(
+        root.join("bad"),
+        "#!/busybox sh\ncase \"$1\" in migrate) exec /server \"$@\" ;; esac\necho 'bad release: exits 1' >&2\nexit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for file in ["busybox", "bad"] {
+        std::fs::set_permissions(root.join(file), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let layer = work.path().join("layer.tar");
+    run_ok(
+        std::process::Command::new("tar")
+            .args(["--owner=0", "--group=0", "-C"])
+            .arg(&root)
+            .arg("-cf")
+            .arg(&layer)
+            .args(["busybox", "bad"]),
+    );
+    let platform = crane(&["digest", "--insecure", "--platform", "linux/amd64", image]);
+    let base = format!("{}@{platform}", registry.repo("app"));
+    let appended = registry.repo("app:bad-layer");
+    crane(&[
+        "append",
+        "--insecure",
+        "-b",
+        &base,
+        "-f",
+        layer.to_str().unwrap(),
+        "-t",
+        &appended,
+    ]);
+    let bad = registry.repo("app:bad");
+    crane(&[
+        "mutate",
+        "--insecure",
+        "--entrypoint",
+        "/bad",
+        &appended,
+        "-t",
+        &bad,
+    ]);
+    format!(
+        "{}@{}",
+        registry.repo("app"),
+        crane(&["digest", "--insecure", &bad])
+    )
+}
+
+impl Stack {
+    /// deploy/compose/deploy.sh as an operator runs it: in the project's
+    /// directory, with the docker CLI on PATH.
+    fn deploy(&self, image: &str) -> std::process::Output {
+        let script = support::workspace_root().join("deploy/compose/deploy.sh");
+        let mut command = std::process::Command::new("sh");
+        command
+            .arg(script)
+            .arg(image)
+            .current_dir(self.dir.path())
+            .env(
+                "DOCKER_HOST",
+                format!("unix://{}", support::engine::engine().socket.display()),
+            )
+            .env("COMPOSE_PROJECT_NAME", &self.project)
+            .env("DEPLOY_TIMEOUT", "30")
+            .env("PATH", std::env::join_paths(support::tool_path()).unwrap());
+        run(&mut command)
+    }
+
+    fn env_image(&self) -> String {
+        let env = std::fs::read_to_string(self.dir.path().join(".env")).unwrap();
+        env.lines()
+            .find_map(|l| l.strip_prefix("SERVER_IMAGE="))
+            .unwrap()
+            .to_owned()
+    }
+}
+
+#[test]
+fn the_deploy_script_upgrades_and_rolls_a_bad_release_back_by_itself() {
+    let _turn = support::engine::one_at_a_time();
+    let started = Instant::now();
+    let image = released_image();
+    let stack = Stack::new(image);
+    stack.compose_ok(&["up", "-d", "--wait", "--wait-timeout", "180"]);
+    let token = stack
+        .compose_ok(&["run", "--rm", "--no-deps", "-T", "server", "bootstrap"])
+        .trim()
+        .to_owned();
+    let item = format!("https://localhost:{}/v1/items/kept", stack.https_port);
+    let authorization = format!("Authorization: Bearer {token}");
+    let (code, _) = curl(&["-X", "PUT", "-H", &authorization, "--data", "[1]", &item]);
+    assert_eq!(code, "201");
+
+    // Without .env it refuses, and changes nothing.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let refused = run(std::process::Command::new("sh")
+        .arg(support::workspace_root().join("deploy/compose/deploy.sh"))
+        .arg(image)
+        .current_dir(elsewhere.path()));
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no .env in"));
+
+    // Registry credentials: read, the file removed, and a failed login
+    // stops everything. (podman's API logs in over HTTPS only, so a login
+    // to the plain-HTTP loopback registry fails here: the failure path is
+    // what this can show.)
+    let good = good_release(image);
+    let registry = &support::engine::engine().registry;
+    std::fs::write(
+        stack.dir.path().join(".env.deploy"),
+        format!(
+            "REGISTRY={}\nREGISTRY_USER=deployer\nREGISTRY_PASSWORD=secret\n",
+            registry.host()
+        ),
+    )
+    .unwrap();
+    let refused = stack.deploy(&good);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains(&format!(
+            "deploy: cannot log in to {} as deployer; nothing changed",
+            registry.host()
+        )),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(
+        !stack.dir.path().join(".env.deploy").exists(),
+        ".env.deploy was not removed"
+    );
+    assert_eq!(stack.env_image(), image);
+
+    // A good release.
+    let deployed = stack.deploy(&good);
+    let stderr = String::from_utf8_lossy(&deployed.stderr);
+    assert!(
+        deployed.status.success(),
+        "deploy.sh {good} failed:\n{stderr}\n{}",
+        String::from_utf8_lossy(&deployed.stdout)
+    );
+    assert_eq!(stack.env_image(), good);
+    let server = stack.compose_ok(&["ps", "-q", "server"]).trim().to_owned();
+    assert_eq!(inspect(&server, "{{.Config.Image}}"), good);
+    assert_eq!(curl(&[&item]), ("200".to_owned(), "[1]\n".to_owned()));
+    let backups: Vec<_> = std::fs::read_dir(stack.dir.path().join("backups"))
+        .unwrap()
+        .collect();
+    assert_eq!(backups.len(), 1);
+
+    // A bad one: up fails, the script puts the good one back by itself.
+    let bad = bad_release(image);
+    let rolled = stack.deploy(&bad);
+    let stderr = String::from_utf8_lossy(&rolled.stderr);
+    assert_eq!(rolled.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "deploy: rolled back: {good} runs again; {bad} did not turn healthy"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(stack.env_image(), good);
+    let server = stack.compose_ok(&["ps", "-q", "server"]).trim().to_owned();
+    assert_eq!(inspect(&server, "{{.Config.Image}}"), good);
+    assert_eq!(inspect(&server, "{{.State.Health.Status}}"), "healthy");
+    assert_eq!(curl(&[&item]), ("200".to_owned(), "[1]\n".to_owned()));
+    eprintln!("deploy test {:?}", started.elapsed());
 }

@@ -37,6 +37,8 @@ const APT_PACKAGES: &[&str] = &[
     "aardvark-dns",
     "iptables",
     "mmdebstrap",
+    // The pause process of podman's pods (`podman kube play`).
+    "catatonit",
 ];
 
 pub fn missing_packages(sh: &Shell) -> Result<Vec<&'static str>> {
