@@ -177,8 +177,14 @@ pub fn record_verified(
 /// build: taken from there, not from the xtask's own environment, so that
 /// the fingerprint changes exactly when cargo's input does.
 fn build_variables() -> Vec<(String, String)> {
+    let toolchain_source = std::env::var_os("RUSTUP_TOOLCHAIN_SOURCE");
     let mut variables: Vec<(String, String)> = cargo_env::inherited()
         .into_iter()
+        .filter(|(name, _)| {
+            !name
+                .to_str()
+                .is_some_and(|n| cargo_env::is_run_only(n, toolchain_source.as_deref()))
+        })
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
         .filter(|(name, _)| BUILD_VARIABLE_PREFIXES.iter().any(|p| name.starts_with(p)))
         .filter(|(name, _)| {

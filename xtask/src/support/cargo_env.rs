@@ -99,19 +99,27 @@ fn is_c_toolchain(name: &str) -> bool {
 /// down for the program it starts: `cargo xtask` runs the xtask with them,
 /// the xtask executable run directly has none, and the two must build
 /// alike, so that alternating them rebuilds nothing.
-fn restates_a_default(
-    name: &str,
-    value: &OsStr,
-    home: Option<&Path>,
-    toolchain_source: Option<&OsStr>,
-) -> bool {
+///
+/// `RUSTUP_TOOLCHAIN` is different: it still reaches cargo, because it is
+/// what keeps a rustup proxy, run in a dependency's folder, from obeying
+/// that crate's own `rust-toolchain.toml`. Only the fingerprint leaves it
+/// out when it names the default toolchain (`is_run_only`).
+fn restates_a_default(name: &str, value: &OsStr, home: Option<&Path>) -> bool {
     match name {
-        // Set only with RUSTUP_TOOLCHAIN, which it explains.
-        "RUSTUP_TOOLCHAIN_SOURCE" => true,
-        // The default toolchain is what a proxy finds again without it.
-        "RUSTUP_TOOLCHAIN" => toolchain_source.is_some_and(|s| s == "default"),
         "CARGO_HOME" => home.is_some_and(|h| h.join(".cargo") == Path::new(value)),
         "RUSTUP_HOME" => home.is_some_and(|h| h.join(".rustup") == Path::new(value)),
+        _ => false,
+    }
+}
+
+/// Whether variable `name`, given to cargo, says only how the xtask was
+/// started: rustup's note of where its toolchain came from, and the
+/// toolchain itself when that is the default, which a proxy finds again
+/// without it. The build fingerprint leaves these out.
+pub fn is_run_only(name: &str, toolchain_source: Option<&OsStr>) -> bool {
+    match name {
+        "RUSTUP_TOOLCHAIN_SOURCE" => true,
+        "RUSTUP_TOOLCHAIN" => toolchain_source.is_some_and(|s| s == "default"),
         _ => false,
     }
 }
@@ -121,14 +129,13 @@ fn restates_a_default(
 /// then add the build's own variables.
 pub fn inherited() -> Vec<(OsString, OsString)> {
     let home = std::env::var_os("HOME").map(PathBuf::from);
-    let toolchain_source = std::env::var_os("RUSTUP_TOOLCHAIN_SOURCE");
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(name, _)| name.to_str().is_some_and(is_allowed))
         .filter(|(name, _)| name != "PATH")
         .filter(|(name, value)| {
-            !name.to_str().is_some_and(|name| {
-                restates_a_default(name, value, home.as_deref(), toolchain_source.as_deref())
-            })
+            !name
+                .to_str()
+                .is_some_and(|name| restates_a_default(name, value, home.as_deref()))
         })
         .collect();
     env.push(("PATH".into(), tools::augmented_path()));
@@ -197,33 +204,28 @@ mod tests {
     #[test]
     fn what_rustup_restates_is_left_out_and_what_it_chose_is_kept() {
         let home = Some(Path::new("/home/u"));
-        let default = Some(OsStr::new("default"));
-        let restates = |name: &str, value: &str, source: Option<&OsStr>| {
-            restates_a_default(name, OsStr::new(value), home, source)
-        };
-        assert!(restates("CARGO_HOME", "/home/u/.cargo", default));
-        assert!(restates("RUSTUP_HOME", "/home/u/.rustup", default));
-        assert!(restates(
-            "RUSTUP_TOOLCHAIN",
-            "stable-x86_64-unknown-linux-gnu",
-            default
-        ));
-        assert!(restates("RUSTUP_TOOLCHAIN_SOURCE", "default", default));
-        // A toolchain asked for (`cargo +nightly`, an override) still counts.
+        let restates = |name: &str, value: &str| restates_a_default(name, OsStr::new(value), home);
+        assert!(restates("CARGO_HOME", "/home/u/.cargo"));
+        assert!(restates("RUSTUP_HOME", "/home/u/.rustup"));
+        assert!(!restates("CARGO_HOME", "/opt/cargo"));
+        assert!(!restates("CARGO_TARGET_DIR", "/home/u/.cargo"));
+        // The toolchain always reaches cargo.
         assert!(!restates(
             "RUSTUP_TOOLCHAIN",
-            "nightly",
-            Some(OsStr::new("cli"))
+            "stable-x86_64-unknown-linux-gnu"
         ));
-        assert!(!restates("RUSTUP_TOOLCHAIN", "nightly", None));
-        assert!(!restates("CARGO_HOME", "/opt/cargo", default));
-        assert!(!restates("CARGO_TARGET_DIR", "/home/u/.cargo", default));
         assert!(!restates_a_default(
             "CARGO_HOME",
             OsStr::new("/home/u/.cargo"),
-            None,
-            default
+            None
         ));
+        // The fingerprint leaves out the default toolchain, not a chosen one.
+        let default = Some(OsStr::new("default"));
+        assert!(is_run_only("RUSTUP_TOOLCHAIN", default));
+        assert!(is_run_only("RUSTUP_TOOLCHAIN_SOURCE", default));
+        assert!(!is_run_only("RUSTUP_TOOLCHAIN", Some(OsStr::new("cli"))));
+        assert!(!is_run_only("RUSTUP_TOOLCHAIN", None));
+        assert!(!is_run_only("CARGO_HOME", default));
     }
 
     #[test]
