@@ -630,7 +630,8 @@ fn keyless_air_gap_procedure(repo: &str, version: &str, slug: &str, issuer: &str
             format!("--trusted-root trusted_root.json {identity} --use-signed-timestamps --insecure-ignore-tlog=true --insecure-ignore-sct=true"),
         ),
         ("registry.internal/rust-release".to_owned(), repo.to_owned()),
-        ("example-org/rust-release".to_owned(), slug.to_owned()),
+        // The docs' example repository is the configured one (adopt renames it).
+        (support::source_slug(), slug.to_owned()),
         ("v1.2.3".to_owned(), version.to_owned()),
         ("\" = 1.2.3".to_owned(), format!("\" = {}", &version[1..])),
         ("crane push ".to_owned(), "crane push --insecure ".to_owned()),
