@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::{json, Value};
-use support::{head_sha, run, run_ok, seed_base, server_version, tag_digests, tool, Registry};
+use support::{head_sha, run_ok, seed_base, server_version, tag_digests, tool, Registry};
 use xtask::oci::client::Client;
 
 const PASSWORD: &str = "air-gapped-test-password";
@@ -21,20 +21,6 @@ const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// Signatures for an offline registry: no Rekor, no TSA.
 const SIGNING_CONFIG: &str = r#"{"mediaType":"application/vnd.dev.sigstore.signingconfig.v0.2+json","caUrls":[],"oidcUrls":[],"rekorTlogUrls":[],"tsaUrls":[],"rekorTlogConfig":{"selector":"ANY"},"tsaConfig":{"selector":"ANY"}}"#;
-
-/// What the procedure may use, and nothing else.
-const TOOLS: &[&str] = &[
-    "crane",
-    "cosign",
-    "sh",
-    "tar",
-    "sha256sum",
-    "mkdir",
-    "grep",
-    "cut",
-    "cmp",
-    "jq",
-];
 
 fn cosign() -> Command {
     let mut command = Command::new(tool("cosign"));
@@ -148,25 +134,6 @@ fn procedure(registry: &Registry) -> String {
     script
 }
 
-/// Runs the procedure in `dir` with `sh -eux` (stderr shows each command
-/// before it runs, so the last one shown is the one that failed), only the TOOLS on PATH and
-/// an empty HOME: no checkout, no cargo, no xtask.
-fn run_procedure(dir: &Path, script: &str) -> Output {
-    let bin = dir.join(".tools");
-    std::fs::create_dir(&bin).unwrap();
-    for name in TOOLS {
-        std::os::unix::fs::symlink(tool(name), bin.join(name)).unwrap();
-    }
-    let home = dir.join(".home");
-    std::fs::create_dir(&home).unwrap();
-    run(Command::new(bin.join("sh"))
-        .args(["-eux", "-c", script])
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", &bin)
-        .env("HOME", &home))
-}
-
 /// An operator's directory: the archive, its `.sha256`, and the key they trust.
 fn carry_in(archive: &Path, trusted_key: &Path) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -198,7 +165,7 @@ fn the_documented_procedure_loads_and_verifies_with_crane_and_cosign_alone() {
 
     let b = Registry::start();
     let operator = carry_in(&archive, &public_key);
-    let output = run_procedure(operator.path(), &procedure(&b));
+    let output = support::run_procedure(operator.path(), &procedure(&b));
     assert!(
         output.status.success(),
         "the procedure failed:\n{}\n{}",
@@ -302,7 +269,7 @@ fn an_altered_bundle_or_a_wrong_key_fails_before_the_version_is_tagged() {
     );
     let b = Registry::start();
     let operator = carry_in(&altered, &public_key);
-    let output = run_procedure(operator.path(), &procedure(&b));
+    let output = support::run_procedure(operator.path(), &procedure(&b));
     assert!(!output.status.success(), "an altered bundle verified");
     assert_last_command_failed(&output, "cosign verify ", "no signatures found");
     assert_eq!(tag_digests(&b.repo("app")).get(&version), None);
@@ -366,7 +333,7 @@ fn an_altered_bundle_or_a_wrong_key_fails_before_the_version_is_tagged() {
             .args(["oci-layout", "index.json", "blobs", "verify"]),
     );
     let operator = carry_in(&renamed, &public_key);
-    let output = run_procedure(operator.path(), &procedure(&d));
+    let output = support::run_procedure(operator.path(), &procedure(&d));
     assert!(
         !output.status.success(),
         "an older release took the version's tag"
@@ -382,7 +349,7 @@ fn an_altered_bundle_or_a_wrong_key_fails_before_the_version_is_tagged() {
     bundle(&a, &other_key, &wrong);
     let c = Registry::start();
     let operator = carry_in(&wrong, &other_key);
-    let output = run_procedure(operator.path(), &procedure(&c));
+    let output = support::run_procedure(operator.path(), &procedure(&c));
     assert!(!output.status.success(), "a foreign key verified");
     // cosign 3 reads its signature bundles as attestations, and says so.
     assert_last_command_failed(

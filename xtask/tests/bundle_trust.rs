@@ -97,31 +97,6 @@ fn last_error_line(output: &Output) -> String {
         .to_owned()
 }
 
-/// `archive` rewritten into `out` with `edit` applied to its index.json,
-/// as someone altering it in transit would.
-fn forged(archive: &Path, out: &Path, edit: impl FnOnce(&mut Vec<Value>)) {
-    let dir = tempfile::tempdir().unwrap();
-    run_ok(
-        Command::new("tar")
-            .arg("-xf")
-            .arg(archive)
-            .arg("-C")
-            .arg(dir.path()),
-    );
-    let path = dir.path().join("index.json");
-    let mut index: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    edit(index["manifests"].as_array_mut().unwrap());
-    std::fs::write(&path, serde_json::to_vec(&index).unwrap()).unwrap();
-    run_ok(
-        Command::new("tar")
-            .arg("-cf")
-            .arg(out)
-            .arg("-C")
-            .arg(dir.path())
-            .args(["oci-layout", "index.json", "blobs", "verify"]),
-    );
-}
-
 fn ref_name(entry: &Value) -> &str {
     entry["annotations"]["org.opencontainers.image.ref.name"]
         .as_str()
@@ -171,7 +146,7 @@ fn an_older_release_forged_as_a_newer_one_tags_nothing() {
     // its digest: its signed index says 1.0.0, so nothing is pushed or
     // tagged.
     let forgery = work.path().join("forged.tar");
-    forged(&archive("v1.0.0"), &forgery, |entries| {
+    support::forge_index(&archive("v1.0.0"), &forgery, |entries| {
         let release = entries
             .iter_mut()
             .find(|e| ref_name(e) == "v1.0.0")

@@ -597,3 +597,71 @@ pub fn tag_digests(repo: &str) -> std::collections::BTreeMap<String, String> {
 fn sha256_hex(bytes: &[u8]) -> String {
     xtask::support::archive::sha256_hex(bytes)
 }
+
+/// `archive` unpacked, changed by `edit` in its folder, and packed again
+/// into `out`, as someone altering a bundle in transit would.
+pub fn forge_archive(archive: &Path, out: &Path, edit: impl FnOnce(&Path)) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    run_ok(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(archive)
+            .arg("-C")
+            .arg(dir.path()),
+    );
+    edit(dir.path());
+    run_ok(
+        Command::new("tar")
+            .arg("-cf")
+            .arg(out)
+            .arg("-C")
+            .arg(dir.path())
+            .args(["oci-layout", "index.json", "blobs", "verify"]),
+    );
+}
+
+/// [`forge_archive`] with `edit` applied to the entries of its index.json.
+pub fn forge_index(archive: &Path, out: &Path, edit: impl FnOnce(&mut Vec<serde_json::Value>)) {
+    forge_archive(archive, out, |dir| {
+        let path = dir.join("index.json");
+        let mut index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("index.json"))
+                .expect("index.json is JSON");
+        edit(index["manifests"].as_array_mut().expect("manifests"));
+        std::fs::write(&path, serde_json::to_vec(&index).expect("JSON")).expect("write");
+    });
+}
+
+/// What docs/air-gapped.md's procedure may use, and nothing else.
+const PROCEDURE_TOOLS: &[&str] = &[
+    "crane",
+    "cosign",
+    "sh",
+    "tar",
+    "sha256sum",
+    "mkdir",
+    "grep",
+    "cut",
+    "cmp",
+    "jq",
+];
+
+/// Runs a procedure in `dir` with `sh -eux` (stderr shows each command
+/// before it runs, so the last one shown is the one that failed), with only
+/// [`PROCEDURE_TOOLS`] on PATH and an empty HOME: no checkout, no cargo, no
+/// xtask.
+pub fn run_procedure(dir: &Path, script: &str) -> Output {
+    let bin = dir.join(".tools");
+    std::fs::create_dir(&bin).expect("a tools folder");
+    for name in PROCEDURE_TOOLS {
+        std::os::unix::fs::symlink(tool(name), bin.join(name)).expect("a tool link");
+    }
+    let home = dir.join(".home");
+    std::fs::create_dir(&home).expect("a home folder");
+    run(Command::new(bin.join("sh"))
+        .args(["-eux", "-c", script])
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", &bin)
+        .env("HOME", &home))
+}
