@@ -23,9 +23,9 @@
 //! service; the amd64 server from target/dist is the `server` container,
 //! its output is what `docker compose logs server` shows, and
 //! `https://example.com` is that server. So `docker compose exec -T db
-//! pg_dump …` runs `pg_dump …` here, `docker compose run --rm -T server
-//! bootstrap` runs `server bootstrap`, and `up -d --no-deps server` starts
-//! the server, which applies the newest migration. Only the version before
+//! pg_dump …` runs `pg_dump …` here, `docker compose run --rm --no-deps -T
+//! server bootstrap` runs `server bootstrap`, and `up -d --wait` starts the
+//! server, which applies the newest migration. Only the version before
 //! this one cannot run (it is not built here): after the rollback, the
 //! check is that the database is the backup's, at that version's schema,
 //! with its items.
@@ -189,11 +189,16 @@ enum How {
     NoProxy,
 }
 
-/// Pages whose `sh` blocks another test runs as written, because they must
+/// Pages whose `sh` blocks other tests run as written, because they must
 /// run where this test's clone of the checkout would defeat their point.
-const RUN_ELSEWHERE: &[(&str, &str)] = &[
-    // With crane and cosign alone, in a directory with no checkout.
-    ("air-gapped.md", "xtask/tests/air_gapped.rs"),
+const RUN_ELSEWHERE: &[(&str, &[&str])] = &[
+    // With crane and cosign alone, in a directory with no checkout: with
+    // the key as written, and keylessly against the tests' private
+    // Sigstore (with the page's identity flags in place of the key).
+    (
+        "air-gapped.md",
+        &["xtask/tests/air_gapped.rs", "xtask/tests/keyless.rs"],
+    ),
 ];
 
 /// Every command of docs/, by the start of its text as written there (the
@@ -300,7 +305,7 @@ const EXPECTATIONS: &[(&str, How)] = &[
         How::Compose(Before::DeployedWithDatabase, backup_taken),
     ),
     (
-        "docker compose run --rm -T server migrate status",
+        "docker compose run --rm --no-deps -T server migrate status",
         How::Compose(Before::Nothing, shows_the_pending_migration),
     ),
     (
@@ -311,7 +316,7 @@ const EXPECTATIONS: &[(&str, How)] = &[
     // version before this one is not built here).
     ("docker compose logs server | grep 'does not know'", How::NoEngine),
     (
-        "TOKEN=$(docker compose run --rm -T server bootstrap)",
+        "TOKEN=$(docker compose run --rm --no-deps -T server bootstrap)",
         How::Compose(Before::Nothing, first_token_created),
     ),
     (
@@ -450,7 +455,7 @@ const PAGE_EXPECTATIONS: &[(&str, &str, How)] = &[
     ),
     (
         "compose.md",
-        "TOKEN=$(docker compose run --rm -T server bootstrap)",
+        "TOKEN=$(docker compose run --rm --no-deps -T server bootstrap)",
         How::NoEngine,
     ),
 ];
@@ -897,14 +902,16 @@ fn every_command_in_docs_runs_as_documented() {
         if commands.is_empty() {
             continue;
         }
-        if let Some((_, test)) = RUN_ELSEWHERE.iter().find(|(p, _)| p == page) {
-            let test = support::workspace_root().join(test);
-            let source = std::fs::read_to_string(&test).unwrap_or_default();
-            if !source.contains(&format!("docs/{page}")) {
-                failures.push(format!(
-                    "docs/{page} is run by {}, which does not read it",
-                    test.display()
-                ));
+        if let Some((_, tests)) = RUN_ELSEWHERE.iter().find(|(p, _)| p == page) {
+            for test in *tests {
+                let test = support::workspace_root().join(test);
+                let source = std::fs::read_to_string(&test).unwrap_or_default();
+                if !source.contains(&format!("docs/{page}")) {
+                    failures.push(format!(
+                        "docs/{page} is run by {}, which does not read it",
+                        test.display()
+                    ));
+                }
             }
             continue;
         }
@@ -1694,7 +1701,7 @@ fn in_container(bed: &mut Bed, command: &DocCommand) -> Result<Ran, String> {
     let text = command
         .text
         .replace("docker compose exec -T db ", "")
-        .replace("docker compose run --rm -T server ", &server)
+        .replace("docker compose run --rm --no-deps -T server ", &server)
         .replace("docker compose logs server", &log);
     let ran = run_in_page(bed, &bed.state, &text, false, &env);
     if ran.code != Some(0) {

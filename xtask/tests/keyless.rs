@@ -8,7 +8,10 @@
 //! published, with the exact identity; and every verification that must
 //! fail does, beside a control that passes on the same setup.
 //!
-//! One release for everything: the negatives are verifications of it.
+//! One release for everything: the negatives are verifications of it, and
+//! the forged-bundle attack (its archive renamed a newer version) must fail
+//! with nothing tagged, through `bundle --load` and through the keyless
+//! crane-and-cosign procedure alike.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
@@ -666,6 +669,14 @@ fn keyless_air_gap(bed: &Bed, version: &str, slug: &str, digest: &str) {
         &[],
     );
     assert!(bundled.status.success(), "{}", stderr(&bundled));
+    // What it tells the operator to run names the trusted root they bring,
+    // not a key the archive does not have.
+    let told = String::from_utf8_lossy(&bundled.stdout);
+    assert!(
+        told.contains(&format!("cargo xtask bundle {version} --load --trusted-root trusted_root.json --out server-{version}.oci.tar"))
+            && !told.contains("cosign.pub"),
+        "{told}"
+    );
     let operator = tempfile::tempdir().unwrap();
     let name = archive.file_name().unwrap().to_str().unwrap().to_owned();
     std::fs::copy(&archive, operator.path().join(&name)).unwrap();
@@ -684,31 +695,7 @@ fn keyless_air_gap(bed: &Bed, version: &str, slug: &str, digest: &str) {
     let inside = Registry::start();
     let repo = inside.repo("rust-release");
     let script = keyless_air_gap_procedure(&repo, version, slug, &bed.sigstore.issuer.url());
-    let bin = operator.path().join(".tools");
-    std::fs::create_dir(&bin).unwrap();
-    for name in [
-        "crane",
-        "cosign",
-        "sh",
-        "tar",
-        "sha256sum",
-        "mkdir",
-        "grep",
-        "cut",
-        "cmp",
-        "jq",
-        "test",
-    ] {
-        std::os::unix::fs::symlink(tool(name), bin.join(name)).unwrap();
-    }
-    let home = operator.path().join(".home");
-    std::fs::create_dir(&home).unwrap();
-    let output = run(Command::new(bin.join("sh"))
-        .args(["-eux", "-c", &script])
-        .current_dir(operator.path())
-        .env_clear()
-        .env("PATH", &bin)
-        .env("HOME", &home));
+    let output = support::run_procedure(operator.path(), &script);
     assert!(
         output.status.success(),
         "the keyless procedure failed:\n{}",
@@ -719,5 +706,133 @@ fn keyless_air_gap(bed: &Bed, version: &str, slug: &str, digest: &str) {
         tags.get(version).map(String::as_str),
         Some(digest),
         "{tags:?}"
+    );
+
+    forged_keyless_bundle(bed, &inside, &archive, version, slug, digest);
+}
+
+/// The forged-bundle attack on a keyless release: the release's archive
+/// renamed a newer version (with that version's floating tags on its
+/// digest), loaded with `bundle --load` and with the keyless crane-and-cosign
+/// procedure. Both refuse, and no tag moves.
+fn forged_keyless_bundle(
+    bed: &Bed,
+    inside: &Registry,
+    archive: &Path,
+    version: &str,
+    slug: &str,
+    digest: &str,
+) {
+    let newer = "v0.2.0";
+    assert_ne!(version, newer, "the forgery must claim another version");
+    let work = tempfile::tempdir().unwrap();
+    let loaded_repo = inside.repo("loaded");
+    let load = |version: &str, archive: &Path| {
+        bed.xtask(
+            &[
+                "bundle",
+                version,
+                "--load",
+                "--insecure",
+                "--json",
+                "--image",
+                &loaded_repo,
+                "--out",
+                archive.to_str().unwrap(),
+            ],
+            &[],
+        )
+    };
+
+    // The genuine archive, loaded with the operator's trust (the clone's
+    // configuration names the trusted root and the issuer).
+    let genuine = load(version, archive);
+    assert!(genuine.status.success(), "{}", stderr(&genuine));
+    let before = support::tag_digests(&loaded_repo);
+    assert_eq!(before.get(version).map(String::as_str), Some(digest));
+
+    // index.json renamed, and the floating tags of the newer version added
+    // on the same digest.
+    let forgery = work.path().join(format!("server-{newer}.oci.tar"));
+    support::forge_archive(archive, &forgery, |dir| {
+        let path = dir.join("index.json");
+        let mut index: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let entries = index["manifests"].as_array_mut().unwrap();
+        let release = entries
+            .iter_mut()
+            .find(|e| e["annotations"]["org.opencontainers.image.ref.name"] == version)
+            .unwrap();
+        release["annotations"]["org.opencontainers.image.ref.name"] = newer.into();
+        let release = release.clone();
+        for floating in ["v0.2", "v0", "latest"] {
+            let mut entry = release.clone();
+            entry["annotations"]["org.opencontainers.image.ref.name"] = floating.into();
+            entries.push(entry);
+        }
+        std::fs::write(&path, serde_json::to_vec(&index).unwrap()).unwrap();
+        // And the procedure's list of tags, as the attacker would edit it.
+        let tags = dir.join("verify/tags");
+        let text = std::fs::read_to_string(&tags).unwrap();
+        std::fs::write(&tags, format!("{text}{newer} {digest}\n")).unwrap();
+    });
+    let refused = load(newer, &forgery);
+    assert!(
+        !refused.status.success(),
+        "the forged keyless bundle loaded"
+    );
+    let last = stderr(&refused)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        last.contains(&format!("is signed as version {version}"))
+            && last.ends_with("nothing was pushed or tagged"),
+        "{last}"
+    );
+    assert_eq!(
+        support::tag_digests(&loaded_repo),
+        before,
+        "the forged keyless load moved a tag"
+    );
+
+    // The keyless procedure, run as the docs say for the version the
+    // forgery claims, with a .sha256 the attacker recomputed: the exact
+    // identity names refs/tags/v0.2.0, which the v0.1.0 certificate is not.
+    let operator = tempfile::tempdir().unwrap();
+    let name = forgery.file_name().unwrap().to_str().unwrap().to_owned();
+    std::fs::copy(&forgery, operator.path().join(&name)).unwrap();
+    let sum = run_ok(
+        Command::new("sha256sum")
+            .arg(&name)
+            .current_dir(work.path()),
+    );
+    std::fs::write(operator.path().join(format!("{name}.sha256")), sum).unwrap();
+    std::fs::copy(
+        &bed.sigstore.trusted_root,
+        operator.path().join("trusted_root.json"),
+    )
+    .unwrap();
+    let repo = inside.repo("rust-release");
+    let before = support::tag_digests(&repo);
+    let script = keyless_air_gap_procedure(&repo, newer, slug, &bed.sigstore.issuer.url());
+    let output = support::run_procedure(operator.path(), &script);
+    assert!(
+        !output.status.success(),
+        "the keyless procedure accepted the forgery"
+    );
+    let err = stderr(&output);
+    let last_command = err.lines().rev().find(|l| l.starts_with("+ "));
+    assert!(
+        last_command.is_some_and(|l| l.starts_with("+ cosign verify "))
+            && err.contains(&format!(
+                "expected SAN value \"https://github.com/{slug}/.github/workflows/release.yml@refs/tags/{newer}\", got \"https://github.com/{slug}/.github/workflows/release.yml@refs/tags/{version}\""
+            )),
+        "the procedure did not stop at the identity check:\n{err}"
+    );
+    assert_eq!(
+        support::tag_digests(&repo),
+        before,
+        "the forged keyless procedure moved a tag"
     );
 }
