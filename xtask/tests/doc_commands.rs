@@ -48,7 +48,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
+use support::github_oidc::Job;
 use support::pg::Postgres;
+use support::sigstore::Sigstore;
 use support::{head_sha, run, run_ok, seed_base, server_version, skopeo_raw, tool, Registry};
 
 const PASSWORD: &str = "doc-commands-test";
@@ -193,11 +195,17 @@ enum How {
 /// run where this test's clone of the checkout would defeat their point.
 const RUN_ELSEWHERE: &[(&str, &[&str])] = &[
     // With crane and cosign alone, in a directory with no checkout: with
-    // the key as written, and keylessly against the tests' private
-    // Sigstore (with the page's identity flags in place of the key).
+    // the key as written (air_gapped.rs), and keylessly against the tests'
+    // private Sigstore, the page's identity flags in place of the key
+    // (`the_air_gap_procedure_runs_keylessly_against_a_private_sigstore`
+    // below, and keyless.rs on a release made by replaying release.yml).
     (
         "air-gapped.md",
-        &["xtask/tests/air_gapped.rs", "xtask/tests/keyless.rs"],
+        &[
+            "xtask/tests/air_gapped.rs",
+            "xtask/tests/keyless.rs",
+            "xtask/tests/support/mod.rs",
+        ],
     ),
 ];
 
@@ -1896,4 +1904,128 @@ fn backup_restored(bed: &mut Bed, command: &DocCommand, _: &Ran) -> Result<(), S
         &deployment.items(),
         &format!("{key}={value}"),
     )
+}
+
+/// docs/air-gapped.md's crane-and-cosign procedure, keyless, against the
+/// tests' private Sigstore (Fulcio and a timestamp authority on loopback):
+/// a release signed and attested keylessly with the token release.yml gets
+/// on its tag, bundled with the trusted root, then carried to another
+/// registry and loaded and verified there by the page's `sh` block with
+/// crane and cosign alone, the operator's own trusted root compared with
+/// the archive's and the page's identity flags in place of the key
+/// (`support::keyless_air_gap_procedure`). The release is two indexes'
+/// worth of cosign, not a build: keyless.rs replays release.yml itself.
+#[test]
+fn the_air_gap_procedure_runs_keylessly_against_a_private_sigstore() {
+    let sigstore = Sigstore::shared();
+    let connected = Registry::start();
+    let (base, _) = seed_base(&connected, "app");
+    let version = format!("v{}", server_version());
+    let revision = head_sha();
+    let crane = |args: &[&str]| run_ok(Command::new(tool("crane")).arg("--insecure").args(args));
+    let mut index: Value = serde_json::from_str(&crane(&["manifest", &base])).unwrap();
+    index["annotations"] = serde_json::json!({
+        "org.opencontainers.image.version": server_version(),
+        "org.opencontainers.image.revision": revision,
+    });
+    let bytes = serde_json::to_vec(&index).unwrap();
+    let digest = xtask::oci::digest_of(&bytes);
+    let client = xtask::oci::client::Client::new(&connected.host(), true).unwrap();
+    let media_type = "application/vnd.oci.image.index.v1+json";
+    client
+        .put_manifest("app", &digest, media_type, &bytes)
+        .unwrap();
+    client
+        .put_manifest("app", &version, media_type, &bytes)
+        .unwrap();
+    let signed = format!("{}@{digest}", connected.repo("app"));
+
+    // Signed as release.yml on the version's tag would sign it.
+    let slug = support::source_slug();
+    let job = Job {
+        repository: slug.clone(),
+        workflow_file: "release.yml".to_owned(),
+        workflow_name: "release".to_owned(),
+        git_ref: format!("refs/tags/{version}"),
+        sha: revision,
+        event_name: "push".to_owned(),
+        called_workflow: None,
+    };
+    let work = tempfile::tempdir().unwrap();
+    let sbom = work.path().join("sbom.cdx.json");
+    std::fs::write(
+        &sbom,
+        r#"{"bomFormat":"CycloneDX","specVersion":"1.6","version":1,"components":[]}"#,
+    )
+    .unwrap();
+    let amd64 = format!(
+        "{}@{}",
+        connected.repo("app"),
+        support::platform_digests(&signed)["amd64"]
+    );
+    let predicate = format!("--predicate={}", sbom.display());
+    for (verb, extra, subject) in [
+        ("sign", ["--recursive", ""], &signed),
+        ("attest", ["--type=cyclonedx", predicate.as_str()], &amd64),
+    ] {
+        run_ok(
+            Command::new(tool("cosign"))
+                .arg(verb)
+                .args(extra.iter().filter(|a| !a.is_empty()))
+                .arg("--yes")
+                .arg(format!(
+                    "--signing-config={}",
+                    sigstore.signing_config.display()
+                ))
+                .arg(format!(
+                    "--trusted-root={}",
+                    sigstore.trusted_root.display()
+                ))
+                .args(["--allow-insecure-registry", "--allow-http-registry"])
+                .arg(subject)
+                .envs(sigstore.job_env(job.clone())),
+        );
+    }
+
+    // Bundled on the connected side, carried in with the trusted root the
+    // operator has from their own Sigstore.
+    let archive = work.path().join(format!("server-{version}.oci.tar"));
+    run_ok(
+        support::xtask()
+            .args(["bundle", &version, "--insecure", "--image"])
+            .arg(connected.repo("app"))
+            .args(sigstore.xtask_flags())
+            .arg("--out")
+            .arg(&archive),
+    );
+    let operator = tempfile::tempdir().unwrap();
+    let name = archive.file_name().unwrap().to_str().unwrap().to_owned();
+    std::fs::copy(&archive, operator.path().join(&name)).unwrap();
+    let sum = run_ok(
+        Command::new("sha256sum")
+            .arg(&name)
+            .current_dir(work.path()),
+    );
+    std::fs::write(operator.path().join(format!("{name}.sha256")), sum).unwrap();
+    std::fs::copy(
+        &sigstore.trusted_root,
+        operator.path().join("trusted_root.json"),
+    )
+    .unwrap();
+
+    let inside = Registry::start();
+    let repo = inside.repo("rust-release");
+    let script = support::keyless_air_gap_procedure(&repo, &version, &slug, &sigstore.issuer.url());
+    let output = support::run_procedure(operator.path(), &script);
+    assert!(
+        output.status.success(),
+        "the keyless procedure failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let tags = support::tag_digests(&repo);
+    assert_eq!(
+        tags.get(&version).map(String::as_str),
+        Some(digest.as_str()),
+        "{tags:?}"
+    );
 }

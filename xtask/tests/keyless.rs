@@ -598,61 +598,10 @@ fn negatives(bed: &Bed, claims: &Job, version: &str, digest: &str) {
     }
 }
 
-/// The keyless variant of docs/air-gapped.md's crane-and-cosign procedure,
-/// as the page says to write it: its `sh` block, with the trusted root the
-/// operator brought compared with the archive's instead of the key, and
-/// `--key cosign.pub --insecure-ignore-tlog=true` replaced by that root
-/// and the identity of the page's `text` block. This Sigstore has a
-/// timestamp authority and no Rekor or CT log, so the signed timestamp
-/// stands in for the log and no SCT is asked for (docs/verifying.md, "Your
-/// own Sigstore"). The example names become the test's, and plain HTTP is
-/// allowed on loopback.
-fn keyless_air_gap_procedure(repo: &str, version: &str, slug: &str, issuer: &str) -> String {
-    let page = std::fs::read_to_string(support::workspace_root().join("docs/air-gapped.md"))
-        .expect("docs/air-gapped.md exists");
-    let block = |fence: &str| -> String {
-        let blocks: Vec<&str> = page.split(fence).skip(1).collect();
-        assert_eq!(blocks.len(), 1, "docs/air-gapped.md has one {fence} block");
-        blocks[0].split("```").next().unwrap().to_owned()
-    };
-    let identity = block("```text\n")
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
-        .replace("https://token.actions.githubusercontent.com", issuer);
-    let mut script = block("```sh\n");
-    for (from, to) in [
-        (
-            "cmp cosign.pub bundle/verify/cosign.pub".to_owned(),
-            "cmp trusted_root.json bundle/verify/trusted_root.json".to_owned(),
-        ),
-        (
-            "--key cosign.pub --insecure-ignore-tlog=true".to_owned(),
-            format!("--trusted-root trusted_root.json {identity} --use-signed-timestamps --insecure-ignore-tlog=true --insecure-ignore-sct=true"),
-        ),
-        ("registry.internal/rust-release".to_owned(), repo.to_owned()),
-        // The docs' example repository is the configured one (adopt renames it).
-        (support::source_slug(), slug.to_owned()),
-        ("v1.2.3".to_owned(), version.to_owned()),
-        ("\" = 1.2.3".to_owned(), format!("\" = {}", &version[1..])),
-        ("crane push ".to_owned(), "crane push --insecure ".to_owned()),
-        ("crane tag ".to_owned(), "crane tag --insecure ".to_owned()),
-        ("crane digest ".to_owned(), "crane digest --insecure ".to_owned()),
-        ("crane manifest ".to_owned(), "crane manifest --insecure ".to_owned()),
-        ("cosign verify ".to_owned(), "cosign verify --allow-insecure-registry --allow-http-registry ".to_owned()),
-        ("cosign verify-attestation ".to_owned(), "cosign verify-attestation --allow-insecure-registry --allow-http-registry ".to_owned()),
-    ] {
-        assert!(script.contains(&from), "the procedure has no `{from}`");
-        script = script.replace(&from, &to);
-    }
-    script
-}
-
 /// Bundles the keyless release, carries it to a registry of its own with
-/// the operator's trusted root, and runs the keyless air-gap procedure
-/// there with crane and cosign alone.
+/// the operator's trusted root, and runs the keyless variant of
+/// docs/air-gapped.md's procedure there with crane and cosign alone
+/// (`support::keyless_air_gap_procedure`).
 fn keyless_air_gap(bed: &Bed, version: &str, slug: &str, digest: &str) {
     let work = tempfile::tempdir().unwrap();
     let archive = work.path().join(format!("server-{version}.oci.tar"));
@@ -694,7 +643,8 @@ fn keyless_air_gap(bed: &Bed, version: &str, slug: &str, digest: &str) {
 
     let inside = Registry::start();
     let repo = inside.repo("rust-release");
-    let script = keyless_air_gap_procedure(&repo, version, slug, &bed.sigstore.issuer.url());
+    let script =
+        support::keyless_air_gap_procedure(&repo, version, slug, &bed.sigstore.issuer.url());
     let output = support::run_procedure(operator.path(), &script);
     assert!(
         output.status.success(),
@@ -815,7 +765,7 @@ fn forged_keyless_bundle(
     .unwrap();
     let repo = inside.repo("rust-release");
     let before = support::tag_digests(&repo);
-    let script = keyless_air_gap_procedure(&repo, newer, slug, &bed.sigstore.issuer.url());
+    let script = support::keyless_air_gap_procedure(&repo, newer, slug, &bed.sigstore.issuer.url());
     let output = support::run_procedure(operator.path(), &script);
     assert!(
         !output.status.success(),

@@ -665,3 +665,55 @@ pub fn run_procedure(dir: &Path, script: &str) -> Output {
         .env("PATH", &bin)
         .env("HOME", &home))
 }
+
+/// The keyless variant of docs/air-gapped.md's crane-and-cosign procedure,
+/// as the page says to write it: its `sh` block, with the trusted root the
+/// operator brought compared with the archive's instead of the key, and
+/// `--key cosign.pub --insecure-ignore-tlog=true` replaced by that root
+/// and the identity of the page's `text` block. This Sigstore has a
+/// timestamp authority and no Rekor or CT log, so the signed timestamp
+/// stands in for the log and no SCT is asked for (docs/verifying.md, "Your
+/// own Sigstore"). The example names become the test's, and plain HTTP is
+/// allowed on loopback.
+pub fn keyless_air_gap_procedure(repo: &str, version: &str, slug: &str, issuer: &str) -> String {
+    let page = std::fs::read_to_string(workspace_root().join("docs/air-gapped.md"))
+        .expect("docs/air-gapped.md exists");
+    let block = |fence: &str| -> String {
+        let blocks: Vec<&str> = page.split(fence).skip(1).collect();
+        assert_eq!(blocks.len(), 1, "docs/air-gapped.md has one {fence} block");
+        blocks[0].split("```").next().unwrap().to_owned()
+    };
+    let identity = block("```text\n")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace("https://token.actions.githubusercontent.com", issuer);
+    let mut script = block("```sh\n");
+    for (from, to) in [
+        (
+            "cmp cosign.pub bundle/verify/cosign.pub".to_owned(),
+            "cmp trusted_root.json bundle/verify/trusted_root.json".to_owned(),
+        ),
+        (
+            "--key cosign.pub --insecure-ignore-tlog=true".to_owned(),
+            format!("--trusted-root trusted_root.json {identity} --use-signed-timestamps --insecure-ignore-tlog=true --insecure-ignore-sct=true"),
+        ),
+        ("registry.internal/rust-release".to_owned(), repo.to_owned()),
+        // The docs' example repository is the configured one (adopt renames it).
+        (source_slug(), slug.to_owned()),
+        ("v1.2.3".to_owned(), version.to_owned()),
+        ("\" = 1.2.3".to_owned(), format!("\" = {}", &version[1..])),
+        ("crane push ".to_owned(), "crane push --insecure ".to_owned()),
+        ("crane tag ".to_owned(), "crane tag --insecure ".to_owned()),
+        ("crane digest ".to_owned(), "crane digest --insecure ".to_owned()),
+        ("crane manifest ".to_owned(), "crane manifest --insecure ".to_owned()),
+        ("cosign verify ".to_owned(), "cosign verify --allow-insecure-registry --allow-http-registry ".to_owned()),
+        ("cosign verify-attestation ".to_owned(), "cosign verify-attestation --allow-insecure-registry --allow-http-registry ".to_owned()),
+    ] {
+        assert!(script.contains(&from), "the procedure has no `{from}`");
+        script = script.replace(&from, &to);
+    }
+    script
+}
