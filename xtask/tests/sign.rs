@@ -730,6 +730,23 @@ fn signing_needs_a_key_outside_github_actions() {
         error,
         "error: the key /nonexistent/cosign.key does not exist; pass the path of a cosign key (cosign generate-key-pair makes one), env://VAR, or a KMS URI"
     );
+    // The public half, as a user mixing up the two files would pass it.
+    let dir = tempfile::tempdir().unwrap();
+    run_ok(
+        Command::new(tool("cosign"))
+            .arg("generate-key-pair")
+            .env("COSIGN_PASSWORD", "")
+            .current_dir(dir.path()),
+    );
+    let public = dir.path().join("cosign.pub");
+    let public = public.to_str().unwrap();
+    for task in ["sign", "attest"] {
+        let (error, _) = xtask_err(&[task, &reference, "--key", public]);
+        assert_eq!(
+            error,
+            format!("error: {public} is a public key, which only verifies; signing needs the private key: pass --key cosign.key (the file `cosign generate-key-pair` wrote beside it)")
+        );
+    }
 }
 
 #[test]

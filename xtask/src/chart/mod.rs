@@ -425,7 +425,7 @@ fn check_tag(client: &Client, reference: &Reference, version: &str, digest: &str
 /// that verify it.
 fn sign(config: &Config, options: &ChartOptions, by_digest: &str) -> Result<cosign::Options> {
     let identity = identity::signing_identity(&options.signing)?;
-    identity::check_password(&identity)?;
+    identity::check_signing_key(&identity)?;
     let cosign = Cosign::find()?;
     let signing_config = if options.signing.no_tlog {
         Some(cosign::write_no_tlog_signing_config(&cosign::work_dir(

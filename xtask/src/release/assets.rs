@@ -160,7 +160,7 @@ impl Release<'_> {
                 return Ok(None);
             }
         };
-        identity::check_password(&identity)?;
+        identity::check_signing_key(&identity)?;
         let signing_config = if self.flags.signing.no_tlog {
             Some(cosign::write_no_tlog_signing_config(&cosign::work_dir(
                 &self.config.target_dir,

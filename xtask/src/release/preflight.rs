@@ -221,7 +221,7 @@ fn check_key_opens(
     if key.contains("://") && !key.starts_with("env://") {
         return;
     }
-    if let Err(err) = identity::check_password(&Identity::Key(key.to_owned())) {
+    if let Err(err) = identity::check_signing_key(&Identity::Key(key.to_owned())) {
         problems.push(format!("{err:#}"));
         return;
     }

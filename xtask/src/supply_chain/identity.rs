@@ -58,13 +58,30 @@ fn check_key_exists(key: &str) -> Result<()> {
     Ok(())
 }
 
-/// A cosign private key file needs its password in COSIGN_PASSWORD: cosign
-/// would otherwise prompt on a terminal that a release job does not have.
-pub fn check_password(identity: &Identity) -> Result<()> {
+/// A signing key file must be the private key, and it needs its password in
+/// COSIGN_PASSWORD: cosign would otherwise prompt on a terminal that a
+/// release job does not have.
+pub fn check_signing_key(identity: &Identity) -> Result<()> {
     if let Identity::Key(key) = identity {
-        if !key.contains("://") && std::env::var_os("COSIGN_PASSWORD").is_none() {
-            bail!("COSIGN_PASSWORD is not set; export the password of {key} (an empty value for a key without one)");
+        if !key.contains("://") {
+            refuse_public_key(key)?;
+            if std::env::var_os("COSIGN_PASSWORD").is_none() {
+                bail!("COSIGN_PASSWORD is not set; export the password of {key} (an empty value for a key without one)");
+            }
         }
+    }
+    Ok(())
+}
+
+/// A public key passed where signing needs the private one: said as such,
+/// before a password is asked for that no public key has. A file that
+/// cannot be read is left to cosign, which names it.
+fn refuse_public_key(key: &str) -> Result<()> {
+    let Ok(text) = std::fs::read(key) else {
+        return Ok(());
+    };
+    if String::from_utf8_lossy(&text).contains("-----BEGIN PUBLIC KEY-----") {
+        bail!("{key} is a public key, which only verifies; signing needs the private key: pass --key cosign.key (the file `cosign generate-key-pair` wrote beside it)");
     }
     Ok(())
 }
@@ -271,6 +288,25 @@ fn check_branch(name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_public_key_given_for_signing_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let public = dir.path().join("cosign.pub");
+        std::fs::write(
+            &public,
+            "-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n",
+        )
+        .unwrap();
+        let public = public.to_str().unwrap().to_owned();
+        let err = check_signing_key(&Identity::Key(public.clone())).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("{public} is a public key, which only verifies; signing needs the private key: pass --key cosign.key (the file `cosign generate-key-pair` wrote beside it)")
+        );
+        // A KMS URI is not a file, and is left to cosign.
+        assert!(check_signing_key(&Identity::Key("gcpkms://k".to_owned())).is_ok());
+    }
 
     const REPO: &str = "https://github.com/acme/widget";
     const SHA: &str = "0123456789abcdef0123456789abcdef01234567";

@@ -36,7 +36,7 @@ impl Session {
         let (cosign, cosign_for_plan) = if dry_run {
             (None, cosign::for_plan())
         } else {
-            identity::check_password(&identity)?;
+            identity::check_signing_key(&identity)?;
             let cosign = Cosign::find()?;
             let shown = cosign.path.display().to_string();
             (Some(cosign), shown)
