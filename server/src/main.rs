@@ -1,7 +1,8 @@
 //! A small HTTP server made for a distroless image.
 //!
-//! Arguments are parsed by hand: the binary has three subcommands and a
-//! size budget, and an argument-parsing crate would be its largest part.
+//! Arguments are parsed by hand: the binary has five subcommands (serve,
+//! healthcheck, migrate, bootstrap, version) and a size budget, and an
+//! argument-parsing crate would be its largest part.
 
 mod admin;
 mod api;
