@@ -265,6 +265,24 @@ fn bad_inputs_fail_on_stderr() {
         )),
         "{stderr}"
     );
+    // A name that does not resolve (.invalid never does) is not a stopped
+    // registry.
+    let output = run(&mut tags(&[
+        "--version",
+        "v1.0.0",
+        "--sha",
+        SHA,
+        "--image",
+        "registry.invalid/app",
+    ]));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr.starts_with(
+            "error: cannot list the published tags of registry.invalid/app; pass --existing to give them: cannot reach registry.invalid (GET https://registry.invalid/v2/app/tags/list?n=100); the name registry.invalid does not resolve; check the registry's host name and this machine's DNS"
+        ),
+        "{stderr}"
+    );
 }
 
 /// GitHub Actions variables for one run; everything else GITHUB_* unset.

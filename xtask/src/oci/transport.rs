@@ -393,11 +393,12 @@ impl Transport {
             (None, Some(body)) => self.agent.run(builder.body(body.to_vec()).map_err(built)?),
             (None, None) => self.agent.run(builder.body(()).map_err(built)?),
         };
-        let mut response = result.map_err(anyhow::Error::from).with_context(|| {
-            format!(
-                "cannot reach {} ({method} {url}); is the registry running?",
+        let mut response = result.map_err(|err| {
+            let hint = unreachable_hint(&err, &self.host);
+            anyhow::Error::from(err).context(format!(
+                "cannot reach {} ({method} {url}); {hint}",
                 self.host
-            )
+            ))
         })?;
         let status = response.status().as_u16();
         let headers = response
@@ -432,6 +433,55 @@ impl Transport {
     }
 }
 
+/// What to check when a request got no answer: a name that does not
+/// resolve is a typo or DNS, not a stopped registry. (ureq reports a failed
+/// lookup as an I/O error, so the name is looked up again to tell.)
+fn unreachable_hint(err: &ureq::Error, host: &str) -> String {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let resolves = || {
+        use std::net::ToSocketAddrs;
+        (name.trim_start_matches('[').trim_end_matches(']'), 443)
+            .to_socket_addrs()
+            .is_ok_and(|mut addrs| addrs.next().is_some())
+    };
+    match err {
+        ureq::Error::Timeout(_) => {
+            "it did not answer in time; check the network path to the registry".to_owned()
+        }
+        ureq::Error::HostNotFound | ureq::Error::Io(_) if !resolves() => format!(
+            "the name {name} does not resolve; check the registry's host name and this machine's DNS"
+        ),
+        _ => "is the registry running?".to_owned(),
+    }
+}
+
 fn format_request_error(e: ureq::http::Error, method: &str, url: &str) -> anyhow::Error {
     anyhow::format_err!("cannot build the request {method} {url}: {e}; this is a bug in the xtask")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_that_does_not_resolve_is_not_called_a_stopped_registry() {
+        assert_eq!(
+            unreachable_hint(&ureq::Error::HostNotFound, "registry.invalid:5000"),
+            "the name registry.invalid does not resolve; check the registry's host name and this machine's DNS"
+        );
+        assert_eq!(
+            unreachable_hint(
+                &ureq::Error::Io(std::io::Error::other("lookup failed")),
+                "registry.invalid"
+            ),
+            "the name registry.invalid does not resolve; check the registry's host name and this machine's DNS"
+        );
+        let refused = ureq::Error::Io(std::io::ErrorKind::ConnectionRefused.into());
+        for host in ["127.0.0.1:9", "localhost:9", "[::1]:9"] {
+            assert_eq!(unreachable_hint(&refused, host), "is the registry running?");
+        }
+    }
 }
