@@ -243,6 +243,10 @@ pub struct Sbom {
 }
 
 #[derive(Debug, Args, Clone)]
+#[command(
+    mut_arg("key", |arg| arg.help("The private key that signs (cosign.key); `env://` and KMS URIs pass through to cosign; without it, keyless in GitHub Actions")),
+    mut_arg("no_tlog", |arg| arg.help("With --key: sign without a transparency-log entry, for an offline or private registry; verify with `verify --no-tlog`"))
+)]
 pub struct Sign {
     /// IMAGE@sha256:… or IMAGE:TAG; a tag is resolved to a digest once.
     pub reference: String,
@@ -259,6 +263,10 @@ pub struct Sign {
 }
 
 #[derive(Debug, Args, Clone)]
+#[command(
+    mut_arg("key", |arg| arg.help("The private key that signs the attestations (cosign.key); `env://` and KMS URIs pass through to cosign; without it, keyless in GitHub Actions")),
+    mut_arg("no_tlog", |arg| arg.help("With --key: attest without a transparency-log entry, for an offline or private registry; verify with `verify --no-tlog`"))
+)]
 pub struct Attest {
     /// IMAGE@sha256:… or IMAGE:TAG; a tag is resolved to a digest once.
     pub reference: String,
@@ -275,6 +283,10 @@ pub struct Attest {
 }
 
 #[derive(Debug, Args, Clone)]
+#[command(
+    mut_arg("key", |arg| arg.help("The public key that verifies (cosign.pub); `env://` and KMS URIs pass through to cosign; without it, keyless: the exact identity of the workflow that signed")),
+    mut_arg("no_tlog", |arg| arg.help("With --key: accept signatures made without a transparency-log entry (cosign verify --insecure-ignore-tlog=true), as `sign --no-tlog` makes them"))
+)]
 pub struct Verify {
     /// IMAGE@sha256:… or IMAGE:TAG; a tag is resolved to a digest once.
     pub reference: String,
@@ -369,6 +381,10 @@ pub struct Release {
 }
 
 #[derive(Debug, Args, Clone)]
+#[command(
+    mut_arg("key", |arg| arg.help("The public key that verifies the release (cosign.pub): bundled into verify/, and with --load checked before any tag is set; `env://` and KMS URIs pass through to cosign")),
+    mut_arg("no_tlog", |arg| arg.help("With --key: accept signatures made without a transparency-log entry (cosign verify --insecure-ignore-tlog=true)"))
+)]
 pub struct Bundle {
     /// The released version to bundle, such as v1.2.3.
     pub version: String,
@@ -518,6 +534,32 @@ mod tests {
         let mut out = Vec::new();
         missing(&Xtask::command(), "cargo xtask", &mut out);
         assert_eq!(out, Vec::<String>::new());
+    }
+
+    /// --key is the private key where a task signs and the public key
+    /// where it only verifies; each task's help says which.
+    #[test]
+    fn the_key_help_says_which_half_each_task_wants() {
+        let command = Xtask::command();
+        let key_help = |task: &str| -> String {
+            let sub = command.find_subcommand(task).unwrap();
+            let arg = sub.get_arguments().find(|a| a.get_id() == "key").unwrap();
+            arg.get_help().unwrap().to_string()
+        };
+        for task in ["sign", "attest", "release", "image", "chart"] {
+            assert!(
+                key_help(task).starts_with("The private key"),
+                "{task}: {}",
+                key_help(task)
+            );
+        }
+        for task in ["verify", "bundle"] {
+            assert!(
+                key_help(task).starts_with("The public key"),
+                "{task}: {}",
+                key_help(task)
+            );
+        }
     }
 
     #[test]

@@ -34,10 +34,12 @@ pub const SIGNING_CONFIG_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.signin
 /// Signing and verification options shared by sign, attest, verify and release.
 #[derive(Debug, clap::Args, Clone, Default)]
 pub struct SigningArgs {
-    /// The private key (sign, attest) or public key (verify); `env://` and KMS URIs pass through to cosign.
+    // The tasks that only sign or only verify give --key and --no-tlog
+    // their own help (flags.rs, `mut_arg`).
+    /// The private key that signs (cosign.key), whose public half then verifies; `env://` and KMS URIs pass through to cosign; without it, keyless in GitHub Actions.
     #[arg(long)]
     pub key: Option<String>,
-    /// With --key: sign without a transparency log, and verify with --insecure-ignore-tlog=true.
+    /// With --key: sign without a transparency-log entry, and verify with --insecure-ignore-tlog=true.
     #[arg(long)]
     pub no_tlog: bool,
     /// Sign with your own Sigstore: its signing config (`cosign signing-config create`), naming its Fulcio, timestamp authority and Rekor; default: sigstore.signing-config in [workspace.metadata.release], else the public-good instance.
