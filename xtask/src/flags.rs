@@ -9,6 +9,7 @@ pub use crate::supply_chain::cosign::SigningArgs;
 #[derive(Debug, Parser)]
 #[command(
     name = "cargo xtask",
+    bin_name = "cargo xtask",
     about = "Build, sign and publish the server image",
     disable_version_flag = true
 )]
@@ -511,6 +512,18 @@ mod tests {
     #[test]
     fn verify_cli() {
         Xtask::command().debug_assert();
+    }
+
+    /// Users type `cargo xtask …`, whatever the executable's file name.
+    #[test]
+    fn the_usage_line_reads_cargo_xtask() {
+        let help = Xtask::try_parse_from(["target/debug/xtask", "test", "--help"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            help.contains("\nUsage: cargo xtask test [OPTIONS]"),
+            "{help}"
+        );
     }
 
     /// `--help` is the reference: a flag without a line there is a flag
