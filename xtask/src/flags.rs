@@ -4,6 +4,7 @@ use camino::Utf8PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use crate::build::plan::Strategy;
+use crate::supply_chain::cosign::help;
 pub use crate::supply_chain::cosign::SigningArgs;
 
 #[derive(Debug, Parser)]
@@ -244,10 +245,7 @@ pub struct Sbom {
 }
 
 #[derive(Debug, Args, Clone)]
-#[command(
-    mut_arg("key", |arg| arg.help("The private key that signs (cosign.key); `env://` and KMS URIs pass through to cosign; without it, keyless in GitHub Actions")),
-    mut_arg("no_tlog", |arg| arg.help("With --key: sign without a transparency-log entry, for an offline or private registry; verify with `verify --no-tlog`"))
-)]
+#[command(mut_arg("key", |a| a.help(help::SIGN_KEY)), mut_arg("no_tlog", |a| a.help(help::SIGN_NO_TLOG)))]
 pub struct Sign {
     /// IMAGE@sha256:… or IMAGE:TAG; a tag is resolved to a digest once.
     pub reference: String,
@@ -264,10 +262,7 @@ pub struct Sign {
 }
 
 #[derive(Debug, Args, Clone)]
-#[command(
-    mut_arg("key", |arg| arg.help("The private key that signs the attestations (cosign.key); `env://` and KMS URIs pass through to cosign; without it, keyless in GitHub Actions")),
-    mut_arg("no_tlog", |arg| arg.help("With --key: attest without a transparency-log entry, for an offline or private registry; verify with `verify --no-tlog`"))
-)]
+#[command(mut_arg("key", |a| a.help(help::ATTEST_KEY)), mut_arg("no_tlog", |a| a.help(help::ATTEST_NO_TLOG)))]
 pub struct Attest {
     /// IMAGE@sha256:… or IMAGE:TAG; a tag is resolved to a digest once.
     pub reference: String,
@@ -284,10 +279,7 @@ pub struct Attest {
 }
 
 #[derive(Debug, Args, Clone)]
-#[command(
-    mut_arg("key", |arg| arg.help("The public key that verifies (cosign.pub); `env://` and KMS URIs pass through to cosign; without it, keyless: the exact identity of the workflow that signed")),
-    mut_arg("no_tlog", |arg| arg.help("With --key: accept signatures made without a transparency-log entry (cosign verify --insecure-ignore-tlog=true), as `sign --no-tlog` makes them"))
-)]
+#[command(mut_arg("key", |a| a.help(help::VERIFY_KEY)), mut_arg("no_tlog", |a| a.help(help::VERIFY_NO_TLOG)))]
 pub struct Verify {
     /// IMAGE@sha256:… or IMAGE:TAG; a tag is resolved to a digest once.
     pub reference: String,
@@ -382,10 +374,7 @@ pub struct Release {
 }
 
 #[derive(Debug, Args, Clone)]
-#[command(
-    mut_arg("key", |arg| arg.help("The public key that verifies the release (cosign.pub): bundled into verify/, and with --load checked before any tag is set; `env://` and KMS URIs pass through to cosign")),
-    mut_arg("no_tlog", |arg| arg.help("With --key: accept signatures made without a transparency-log entry (cosign verify --insecure-ignore-tlog=true)"))
-)]
+#[command(mut_arg("key", |a| a.help(help::BUNDLE_KEY)), mut_arg("no_tlog", |a| a.help(help::BUNDLE_NO_TLOG)))]
 pub struct Bundle {
     /// The released version to bundle, such as v1.2.3.
     pub version: String,

@@ -140,7 +140,10 @@ pub fn run(flags: &flags::Bundle) -> Result<()> {
     } else {
         println!("{out}");
         println!("sha256 {sha256}");
-        println!("{}", load_instructions(&plan, &out));
+        println!(
+            "{}",
+            trust::load_instructions(&plan.trust, &plan.version, &plan.index_digest, &out)
+        );
     }
     Ok(())
 }
@@ -477,88 +480,15 @@ fn print_plan(plan: &Plan, out: &Utf8Path) {
         "{} manifests and blobs, {total} bytes, into {out} (and {out}.sha256)",
         plan.blobs.len()
     );
-    println!("{}", load_instructions(plan, out));
-}
-
-/// The commands that load the archive into another registry; the
-/// operator's repository replaces `registry.internal/rust-release`. They
-/// name the trust the archive was bundled with: the key, or for a keyless
-/// release the Sigstore trusted root the operator brings (never the
-/// archive's copy, which anyone who can alter the archive can replace).
-fn load_instructions(plan: &Plan, out: &Utf8Path) -> String {
-    let file = out.file_name().unwrap_or(out.as_str());
-    let version = &plan.version;
-    let digest = &plan.index_digest;
-    let repo = "registry.internal/rust-release";
-    let key = plan
-        .trust
-        .iter()
-        .find(|(path, _)| *path == format!("{}identity", trust::DIR))
-        .and_then(|(_, bytes)| {
-            let text = std::str::from_utf8(bytes).ok()?;
-            Some(text.strip_prefix("key ")?.trim().to_owned())
-        });
-    let (load_trust, verify) = match key {
-        Some(key) => (
-            format!("--key {key}"),
-            format!("cosign verify --key {key} --insecure-ignore-tlog=true {repo}@{digest}"),
-        ),
-        None => (
-            "--trusted-root trusted_root.json".to_owned(),
-            format!("cargo xtask verify {repo}@{digest} --trusted-root trusted_root.json"),
-        ),
-    };
-    format!(
-        "load it into your registry (replace {repo}):\n  sha256sum -c {file}.sha256\n  cargo xtask bundle {version} --load {load_trust} --out {file} --image {repo}\nthen verify there:\n  {verify}\nwithout this tool, with crane and cosign: docs/air-gapped.md"
-    )
+    println!(
+        "{}",
+        trust::load_instructions(&plan.trust, &plan.version, &plan.index_digest, out)
+    );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn plan_with_trust(trust: &[(&str, &str)]) -> Plan {
-        Plan {
-            image: "r.example/app".to_owned(),
-            version: "v1.2.3".to_owned(),
-            index_digest: "sha256:ab".to_owned(),
-            subjects: Vec::new(),
-            refs: Vec::new(),
-            blobs: BTreeMap::new(),
-            trust: trust
-                .iter()
-                .map(|(p, b)| ((*p).to_owned(), b.as_bytes().to_vec()))
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn load_instructions_name_the_trust_the_archive_was_bundled_with() {
-        let out = Utf8Path::new("/o/server-v1.2.3.oci.tar");
-        let keyed = load_instructions(
-            &plan_with_trust(&[("verify/identity", "key cosign.pub\n")]),
-            out,
-        );
-        assert!(keyed.contains("cargo xtask bundle v1.2.3 --load --key cosign.pub --out server-v1.2.3.oci.tar --image registry.internal/rust-release\n"), "{keyed}");
-        assert!(keyed.contains("  cosign verify --key cosign.pub --insecure-ignore-tlog=true registry.internal/rust-release@sha256:ab\n"), "{keyed}");
-        let kms = load_instructions(
-            &plan_with_trust(&[("verify/identity", "key gcpkms://k\n")]),
-            out,
-        );
-        assert!(kms.contains("--load --key gcpkms://k --out"), "{kms}");
-        for keyless in [
-            plan_with_trust(&[
-                ("verify/identity", "certificate-identity https://github.com/o/r/.github/workflows/release.yml@refs/tags/v1.2.3\n"),
-                ("verify/trusted_root.json", "{}"),
-            ]),
-            plan_with_trust(&[]),
-        ] {
-            let text = load_instructions(&keyless, out);
-            assert!(!text.contains("cosign.pub"), "{text}");
-            assert!(text.contains("cargo xtask bundle v1.2.3 --load --trusted-root trusted_root.json --out server-v1.2.3.oci.tar --image registry.internal/rust-release\n"), "{text}");
-            assert!(text.contains("  cargo xtask verify registry.internal/rust-release@sha256:ab --trusted-root trusted_root.json\n"), "{text}");
-        }
-    }
 
     /// The archive bytes of a fixed plan: bundles written before the
     /// shared tar writer had these, and the same release must keep giving

@@ -117,9 +117,89 @@ fn tags(refs: &[Descriptor], version: &str) -> String {
         .collect()
 }
 
+/// The commands that load the archive into another registry; the
+/// operator's repository replaces `registry.internal/rust-release`. They
+/// name the trust the archive was bundled with: the key, or for a keyless
+/// release the Sigstore trusted root the operator brings (never the
+/// archive's copy, which anyone who can alter the archive can replace).
+/// Bundled with neither, the key form is shown with the keyless one beside
+/// it.
+pub fn load_instructions(
+    files: &[(String, Vec<u8>)],
+    version: &str,
+    digest: &str,
+    out: &Utf8Path,
+) -> String {
+    let file = out.file_name().unwrap_or(out.as_str());
+    let repo = "registry.internal/rust-release";
+    let identity = files
+        .iter()
+        .find(|(path, _)| *path == format!("{DIR}identity"))
+        .map(|(_, bytes)| String::from_utf8_lossy(bytes).into_owned());
+    let key_form = |key: &str| {
+        (
+            format!("--key {key}"),
+            format!("cosign verify --key {key} --insecure-ignore-tlog=true {repo}@{digest}"),
+        )
+    };
+    let keyless_form = (
+        "--trusted-root trusted_root.json".to_owned(),
+        format!("cargo xtask verify {repo}@{digest} --trusted-root trusted_root.json"),
+    );
+    let ((load_trust, verify), note) = match identity.as_deref() {
+        Some(text) => match text.strip_prefix("key ") {
+            Some(key) => (key_form(key.trim()), ""),
+            None => (keyless_form, ""),
+        },
+        None => (
+            key_form("cosign.pub"),
+            "\n(a keyless release: --trusted-root trusted_root.json, the trusted root you bring, in place of --key)",
+        ),
+    };
+    format!(
+        "load it into your registry (replace {repo}):\n  sha256sum -c {file}.sha256\n  cargo xtask bundle {version} --load {load_trust} --out {file} --image {repo}\nthen verify there:\n  {verify}{note}\nwithout this tool, with crane and cosign: docs/air-gapped.md"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn instructions(files: &[(&str, &str)]) -> String {
+        let files: Vec<(String, Vec<u8>)> = files
+            .iter()
+            .map(|(p, b)| ((*p).to_owned(), b.as_bytes().to_vec()))
+            .collect();
+        load_instructions(
+            &files,
+            "v1.2.3",
+            "sha256:ab",
+            Utf8Path::new("/o/server-v1.2.3.oci.tar"),
+        )
+    }
+
+    #[test]
+    fn load_instructions_name_the_trust_the_archive_was_bundled_with() {
+        let keyed = instructions(&[("verify/identity", "key cosign.pub\n")]);
+        assert!(keyed.contains("cargo xtask bundle v1.2.3 --load --key cosign.pub --out server-v1.2.3.oci.tar --image registry.internal/rust-release\n"), "{keyed}");
+        assert!(keyed.contains("  cosign verify --key cosign.pub --insecure-ignore-tlog=true registry.internal/rust-release@sha256:ab\n"), "{keyed}");
+        let kms = instructions(&[("verify/identity", "key gcpkms://k\n")]);
+        assert!(kms.contains("--load --key gcpkms://k --out"), "{kms}");
+        let keyless = instructions(&[
+                ("verify/identity", "certificate-identity https://github.com/o/r/.github/workflows/release.yml@refs/tags/v1.2.3\n"),
+                ("verify/trusted_root.json", "{}"),
+            ]);
+        assert!(!keyless.contains("cosign.pub"), "{keyless}");
+        assert!(keyless.contains("cargo xtask bundle v1.2.3 --load --trusted-root trusted_root.json --out server-v1.2.3.oci.tar --image registry.internal/rust-release\n"), "{keyless}");
+        assert!(keyless.contains("  cargo xtask verify registry.internal/rust-release@sha256:ab --trusted-root trusted_root.json\n"), "{keyless}");
+        // Bundled with no trust: the operator brings one or the other.
+        let neither = instructions(&[]);
+        assert!(
+            neither.contains("--load --key cosign.pub --out"),
+            "{neither}"
+        );
+        assert!(neither.contains("\n(a keyless release: --trusted-root trusted_root.json, the trusted root you bring, in place of --key)\n"), "{neither}");
+    }
 
     fn named(name: &str, digest: &str) -> Descriptor {
         let mut annotations = BTreeMap::new();

@@ -53,6 +53,19 @@ pub struct SigningArgs {
     pub oidc_issuer: Option<String>,
 }
 
+/// The help of --key and --no-tlog for the tasks that only sign or only
+/// verify (SigningArgs' own help is for those that sign, then verify).
+pub mod help {
+    pub const SIGN_KEY: &str = "The private key that signs (cosign.key); `env://` and KMS URIs pass through to cosign; without it, keyless in GitHub Actions";
+    pub const SIGN_NO_TLOG: &str = "With --key: sign without a transparency-log entry, for an offline or private registry; verify with `verify --no-tlog`";
+    pub const ATTEST_KEY: &str = "The private key that signs the attestations (cosign.key); `env://` and KMS URIs pass through to cosign; without it, keyless in GitHub Actions";
+    pub const ATTEST_NO_TLOG: &str = "With --key: attest without a transparency-log entry, for an offline or private registry; verify with `verify --no-tlog`";
+    pub const VERIFY_KEY: &str = "The public key that verifies (cosign.pub); `env://` and KMS URIs pass through to cosign; without it, keyless: the exact identity of the workflow that signed";
+    pub const VERIFY_NO_TLOG: &str = "With --key: accept signatures made without a transparency-log entry (cosign verify --insecure-ignore-tlog=true), as `sign --no-tlog` makes them";
+    pub const BUNDLE_KEY: &str = "The public key that verifies the release (cosign.pub): bundled into verify/, and with --load checked before any tag is set; `env://` and KMS URIs pass through to cosign";
+    pub const BUNDLE_NO_TLOG: &str = "With --key: accept signatures made without a transparency-log entry (cosign verify --insecure-ignore-tlog=true)";
+}
+
 /// The cosign binary, checked to be the pinned version.
 #[derive(Debug, Clone)]
 pub struct Cosign {
