@@ -327,8 +327,9 @@ pub struct Audit {
     /// platform's /server, pulled by digest and never run.
     pub reference: Option<String>,
     /// A local RustSec advisory database (a git checkout), read without
-    /// fetching; without it cargo-audit fetches the database.
-    #[arg(long, value_name = "DIR")]
+    /// fetching; without it cargo-audit fetches the database. The same
+    /// name as release's (`--db` is kept as an alias).
+    #[arg(long = "audit-db", alias = "db", value_name = "DIR")]
     pub db: Option<String>,
     /// Scan every published `latest` and floating `vX.Y` tag of the image.
     #[arg(long, conflicts_with = "reference")]
@@ -512,6 +513,25 @@ mod tests {
         assert!(
             help.contains("\nUsage: cargo xtask test [OPTIONS]"),
             "{help}"
+        );
+    }
+
+    /// audit and release name the advisory database the same way.
+    #[test]
+    fn audit_and_release_share_the_database_flag() {
+        let db = |args: &[&str]| match Xtask::try_parse_from(args).unwrap().command {
+            Command::Audit(audit) => audit.db,
+            Command::Release(release) => release.audit_db,
+            _ => None,
+        };
+        assert_eq!(
+            db(&["x", "audit", "--audit-db", "/d"]).as_deref(),
+            Some("/d")
+        );
+        assert_eq!(db(&["x", "audit", "--db", "/d"]).as_deref(), Some("/d"));
+        assert_eq!(
+            db(&["x", "release", "v1.0.0", "--audit-db", "/d"]).as_deref(),
+            Some("/d")
         );
     }
 

@@ -182,7 +182,7 @@ fn the_gate_denies_ignores_expires_and_attests() {
     // 2. The local scan of target/dist/ (built by that release): denied
     //    (1), listed in --json; clean against a database without it (0);
     //    a broken database is "could not run" (2).
-    let local = xtask(&ws, &["audit", "--db", hit, "--json"]);
+    let local = xtask(&ws, &["audit", "--audit-db", hit, "--json"]);
     assert_eq!(local.status.code(), Some(1), "{}", text(&local));
     let scans: Value = serde_json::from_slice(&local.stdout).unwrap();
     let local_ids = findings(&scans);
@@ -194,9 +194,9 @@ fn the_gate_denies_ignores_expires_and_attests() {
         "{local_ids:?}"
     );
     assert_eq!(local_ids.len(), 2, "{local_ids:?}");
-    let ok = xtask(&ws, &["audit", "--db", clean]);
+    let ok = xtask(&ws, &["audit", "--audit-db", clean]);
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
-    let broken = xtask(&ws, &["audit", "--db", "/nonexistent/advisory-db"]);
+    let broken = xtask(&ws, &["audit", "--audit-db", "/nonexistent/advisory-db"]);
     assert_eq!(broken.status.code(), Some(2), "{}", text(&broken));
 
     // 3. Ignored with a reason until a future date: the release completes,
@@ -277,7 +277,10 @@ fn the_gate_denies_ignores_expires_and_attests() {
 
     // 4. The published image, scanned from the registry, finds what the
     //    local scan found.
-    let remote = xtask(&ws, &["audit", &index, "--insecure", "--db", hit, "--json"]);
+    let remote = xtask(
+        &ws,
+        &["audit", &index, "--insecure", "--audit-db", hit, "--json"],
+    );
     assert_eq!(remote.status.code(), Some(0), "{}", text(&remote));
     let remote: Value = serde_json::from_slice(&remote.stdout).unwrap();
     let remote_ids = findings(&remote);
@@ -381,7 +384,13 @@ fn report_issues_comments_only_on_the_rescans_own_issue() {
         let mut paths = vec![bin.path().to_path_buf()];
         paths.extend(support::tool_path());
         let out = run(support::xtask()
-            .args(["audit", &index, "--insecure", "--report-issues", "--db"])
+            .args([
+                "audit",
+                &index,
+                "--insecure",
+                "--report-issues",
+                "--audit-db",
+            ])
             .arg(&hit)
             .env("PATH", std::env::join_paths(paths).unwrap()));
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));

@@ -30,7 +30,7 @@ pub struct Database {
 }
 
 impl Database {
-    /// `--db DIR`, else `XTASK_AUDIT_DB`: the variable lets an offline
+    /// `--audit-db DIR`, else `XTASK_AUDIT_DB`: the variable lets an offline
     /// environment (a mirror, the tests) point every scan at a local copy.
     pub fn chosen(flag: Option<&str>) -> Database {
         Database {
@@ -324,7 +324,7 @@ pub fn scan(
     let mut args: Vec<String> = vec!["audit".into(), "--json".into()];
     if let Some(db) = &database.path {
         if !Utf8Path::new(db).join(".git").exists() {
-            bail!("cannot read the advisory database {db}: not a git checkout; clone https://github.com/RustSec/advisory-db there, or leave out --db to fetch it");
+            bail!("cannot read the advisory database {db}: not a git checkout; clone https://github.com/RustSec/advisory-db there, or leave out --audit-db to fetch it");
         }
         args.extend(["--db".into(), db.clone(), "--no-fetch".into()]);
     }
