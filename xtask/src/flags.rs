@@ -148,7 +148,7 @@ pub struct Tags {
     #[command(flatten)]
     pub build: BuildRef,
     /// The tags already published, comma-separated, instead of asking the registry.
-    #[arg(long, value_delimiter = ',', num_args = 0..)]
+    #[arg(long, value_name = "TAG", value_delimiter = ',', num_args = 0..)]
     pub existing: Option<Vec<String>>,
     #[command(flatten)]
     pub registry: RegistryArgs,
@@ -190,7 +190,7 @@ pub struct Image {
     #[arg(long)]
     pub push: bool,
     /// How to build: natively (no daemon) or with `docker buildx`.
-    #[arg(long, value_enum, default_value_t = Builder::Native)]
+    #[arg(long, value_name = "NAME", value_enum, default_value_t = Builder::Native)]
     pub builder: Builder,
     /// The base image: `scratch`, an OCI layout directory, or a registry reference.
     #[arg(long)]
@@ -292,7 +292,7 @@ pub struct Verify {
     #[arg(long)]
     pub run: bool,
     /// The version the SBOMs, the provenance and (with --run) the binary must report; default: the version tag being verified (`:v1.2.3`), else Cargo.toml's.
-    #[arg(long)]
+    #[arg(long, value_name = "VERSION")]
     pub expect_version: Option<String>,
     /// Require the SBOMs and provenance to name this repository
     /// (`host/path`, such as where the release was first pushed); without
@@ -310,7 +310,7 @@ pub struct Verify {
     pub pr: Option<u64>,
     /// Also verify this Helm chart (oci://…/charts/server@sha256:… or :VERSION):
     /// its signature, and that its default values run the verified image.
-    #[arg(long, value_name = "CHART")]
+    #[arg(long, value_name = "REFERENCE")]
     pub chart: Option<String>,
     /// Require each platform's vuln attestation, scanned with a database at
     /// most DAYS old.
@@ -382,7 +382,7 @@ pub struct Bundle {
     #[command(flatten)]
     pub registry: RegistryArgs,
     /// The archive to write (default target/bundle/server-VERSION.oci.tar).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub out: Option<Utf8PathBuf>,
     /// Instead of writing the archive, push the one at --out into --image,
     /// with every digest unchanged, verify its signatures there (--key, or
