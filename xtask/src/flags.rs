@@ -491,7 +491,11 @@ pub struct Conformance {
 }
 
 #[derive(Debug, Args, Clone)]
-pub struct CleanCache {}
+pub struct CleanCache {
+    /// Print what would be removed, and how much; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
 
 #[cfg(test)]
 mod tests {

@@ -606,6 +606,33 @@ fn a_cache_hit_gives_the_bytes_of_a_miss_and_a_corrupted_entry_is_rebuilt() {
     assert_eq!(rebuilt["digest"], miss["digest"]);
     assert_eq!(files_under(&layouts[2]), files_under(&layouts[0]));
     assert_eq!(std::fs::read(corrupted).unwrap(), good);
+
+    // clean-cache: the dry run counts what it would remove and keeps it;
+    // then it removes it, and says so when there is nothing left.
+    let clean = |extra: &[&str]| {
+        run_ok(
+            support::xtask()
+                .arg("clean-cache")
+                .args(extra)
+                .env("XTASK_CACHE_DIR", &cache),
+        )
+    };
+    let kept = files_under(&cache);
+    let bytes: usize = kept.values().map(Vec::len).sum();
+    assert_eq!(
+        clean(&["--dry-run"]),
+        format!(
+            "would remove {} ({} files, {bytes} bytes)\n",
+            cache.display(),
+            kept.len()
+        )
+    );
+    assert_eq!(files_under(&cache), kept);
+    assert_eq!(clean(&[]), format!("removed {}\n", cache.display()));
+    assert!(!cache.exists());
+    let empty = format!("{} is already empty\n", cache.display());
+    assert_eq!(clean(&["--dry-run"]), empty);
+    assert_eq!(clean(&[]), empty);
 }
 
 #[test]
