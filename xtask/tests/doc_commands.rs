@@ -1209,9 +1209,9 @@ fn env_has_a_database_password(bed: &mut Bed, _: &DocCommand, _: &Ran) -> Result
         .find_map(|l| l.strip_prefix("POSTGRES_PASSWORD="))
         .unwrap_or_default()
         .to_owned();
-    if password.len() != 32 || !password.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if password.len() != 48 || !password.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!(
-            "POSTGRES_PASSWORD is {password:?}, not 32 hex characters"
+            "POSTGRES_PASSWORD is {password:?}, not 48 hex characters (openssl rand -hex 24)"
         ));
     }
     equal(
