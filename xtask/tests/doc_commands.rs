@@ -1383,11 +1383,19 @@ fn release_survives_garbage_collection(
 fn release_plan_printed(bed: &mut Bed, _: &DocCommand, ran: &Ran) -> Result<(), String> {
     // Without --push the plan reads no registry, so it computes no tags.
     let version = format!("v{}", bed.version);
-    let wanted = [
+    let mut wanted = vec![
         format!("release {version} of "),
         "tags: none; without --push nothing is pushed or tagged".to_owned(),
         "steps:".to_owned(),
     ];
+    // A base without a digest is resolved at build time: the plan says so.
+    let config = support::release_config();
+    let unpinned = format!("warning: the base {} names no digest", config.base);
+    if config.base_digest.is_none() {
+        wanted.push(unpinned);
+    } else if ran.stdout.contains(&unpinned) {
+        return Err("the plan warns of a base that base-digest pins".to_owned());
+    }
     match wanted.iter().find(|w| !ran.stdout.contains(w.as_str())) {
         Some(missing) => Err(format!("the plan does not say {missing:?}")),
         None => Ok(()),

@@ -108,6 +108,14 @@ pub fn configured(config: &Config) -> String {
     }
 }
 
+/// For a plan: a registry base that names no digest is resolved when the
+/// image is built, so two builds of one commit may use different bases.
+pub fn unpinned_warning(base: &str) -> Option<String> {
+    (needs_registry(base) && !base.contains("@sha256:")).then(|| {
+        format!("the base {base} names no digest (base-digest is empty or --base gave a tag): it is resolved when the image is built, and the release records the digest it got; pin it with `cargo xtask pin-base`")
+    })
+}
+
 /// Whether building on `base` needs a registry.
 pub fn needs_registry(base: &str) -> bool {
     matches!(BaseSource::parse(base), BaseSource::Registry(_))
@@ -315,7 +323,23 @@ pub fn normalize_layer(mut layer: Descriptor) -> Descriptor {
 
 #[cfg(test)]
 mod tests {
-    use super::check;
+    use super::{check, unpinned_warning};
+
+    #[test]
+    fn a_plan_warns_of_a_registry_base_without_a_digest() {
+        let warning = unpinned_warning("gcr.io/distroless/static-debian13:nonroot").unwrap();
+        assert!(
+            warning
+                .starts_with("the base gcr.io/distroless/static-debian13:nonroot names no digest"),
+            "{warning}"
+        );
+        let pinned = format!(
+            "gcr.io/distroless/static-debian13:nonroot@sha256:{}",
+            "a".repeat(64)
+        );
+        assert_eq!(unpinned_warning(&pinned), None);
+        assert_eq!(unpinned_warning("scratch"), None);
+    }
 
     #[test]
     fn a_base_is_checked_before_the_build() {

@@ -46,6 +46,9 @@ impl Release<'_> {
             None => None,
         };
         let steps = self.planned_steps(&preflight)?;
+        let warnings: Vec<String> = crate::build::base::unpinned_warning(&self.base)
+            .into_iter()
+            .collect();
         if self.flags.json {
             println!(
                 "{}",
@@ -55,6 +58,7 @@ impl Release<'_> {
                     "head": preflight.head,
                     "dry_run": true,
                     "preflight": preflight,
+                    "warnings": warnings,
                     "tags": tag_plan.as_ref().map(|(plan, published)| plan.to_output(*published)),
                     "steps": steps.iter().map(|(name, commands)| json!({"step": name, "commands": commands})).collect::<Vec<_>>(),
                 })
@@ -68,6 +72,9 @@ impl Release<'_> {
         println!("preflight:");
         for line in &preflight.passed {
             println!("  ok: {line}");
+        }
+        for warning in &warnings {
+            println!("warning: {warning}");
         }
         match &tag_plan {
             Some((plan, _)) => {
