@@ -1389,8 +1389,15 @@ fn release_plan_printed(bed: &mut Bed, _: &DocCommand, ran: &Ran) -> Result<(), 
         "steps:".to_owned(),
     ];
     // A base without a digest is resolved at build time: the plan says so.
+    // (The stand-in registry replaces the base's host.)
     let config = support::release_config();
-    let unpinned = format!("warning: the base {} names no digest", config.base);
+    let unpinned = format!(
+        "/{} names no digest (base-digest is empty or --base gave a tag)",
+        config
+            .base
+            .split_once('/')
+            .map_or(config.base.as_str(), |(_, path)| path)
+    );
     if config.base_digest.is_none() {
         wanted.push(unpinned);
     } else if ran.stdout.contains(&unpinned) {
