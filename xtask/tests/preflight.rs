@@ -223,6 +223,19 @@ fn semver_parts(tag: &str) -> Vec<u64> {
         .collect()
 }
 
+/// The plan's warning when the configured base names no digest (it is
+/// then resolved when the image is built); empty when base-digest pins it.
+fn unpinned_base_warning() -> String {
+    let config = support::release_config();
+    match config.base_digest {
+        Some(_) => String::new(),
+        None => format!(
+            "warning: the base {} names no digest (base-digest is empty or --base gave a tag): it is resolved when the image is built, and the release records the digest it got; pin it with `cargo xtask pin-base`\n",
+            config.base
+        ),
+    }
+}
+
 /// The numbered step names of a plan's `steps:` section.
 fn step_names(steps: &str) -> Vec<&str> {
     steps
@@ -277,7 +290,9 @@ fn a_clean_release_passes_and_shows_its_tag_plan() {
              ok: {image} has no {tag} yet\n  \
              ok: cosign v3.1.3 at {cosign}\n  \
              ok: the key {key} opens with COSIGN_PASSWORD\n\
+             {warning}\
              tags, in the order they would be set:\n{tags}",
+            warning = unpinned_base_warning(),
             head = ws.head,
             version = ws.version,
             cosign = tool("cosign").display(),
@@ -332,7 +347,9 @@ fn a_dry_run_without_push_touches_no_network() {
              ok: server/Cargo.toml has version {version}\n  \
              ok: the git tree is clean, untracked files included\n  \
              ok: git tag {tag} does not exist yet; the release does not create it: tag HEAD and push the tag to publish the release\n\
+             {warning}\
              tags: none; without --push nothing is pushed or tagged\n",
+            warning = unpinned_base_warning(),
             head = ws.head,
             version = ws.version,
             image = support::release_image(),
