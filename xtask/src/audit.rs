@@ -62,7 +62,7 @@ pub fn run(flags: &flags::Audit) -> Result<()> {
         print_table(&scans);
     }
     if flags.report_issues {
-        report_issues(&scans).map_err(NotRun)?;
+        report_issues(&scans, flags.dry_run).map_err(NotRun)?;
     }
     let results: Vec<ScanResult> = scans.into_iter().map(|s| s.result).collect();
     vuln::gate(&results)
@@ -222,7 +222,18 @@ const ISSUE_AUTHOR_LOGINS: [&str; 2] = ["app/github-actions", "github-actions[bo
 /// the rescan opened itself is commented on: its label, its author (the
 /// workflow's own) and its title. Anyone can open an issue whose title
 /// holds the advisory id; such an issue must not receive the report.
-fn report_issues(scans: &[PlatformScan]) -> Result<()> {
+/// A gh command that changes GitHub: run, or with `dry_run` printed. Both
+/// go to stderr, so that stdout stays the scan's table or JSON.
+fn gh_write(gh: &std::path::Path, args: &[&str], dry_run: bool) -> std::io::Result<()> {
+    if dry_run {
+        let words: Vec<String> = args.iter().map(|a| tools::shell_quote(a)).collect();
+        eprintln!("would run: gh {}", words.join(" "));
+        return Ok(());
+    }
+    duct::cmd(gh, args).stdout_to_stderr().run().map(drop)
+}
+
+fn report_issues(scans: &[PlatformScan], dry_run: bool) -> Result<()> {
     let gh = tools::GH.find()?;
     let mut seen: Vec<&str> = Vec::new();
     for scan in scans {
@@ -231,9 +242,7 @@ fn report_issues(scans: &[PlatformScan]) -> Result<()> {
                 continue;
             }
             if seen.is_empty() {
-                duct::cmd!(&gh, "label", "create", ISSUE_LABEL, "--force", "--color", "B60205", "--description", "Opened by the daily RustSec rescan")
-                    .stdout_null()
-                    .run()
+                gh_write(&gh, &["label", "create", ISSUE_LABEL, "--force", "--color", "B60205", "--description", "Opened by the daily RustSec rescan"], dry_run)
                     .with_context(|| format!("cannot create the label {ISSUE_LABEL}; check GH_TOKEN and its issues: write permission"))?;
             }
             seen.push(&finding.id);
@@ -276,21 +285,25 @@ fn report_issues(scans: &[PlatformScan]) -> Result<()> {
                 )
             })?;
             let result = match own_issue(&listed, &finding.id)? {
-                None => duct::cmd!(
+                None => gh_write(
                     &gh,
-                    "issue",
-                    "create",
-                    "--title",
-                    &title,
-                    "--body",
-                    &body,
-                    "--label",
-                    ISSUE_LABEL
-                )
-                .run(),
-                Some(number) => {
-                    duct::cmd!(&gh, "issue", "comment", number.to_string(), "--body", &body).run()
-                }
+                    &[
+                        "issue",
+                        "create",
+                        "--title",
+                        &title,
+                        "--body",
+                        &body,
+                        "--label",
+                        ISSUE_LABEL,
+                    ],
+                    dry_run,
+                ),
+                Some(number) => gh_write(
+                    &gh,
+                    &["issue", "comment", &number.to_string(), "--body", &body],
+                    dry_run,
+                ),
             };
             result.with_context(|| format!("cannot open or update the issue of {}; check GH_TOKEN and its issues: write permission", finding.id))?;
         }

@@ -340,6 +340,10 @@ pub struct Audit {
     /// ignored) in a published image, with `gh`.
     #[arg(long)]
     pub report_issues: bool,
+    /// With --report-issues: search the issues, then print the gh commands
+    /// that would create the label and open or comment; change nothing.
+    #[arg(long, requires = "report_issues")]
+    pub dry_run: bool,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,

@@ -378,7 +378,7 @@ fn report_issues_comments_only_on_the_rescans_own_issue() {
         }],
     );
     let title = format!("{ID}: {KRATE} {version} (vulnerability)");
-    let report = |issues: Value| {
+    let report_with = |issues: Value, extra: &[&str]| {
         let bin = tempfile::tempdir().unwrap();
         write_fake_gh(bin.path(), &issues);
         let mut paths = vec![bin.path().to_path_buf()];
@@ -392,10 +392,15 @@ fn report_issues_comments_only_on_the_rescans_own_issue() {
                 "--audit-db",
             ])
             .arg(&hit)
+            .args(extra)
             .env("PATH", std::env::join_paths(paths).unwrap()));
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-        gh_calls(bin.path())
+        (
+            gh_calls(bin.path()),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
+    let report = |issues: Value| report_with(issues, &[]).0;
     let planted = serde_json::json!([{
         "number": 7,
         "title": format!("{title} (read the fix at evil.example)"),
@@ -429,7 +434,7 @@ fn report_issues_comments_only_on_the_rescans_own_issue() {
         "author": {"login": "app/github-actions", "is_bot": true},
         "labels": [{"name": "rustsec-rescan"}],
     }]);
-    let calls = report(own);
+    let calls = report(own.clone());
     let commented: Vec<&Vec<String>> = calls
         .iter()
         .filter(|c| c[..2] == ["issue", "comment"])
@@ -440,4 +445,18 @@ fn report_issues_comments_only_on_the_rescans_own_issue() {
         !calls.iter().any(|c| c[..2] == ["issue", "create"]),
         "{calls:?}"
     );
+
+    // --dry-run searches, then only says what it would change.
+    let (calls, stderr) = report_with(own, &["--dry-run"]);
+    assert!(
+        calls.iter().all(|c| c[..2] == ["issue", "list"]) && !calls.is_empty(),
+        "the dry run changed GitHub: {calls:?}"
+    );
+    let would: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("would run: gh "))
+        .collect();
+    assert_eq!(would.len(), 2, "{stderr}");
+    assert!(would[0].starts_with("would run: gh label create rustsec-rescan --force"));
+    assert!(would[1].starts_with("would run: gh issue comment 12 --body "));
 }
