@@ -75,7 +75,10 @@ const GO_TOOLS: &[(&str, &str, &str, &[&str])] = &[
     ),
 ];
 
-const MIN_GO: (u32, u32) = (1, 25);
+/// The oldest Go that builds every pinned Go tool: cosign v3.1.3, fulcio
+/// v1.8.8 and helm v4.3.2 declare `go 1.26.0` in their go.mod, and with
+/// GOTOOLCHAIN=local an older Go refuses them.
+const MIN_GO: (u32, u32) = (1, 26);
 
 pub fn run(flags: &flags::Setup) -> Result<()> {
     let sh = Shell::new()?;
@@ -341,29 +344,37 @@ fn build_go_helpers(sh: &Shell, flags: &flags::Setup, go_checked: bool) -> Resul
 /// Go is not installed here: Debian's Go is too old for cosign 3, so the
 /// toolchain must come with the machine or from go.dev.
 fn check_go(sh: &Shell) -> Result<()> {
-    let go = tools::find_opt("go").context(
-        "go not found: cosign 3 needs Go >= 1.25, newer than Debian's golang package; install Go from https://go.dev/dl/ and put it on PATH",
-    )?;
+    let go = tools::find_opt("go").with_context(|| {
+        format!(
+            "go not found: cosign, fulcio and helm need Go >= {}.{}, newer than Debian's golang package; install Go from https://go.dev/dl/ and put it on PATH",
+            MIN_GO.0, MIN_GO.1
+        )
+    })?;
     let version = cmd!(sh, "{go} env GOVERSION")
         .env("GOTOOLCHAIN", "local")
         .quiet()
         .read()?;
-    let numbers: Vec<u32> = version
-        .trim()
-        .trim_start_matches("go")
-        .split('.')
-        .take(2)
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    if numbers.len() < 2 || (numbers[0], numbers[1]) < MIN_GO {
+    if !go_is_new_enough(&version) {
         bail!(
-            "{} is too old: cosign 3 needs Go >= {}.{}; install a newer Go from https://go.dev/dl/",
+            "{} is too old: cosign, fulcio and helm need Go >= {}.{}; install a newer Go from https://go.dev/dl/",
             version.trim(),
             MIN_GO.0,
             MIN_GO.1
         );
     }
     Ok(())
+}
+
+/// `go env GOVERSION` (such as `go1.26.8`, or `go1.27rc1`) at least MIN_GO.
+fn go_is_new_enough(version: &str) -> bool {
+    let numbers: Vec<u32> = version
+        .trim()
+        .trim_start_matches("go")
+        .split(|c: char| !c.is_ascii_digit())
+        .take(2)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    numbers.len() == 2 && (numbers[0], numbers[1]) >= MIN_GO
 }
 
 /// `docker compose` finds compose v2 as a CLI plugin; the PyPI package only
@@ -409,4 +420,19 @@ fn engine_gaps(sh: &Shell, flags: &flags::Setup) -> Result<Vec<String>> {
             .map(|image| format!("image: {image}")),
     );
     Ok(gaps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::go_is_new_enough;
+
+    #[test]
+    fn go_must_build_every_pinned_go_tool() {
+        for new_enough in ["go1.26.0", "go1.26.8\n", "go1.27rc1", "go2.0"] {
+            assert!(go_is_new_enough(new_enough), "{new_enough}");
+        }
+        for too_old in ["go1.25.9", "go1.19", "go1", "devel", ""] {
+            assert!(!go_is_new_enough(too_old), "{too_old}");
+        }
+    }
 }

@@ -15,7 +15,7 @@ fn binary() -> &'static std::path::Path {
     static BINARY: OnceLock<std::path::PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
         let go = xtask::support::tools::find_opt("go").unwrap_or_else(|| {
-            panic!("Go is not installed, and the referrers registry is built with it: install Go >= 1.25 from https://go.dev/dl/, then run `cargo xtask setup`")
+            panic!("Go is not installed, and the referrers registry is built with it: install Go >= 1.26 from https://go.dev/dl/, then run `cargo xtask setup`")
         });
         let config = xtask::support::config::Config::load().expect("cannot read the workspace");
         let source = config
