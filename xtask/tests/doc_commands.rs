@@ -2013,20 +2013,7 @@ fn the_air_gap_procedure_runs_keylessly_against_a_private_sigstore() {
             .arg("--out")
             .arg(&archive),
     );
-    let operator = tempfile::tempdir().unwrap();
-    let name = archive.file_name().unwrap().to_str().unwrap().to_owned();
-    std::fs::copy(&archive, operator.path().join(&name)).unwrap();
-    let sum = run_ok(
-        Command::new("sha256sum")
-            .arg(&name)
-            .current_dir(work.path()),
-    );
-    std::fs::write(operator.path().join(format!("{name}.sha256")), sum).unwrap();
-    std::fs::copy(
-        &sigstore.trusted_root,
-        operator.path().join("trusted_root.json"),
-    )
-    .unwrap();
+    let operator = support::carry_in_keyless(&archive, &sigstore.trusted_root);
 
     let inside = Registry::start();
     let repo = inside.repo("rust-release");

@@ -626,20 +626,7 @@ fn keyless_air_gap(bed: &Bed, version: &str, slug: &str, digest: &str) {
             && !told.contains("cosign.pub"),
         "{told}"
     );
-    let operator = tempfile::tempdir().unwrap();
-    let name = archive.file_name().unwrap().to_str().unwrap().to_owned();
-    std::fs::copy(&archive, operator.path().join(&name)).unwrap();
-    let sum = run_ok(
-        Command::new("sha256sum")
-            .arg(&name)
-            .current_dir(work.path()),
-    );
-    std::fs::write(operator.path().join(format!("{name}.sha256")), sum).unwrap();
-    std::fs::copy(
-        &bed.sigstore.trusted_root,
-        operator.path().join("trusted_root.json"),
-    )
-    .unwrap();
+    let operator = support::carry_in_keyless(&archive, &bed.sigstore.trusted_root);
 
     let inside = Registry::start();
     let repo = inside.repo("rust-release");
@@ -749,20 +736,7 @@ fn forged_keyless_bundle(
     // The keyless procedure, run as the docs say for the version the
     // forgery claims, with a .sha256 the attacker recomputed: the exact
     // identity names refs/tags/v0.2.0, which the v0.1.0 certificate is not.
-    let operator = tempfile::tempdir().unwrap();
-    let name = forgery.file_name().unwrap().to_str().unwrap().to_owned();
-    std::fs::copy(&forgery, operator.path().join(&name)).unwrap();
-    let sum = run_ok(
-        Command::new("sha256sum")
-            .arg(&name)
-            .current_dir(work.path()),
-    );
-    std::fs::write(operator.path().join(format!("{name}.sha256")), sum).unwrap();
-    std::fs::copy(
-        &bed.sigstore.trusted_root,
-        operator.path().join("trusted_root.json"),
-    )
-    .unwrap();
+    let operator = support::carry_in_keyless(&forgery, &bed.sigstore.trusted_root);
     let repo = inside.repo("rust-release");
     let before = support::tag_digests(&repo);
     let script = support::keyless_air_gap_procedure(&repo, newer, slug, &bed.sigstore.issuer.url());

@@ -717,3 +717,25 @@ pub fn keyless_air_gap_procedure(repo: &str, version: &str, slug: &str, issuer: 
     }
     script
 }
+
+/// An operator's directory for a keyless bundle: the archive, a `.sha256`
+/// made beside it (as the connected side publishes it, or as an attacker
+/// recomputes it), and the trusted root the operator has from their own
+/// Sigstore, never the archive's copy.
+pub fn carry_in_keyless(archive: &Path, trusted_root: &Path) -> tempfile::TempDir {
+    let operator = tempfile::tempdir().expect("tempdir");
+    let name = archive
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("an archive file name");
+    std::fs::copy(archive, operator.path().join(name)).expect("copy the archive");
+    let sum = run_ok(
+        Command::new("sha256sum")
+            .arg(name)
+            .current_dir(archive.parent().expect("the archive's folder")),
+    );
+    std::fs::write(operator.path().join(format!("{name}.sha256")), sum).expect("write .sha256");
+    std::fs::copy(trusted_root, operator.path().join("trusted_root.json"))
+        .expect("copy the trusted root");
+    operator
+}
