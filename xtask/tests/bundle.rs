@@ -197,39 +197,21 @@ fn last_error_line(output: &std::process::Output) -> String {
         .to_owned()
 }
 
-/// Rewrites `archive` into `out` with `edit` applied to its index.json, and
-/// `extra` blobs added: what someone altering the archive in transit does.
+/// Rewrites `archive` into `out` with `edit` applied to its index.json,
+/// `extra` blobs added and verify/ left out: what someone altering the
+/// archive in transit does.
 fn altered(archive: &Path, out: &Path, extra: &[&[u8]], edit: impl FnOnce(&mut Value)) {
-    let dir = tempfile::tempdir().unwrap();
-    run_ok(
-        Command::new("tar")
-            .arg("-xf")
-            .arg(archive)
-            .arg("-C")
-            .arg(dir.path()),
-    );
-    let mut index = archive_index(archive);
-    edit(&mut index);
-    std::fs::write(
-        dir.path().join("index.json"),
-        serde_json::to_vec(&index).unwrap(),
-    )
-    .unwrap();
-    for blob in extra {
-        std::fs::write(
-            dir.path().join("blobs/sha256").join(support_sha256(blob)),
-            blob,
-        )
-        .unwrap();
-    }
-    run_ok(
-        Command::new("tar")
-            .arg("-cf")
-            .arg(out)
-            .arg("-C")
-            .arg(dir.path())
-            .args(["oci-layout", "index.json", "blobs"]),
-    );
+    support::forge_archive(archive, out, |dir| {
+        // Without verify/, whose stale copies would stop the load before
+        // the checks these alterations are for.
+        let _ = std::fs::remove_dir_all(dir.join("verify"));
+        let mut index = archive_index(archive);
+        edit(&mut index);
+        std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+        for blob in extra {
+            std::fs::write(dir.join("blobs/sha256").join(support_sha256(blob)), blob).unwrap();
+        }
+    });
 }
 
 #[test]

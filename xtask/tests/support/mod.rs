@@ -610,13 +610,18 @@ pub fn forge_archive(archive: &Path, out: &Path, edit: impl FnOnce(&Path)) {
             .arg(dir.path()),
     );
     edit(dir.path());
+    // verify/ is there only when the bundle carried trust.
+    let entries: Vec<&str> = ["oci-layout", "index.json", "blobs", "verify"]
+        .into_iter()
+        .filter(|entry| dir.path().join(entry).exists())
+        .collect();
     run_ok(
         Command::new("tar")
             .arg("-cf")
             .arg(out)
             .arg("-C")
             .arg(dir.path())
-            .args(["oci-layout", "index.json", "blobs", "verify"]),
+            .args(entries),
     );
 }
 
