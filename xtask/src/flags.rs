@@ -327,8 +327,7 @@ pub struct Audit {
     /// platform's /server, pulled by digest and never run.
     pub reference: Option<String>,
     /// A local RustSec advisory database (a git checkout), read without
-    /// fetching; without it cargo-audit fetches the database. The same
-    /// name as release's (`--db` is kept as an alias).
+    /// fetching (`--db` works too); without it cargo-audit fetches it.
     #[arg(long = "audit-db", alias = "db", value_name = "DIR")]
     pub db: Option<String>,
     /// Scan every published `latest` and floating `vX.Y` tag of the image.
@@ -336,12 +335,10 @@ pub struct Audit {
     pub published: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,
-    /// Open or update one GitHub issue per advisory found (and not
-    /// ignored) in a published image, with `gh`.
+    /// Open or update one GitHub issue per advisory found (not ignored), with `gh`.
     #[arg(long)]
     pub report_issues: bool,
-    /// With --report-issues: search the issues, then print the gh commands
-    /// that would create the label and open or comment; change nothing.
+    /// With --report-issues: print the gh commands that would change GitHub.
     #[arg(long, requires = "report_issues")]
     pub dry_run: bool,
     /// Print the results as JSON.
@@ -366,8 +363,7 @@ pub struct Release {
     /// Repoint an immutable tag that already names another digest.
     #[arg(long)]
     pub force: bool,
-    /// The audit step's local RustSec advisory database, read without
-    /// fetching; without it cargo-audit fetches the database.
+    /// The audit step's local RustSec advisory database, read without fetching.
     #[arg(long, value_name = "DIR")]
     pub audit_db: Option<String>,
     /// Print the whole plan: checks, tags with reasons, every command; write nothing.
