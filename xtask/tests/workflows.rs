@@ -493,8 +493,14 @@ fn actionlint_passes_and_catches_a_bad_expression() {
 /// and what it printed, for `path`: a file or a directory of workflows,
 /// audited with the default persona.
 fn zizmor(path: &Path) -> (std::process::ExitStatus, Vec<String>, String) {
+    zizmor_as(path, "regular")
+}
+
+/// [`zizmor`] with another persona (`regular`, `pedantic`, `auditor`).
+fn zizmor_as(path: &Path, persona: &str) -> (std::process::ExitStatus, Vec<String>, String) {
     let output = run(Command::new(tool("zizmor"))
         .args(["--offline", "--format", "json"])
+        .arg(format!("--persona={persona}"))
         .arg(path)
         .current_dir(support::workspace_root()));
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -518,6 +524,20 @@ fn zizmor_finds_nothing() {
     let (status, rules, report) = zizmor(&support::workspace_root().join(".github/workflows"));
     assert_eq!(rules, Vec::<String>::new(), "zizmor:\n{report}");
     assert!(status.success(), "zizmor exited with {status}:\n{report}");
+}
+
+/// The auditor persona: no secret outside a dedicated environment (the
+/// release job's signing key lives in the `release` environment).
+#[test]
+fn the_auditor_persona_finds_no_secret_outside_an_environment() {
+    let (_, rules, report) = zizmor_as(
+        &support::workspace_root().join(".github/workflows"),
+        "auditor",
+    );
+    assert!(
+        !rules.iter().any(|r| r == "secrets-outside-env"),
+        "zizmor --persona=auditor:\n{report}"
+    );
 }
 
 #[test]
