@@ -188,15 +188,6 @@ fn load(
         .args(extra))
 }
 
-fn last_error_line(output: &std::process::Output) -> String {
-    assert!(!output.status.success(), "it succeeded");
-    String::from_utf8_lossy(&output.stderr)
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned()
-}
-
 /// Rewrites `archive` into `out` with `edit` applied to its index.json,
 /// `extra` blobs added and verify/ left out: what someone altering the
 /// archive in transit does.
@@ -238,7 +229,7 @@ fn load_verifies_before_it_tags_and_refuses_altered_archives() {
     );
     let other_key = other.path().join("cosign.pub");
     let refused = load(&b, &archive, &other_key, &[]);
-    let line = last_error_line(&refused);
+    let line = support::last_error_line(&refused);
     assert!(
         line.starts_with(&format!(
             "error: cannot load {}:v0.1.0: the index {} is not signed by the key {}: ",
@@ -272,7 +263,7 @@ fn load_verifies_before_it_tags_and_refuses_altered_archives() {
     // Only the tag edited: the archive's signatures are of another digest.
     let retagged = dir.path().join("retagged.tar");
     altered(&archive, &retagged, &[&unsigned], point_at_unsigned);
-    let line = last_error_line(&load(&b, &retagged, &signed.public_key(), &[]));
+    let line = support::last_error_line(&load(&b, &retagged, &signed.public_key(), &[]));
     assert_eq!(
         line,
         format!(
@@ -296,7 +287,7 @@ fn load_verifies_before_it_tags_and_refuses_altered_archives() {
             }
         }
     });
-    let line = last_error_line(&load(&b, &renamed, &signed.public_key(), &[]));
+    let line = support::last_error_line(&load(&b, &renamed, &signed.public_key(), &[]));
     assert!(
         line.starts_with(&format!(
             "error: cannot load {}:v0.1.0: the index {unsigned_digest} is not signed by the key {}: ",

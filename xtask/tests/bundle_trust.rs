@@ -88,15 +88,6 @@ fn load(version: &str, registry: &Registry, archive: &Path, key: &Path) -> Outpu
     )
 }
 
-fn last_error_line(output: &Output) -> String {
-    assert!(!output.status.success(), "it succeeded");
-    String::from_utf8_lossy(&output.stderr)
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned()
-}
-
 fn ref_name(entry: &Value) -> &str {
     entry["annotations"]["org.opencontainers.image.ref.name"]
         .as_str()
@@ -161,7 +152,7 @@ fn an_older_release_forged_as_a_newer_one_tags_nothing() {
     });
     let refused = load("v2.0.0", &b, &forgery, &key);
     assert_eq!(
-        last_error_line(&refused),
+        support::last_error_line(&refused),
         format!(
             "error: cannot load {}: its index.json names {v1} v2.0.0, but that index is signed as version v1.0.0 (org.opencontainers.image.version \"1.0.0\"); the archive was altered: nothing was pushed or tagged",
             forgery.display()

@@ -180,6 +180,23 @@ impl Bed {
         )
     }
 
+    /// The digest `repo:tag` names, and the repository's tags, sorted,
+    /// cosign's fallback tags aside (distribution has no referrers API).
+    fn published(&self, repo: &str, tag: &str) -> (String, Vec<String>) {
+        let digest = self
+            .crane(&["digest", &format!("{repo}:{tag}")])
+            .trim()
+            .to_owned();
+        let mut tags: Vec<String> = self
+            .crane(&["ls", repo])
+            .lines()
+            .filter(|t| !t.starts_with("sha256-"))
+            .map(str::to_owned)
+            .collect();
+        tags.sort();
+        (digest, tags)
+    }
+
     /// cosign, with plain HTTP allowed for the commands that reach the
     /// registry.
     fn cosign(&self, args: &[String]) -> Output {
@@ -314,18 +331,7 @@ fn release_yml_and_ci_yml_sign_keylessly_through_a_private_sigstore() {
 
     // Published: every tag on the one digest the release signed.
     let repo = bed.repo("app");
-    let digest = bed
-        .crane(&["digest", &format!("{repo}:{version}")])
-        .trim()
-        .to_owned();
-    let mut tags: Vec<String> = bed
-        .crane(&["ls", &repo])
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    // cosign's fallback tags aside (distribution has no referrers API).
-    tags.retain(|t| !t.starts_with("sha256-"));
-    tags.sort();
+    let (digest, tags) = bed.published(&repo, &version);
     assert_eq!(
         tags,
         [
@@ -429,17 +435,7 @@ fn release_yml_and_ci_yml_sign_keylessly_through_a_private_sigstore() {
     let claims = runner.job_claims(&ci);
     assert_passed(&runner.run_job(&ci, "image"), 1);
     let repo = bed.repo("ci");
-    let digest = bed
-        .crane(&["digest", &format!("{repo}:main")])
-        .trim()
-        .to_owned();
-    let mut tags: Vec<String> = bed
-        .crane(&["ls", &repo])
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    tags.retain(|t| !t.starts_with("sha256-"));
-    tags.sort();
+    let (digest, tags) = bed.published(&repo, "main");
     assert_eq!(tags, ["main".to_owned(), format!("sha-{}", &bed.head[..7])]);
     let verified = bed.cosign(
         &[

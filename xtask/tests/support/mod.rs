@@ -744,3 +744,14 @@ pub fn carry_in_keyless(archive: &Path, trusted_root: &Path) -> tempfile::TempDi
         .expect("copy the trusted root");
     operator
 }
+
+/// The last line of a command's stderr, where the xtask's error is; the
+/// command must have failed.
+pub fn last_error_line(output: &Output) -> String {
+    assert!(!output.status.success(), "it succeeded");
+    String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned()
+}
